@@ -1,0 +1,1 @@
+"""Evaluation: one kNN search, every metric."""

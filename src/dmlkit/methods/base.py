@@ -1,0 +1,123 @@
+"""The interface between a method and the training engine.
+
+A method is an ``nn.Module`` that knows its paper and nothing about Lightning. The engine calls,
+in order, for every epoch::
+
+    method.refresh(context)                 # once per epoch (or round): full-split embeddings, kNN, clusters
+    for batch in loader(method.batch_sampler(...)):
+        losses = method.training_loss(batch)  # {"loss": total, and each named part}
+        losses["loss"].backward()
+        method.before_optimizer_step()        # e.g. STML's EMA, taken after backward and before the step
+        optimizer.step()
+        method.after_step()                   # e.g. Stiefel retraction, EMA in MoCo order
+
+and ``method.embed(images)`` gives the test-time embedding.
+
+A batch is a dict: ``image`` float ``[B, C, H, W]`` in [0, 1] (un-augmented; the method makes its own
+views, see :mod:`dmlkit.data.views`), ``label`` long ``[B]`` (-1 = unlabeled; all -1 for methods
+whose ``uses_labels`` is False — the engine masks them before any method code runs), ``index``
+long ``[B]`` (positions in the training split).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from dmlkit.data.base import DMLDataset
+
+
+@dataclass
+class RefreshContext:
+    """What the engine gives :meth:`Method.refresh`.
+
+    Attributes:
+        epoch: the epoch about to start (0-based).
+        train: the training split (visible labels only; never ``true_labels``).
+        embed: ``embed(fn, dataset=None) -> Tensor[N, D]`` runs ``fn(images)`` (no grad, eval mode,
+            un-augmented) over the whole training split (or ``dataset``) in order, on the engine's device,
+            gathered across ranks. Returns a CPU float tensor.
+        knn: ``knn(x, k) -> (distances [N, k], indices [N, k])``, exact squared-Euclidean neighbours of
+            every row of ``x`` among the rows of ``x`` (self included at rank 0), through faiss or
+            batched torch; never an N x N matrix.
+        device: where training runs.
+        seed: the run seed (combine with ``epoch`` for per-epoch randomness).
+        rank, world_size: the distributed position of this process.
+    """
+
+    epoch: int
+    train: DMLDataset
+    embed: Callable[..., Tensor]
+    knn: Callable[[Tensor, int], tuple[Tensor, Tensor]]
+    device: torch.device
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of every method. Subclasses set ``name`` and ``uses_labels`` and implement
+    :meth:`training_loss` and :meth:`embed`; the other hooks default to no-ops.
+
+    ``uses_labels``: ``"none"`` (unsupervised: the engine hides every label), ``"partial"``
+    (semi-supervised: labels of the labeled subset only) or ``"all"`` (supervised).
+    """
+
+    name: ClassVar[str] = "method"
+    uses_labels: ClassVar[str] = "none"
+    #: how many steps one refresh serves; the engine calls refresh at the start of each epoch
+    refresh_every_epochs: int = 1
+
+    def refresh(self, context: RefreshContext) -> None:
+        """Once per epoch before the first batch: recompute neighbour tables, partitions, clusters."""
+
+    def batch_sampler(self, dataset: DMLDataset, batch_size: int, seed: int, epoch: int) -> Sampler[list[int]] | Iterable[list[int]]:
+        """The batches of one epoch as lists of indices into ``dataset``. Default: random, drop last."""
+        from dmlkit.data.samplers import RandomBatchSampler
+
+        return RandomBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch)
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """After ``loss.backward()``, before ``optimizer.step()``."""
+
+    def after_step(self) -> None:
+        """After ``optimizer.step()``."""
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Test-time embedding ``[B, D]`` of un-augmented images ``[B, C, H, W]`` in [0, 1]."""
+        raise NotImplementedError
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups. Default: every trainable parameter at ``lr``."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (tensors, numbers, strings only)."""
+        return {}
+
+    def load_extra_state_from_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def check_finite(losses: dict[str, Tensor], method: str) -> None:
+    """Raise FloatingPointError naming the first non-finite loss term."""
+    for key, value in losses.items():
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"{method}: loss term '{key}' is {value.item() if value.numel() == 1 else 'non-finite'}")
+
+
+def seeded_generator(seed: int, *salt: int) -> torch.Generator:
+    """A torch Generator seeded from ``seed`` and any integers (epoch, round, rank ...)."""
+    value = int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+    gen = torch.Generator()
+    gen.manual_seed(value)
+    return gen

@@ -1,0 +1,1 @@
+"""Models: backbones, heads, orthogonal projection, EMA teacher."""
