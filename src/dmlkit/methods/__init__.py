@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from dmlkit.methods.base import Method, RefreshContext
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext
 
 REGISTRY: dict[str, str] = {
     "initial": "dmlkit.methods.reference:InitialMethod",
@@ -50,4 +50,4 @@ def available_methods() -> dict[str, str]:
     return out
 
 
-__all__ = ["Method", "RefreshContext", "REGISTRY", "method_class", "available_methods"]
+__all__ = ["BuildInfo", "Method", "RefreshContext", "REGISTRY", "method_class", "available_methods"]

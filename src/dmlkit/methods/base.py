@@ -32,6 +32,27 @@ from dmlkit.data.base import DMLDataset
 
 
 @dataclass
+class BuildInfo:
+    """What a method needs to know about the data to build itself.
+
+    Attributes:
+        channels: image channels (1 grey, 3 colour).
+        image_size: side of the square stored images.
+        num_train: number of training items.
+        num_classes: number of distinct visible (labeled) classes in the training split, 0 if none.
+        dataset: dataset name as the CLI spells it.
+        views_preset: the augmentation preset for this dataset (``grey28``, ``colour32``, ``imagenet224``).
+    """
+
+    channels: int = 1
+    image_size: int = 28
+    num_train: int = 0
+    num_classes: int = 0
+    dataset: str = ""
+    views_preset: str = "grey28"
+
+
+@dataclass
 class RefreshContext:
     """What the engine gives :meth:`Method.refresh`.
 
@@ -70,8 +91,32 @@ class Method(nn.Module):
 
     name: ClassVar[str] = "method"
     uses_labels: ClassVar[str] = "none"
+    #: training settings the engine uses unless the user overrides them
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10, "batch_size": 128, "lr": 1e-4, "weight_decay": 0.0,
+        "optimizer": "adam", "scheduler": "cosine",
+    }
+    #: the method's option dataclass (paper defaults); subclasses replace it
+    Config: ClassVar[type] = None  # type: ignore[assignment]
     #: how many steps one refresh serves; the engine calls refresh at the start of each epoch
     refresh_every_epochs: int = 1
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], info: BuildInfo) -> "Method":
+        """Build from user options (names of ``cls.Config`` fields) over the paper defaults."""
+        import dataclasses
+
+        if cls.Config is None:
+            if options:
+                raise ValueError(f"method '{cls.name}' takes no options, got: {', '.join(options)}")
+            return cls(None, info)  # type: ignore[call-arg]
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(
+                f"method '{cls.name}' has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(names))}"
+            )
+        return cls(cls.Config(**options), info)  # type: ignore[call-arg]
 
     def refresh(self, context: RefreshContext) -> None:
         """Once per epoch before the first batch: recompute neighbour tables, partitions, clusters."""
