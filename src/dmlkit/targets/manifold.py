@@ -1,0 +1,359 @@
+"""PLM's piecewise-linear manifold and its similarity (seed 003, Secs. 3.2, 3.3 and 3.5; spec PLM.md §3-4).
+
+Every point ``x_i`` of a batch of momentum-encoder embeddings gets an m-dimensional linear piece
+``P_i`` (basis ``U_i``, D x m) fitted by PCA to a subset ``X_i`` of its k nearest batch points,
+grown greedily under a reconstruction threshold T (Sec. 3.2). The similarity of a point to a piece
+decays with the orthogonal distance ``o`` and the in-piece distance ``p`` (Eqs. 2-4) and is
+symmetrised over the two pieces (Eq. 5). Proxies ``(rho_j, Psi_j)`` play the role of pieces (Sec. 3.5).
+
+Everything here runs without gradients on the pieces; the selection is batched over anchors and
+loops only over the k candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ERROR_DEFS = ("absolute", "point_norm", "literal", "energy")
+CHECKS = ("all", "previous")
+CENTERS = ("mean", "anchor", "none")
+EIG_FLOOR = 1e-10  # spec §3 step 3: directions with eigenvalue below this become zero columns
+
+
+@dataclass
+class Pieces:
+    """The piecewise-linear manifold of a set of points.
+
+    Attributes:
+        points: ``[B, D]`` the anchors ``x_i``.
+        bases: ``[B, D, m]`` orthonormal bases ``U_i`` (zero columns where the selected set is degenerate).
+        neighbours: ``[B, k]`` the candidates ``N_1..N_k`` of each anchor (indices into the candidate set,
+            ascending distance).
+        selected: ``[B, k]`` bool, whether candidate ``N_t`` belongs to ``X_i`` (the anchor always does).
+        radius: ``[B]`` distance from ``x_i`` to its farthest selected neighbour (0 if none).
+    """
+
+    points: Tensor
+    bases: Tensor
+    neighbours: Tensor
+    selected: Tensor
+    radius: Tensor
+
+    def members(self, n: int | None = None) -> Tensor:
+        """``[B, n]`` bool membership matrix: ``[i, j]`` iff point j is in ``X_i`` (i itself included)."""
+        b = self.points.shape[0]
+        n = b if n is None else n
+        out = torch.zeros(b, n, dtype=torch.bool, device=self.points.device)
+        out.scatter_(1, self.neighbours, self.selected)
+        if n == b:
+            out.fill_diagonal_(True)
+        return out
+
+
+def _check_options(m: int, threshold: float, error_def: str, check: str, center: str) -> None:
+    if m < 1:
+        raise ValueError(f"piece dimension m must be >= 1, got {m}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold T is a fraction in [0, 1] (0.9 for 90%), got {threshold}")
+    for name, value, allowed in (("error_def", error_def, ERROR_DEFS), ("check", check, CHECKS), ("center", center, CENTERS)):
+        if value not in allowed:
+            raise ValueError(f"{name}='{value}' is not one of {', '.join(allowed)}")
+
+
+def _centred(points: Tensor, mask: Tensor, center: str) -> Tensor:
+    """``C = M ⊙ (N - mu)``: masked, centred rows ``[B, S, D]`` (rows outside the mask are exactly 0)."""
+    weights = mask.to(points.dtype).unsqueeze(-1)
+    if center == "mean":
+        mu = (points * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+    elif center == "anchor":
+        mu = points[:, :1]
+    else:
+        mu = torch.zeros_like(points[:, :1])
+    return (points - mu) * weights
+
+
+def _top_eig(centred: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gram ``G = C Cᵀ`` ``[B, S, S]`` and its top-m eigenpairs (descending): ``(G, lam [B, m], E [B, S, m])``."""
+    gram = centred @ centred.transpose(1, 2)
+    lam, vec = torch.linalg.eigh(gram)
+    m = min(m, lam.shape[-1])
+    return gram, lam.flip(-1)[:, :m].clamp_min(0.0), vec.flip(-1)[:, :, :m]
+
+
+def _passes(points: Tensor, centred: Tensor, gram: Tensor, lam: Tensor, vec: Tensor, threshold: float, error_def: str) -> Tensor:
+    """Whether each row passes the reconstruction test ``[B, S]`` (Sec. 3.2 step 3, spec §3)."""
+    sq_norm = torch.diagonal(gram, dim1=1, dim2=2)
+    residual_sq = (sq_norm - (lam.unsqueeze(1) * vec.square()).sum(-1)).clamp_min(0.0)
+    error = residual_sq.sqrt()
+    tol = 1.0 - threshold
+    if error_def == "absolute":
+        return error <= tol
+    if error_def == "point_norm":
+        return error / points.norm(dim=-1).clamp_min(1e-12) <= tol
+    if error_def == "literal":
+        return error < threshold
+    return residual_sq <= tol * sq_norm  # "energy": ||(I-UUᵀ)(x-mu)||² / ||x-mu||² <= 1-T
+
+
+def fit_pieces(
+    anchors: Tensor,
+    candidates: Tensor,
+    m: int = 3,
+    threshold: float = 0.9,
+    selection: bool = True,
+    error_def: str = "absolute",
+    check: str = "all",
+    center: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """Grow each anchor's subset ``X_i`` over its candidates and fit its m-dim PCA piece (Sec. 3.2).
+
+    Step 1: ``X_i = {x_i, N_1..N_{m-1}}``. Step 2-4: for t = m..k add ``N_t`` iff the m-dim PCA of
+    ``X_i ∪ {N_t}`` reconstructs every checked point with error at most 1 - T; a rejected candidate is
+    skipped, not a stopping rule. Batched over anchors; the only loop is over t.
+
+    Args:
+        anchors: ``[B, D]`` the points ``x_i``.
+        candidates: ``[B, k, D]`` their neighbours ``N_1..N_k`` in ascending distance.
+        m: piece dimension.
+        threshold: reconstruction quality T (0.9 = 90%).
+        selection: False for ablation (1) of Table 3: ``X_i`` = the anchor and all k neighbours.
+        error_def, check, center: the open choices of spec §3 (defaults: absolute residual, check every
+            point of ``X'``, centre at the mean).
+
+    Returns:
+        ``(bases [B, D, m], selected [B, k] bool)``; bases are orthonormal columns, or zero columns where
+        the eigenvalue is below 1e-10.
+    """
+    _check_options(m, threshold, error_def, check, center)
+    if anchors.ndim != 2 or candidates.ndim != 3 or candidates.shape[0] != anchors.shape[0] or candidates.shape[2] != anchors.shape[1]:
+        raise ValueError(f"anchors must be [B, D] and candidates [B, k, D]; got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
+    b, k, d = candidates.shape
+    points = torch.cat([anchors.unsqueeze(1), candidates], 1).detach().double()
+    mask = torch.zeros(b, k + 1, dtype=torch.bool, device=points.device)
+    if selection:
+        mask[:, : min(m, k + 1)] = True
+        for t in range(m, k + 1):
+            trial = mask.clone()
+            trial[:, t] = True
+            centred = _centred(points, trial, center)
+            gram, lam, vec = _top_eig(centred, m)
+            ok = _passes(points, centred, gram, lam, vec, threshold, error_def)
+            checked = trial if check == "all" else mask
+            mask[:, t] = (ok | ~checked).all(1)
+    else:
+        mask[:] = True
+    centred = _centred(points, mask, center)
+    _, lam, vec = _top_eig(centred, m)
+    keep = lam > EIG_FLOOR
+    scale = torch.where(keep, lam.clamp_min(EIG_FLOOR).rsqrt(), torch.zeros_like(lam))
+    bases = centred.transpose(1, 2) @ (vec * scale.unsqueeze(1))  # U = Cᵀ E Λ^{-1/2}
+    if bases.shape[-1] < m:
+        bases = torch.cat([bases, bases.new_zeros(b, d, m - bases.shape[-1])], -1)
+    return bases.to(anchors.dtype), mask[:, 1:]
+
+
+def batch_pieces(
+    x: Tensor,
+    m: int = 3,
+    k: int = 10,
+    threshold: float = 0.9,
+    selection: bool = True,
+    error_def: str = "absolute",
+    check: str = "all",
+    center: str = "mean",
+) -> Pieces:
+    """The piece of every point of a batch, from its k nearest *other* batch points (Sec. 3.2).
+
+    Args:
+        x: ``[B, D]`` momentum-encoder embeddings (unit norm in PLM).
+        k: neighbours per anchor (clamped to B - 1).
+
+    Returns:
+        :class:`Pieces` with ``neighbours`` indexing the batch.
+    """
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be [B, D] with B >= 2, got {tuple(x.shape)}")
+    x = x.detach()
+    k = min(k, x.shape[0] - 1)
+    dist = torch.cdist(x, x)
+    dist.fill_diagonal_(float("inf"))
+    near, neighbours = dist.topk(k, dim=1, largest=False)
+    bases, selected = fit_pieces(x, x[neighbours], m, threshold, selection, error_def, check, center)
+    radius = (near * selected).amax(1)
+    return Pieces(x, bases, neighbours, selected, radius)
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    return v.clamp_min(1e-24).sqrt()
+
+
+def piece_distances(x: Tensor, centres: Tensor, bases: Tensor) -> tuple[Tensor, Tensor]:
+    """Orthogonal and in-piece distances of points to pieces (Sec. 3.3).
+
+    With ``Δ = x_i - c_j``: ``p_ij = ||U_jᵀ Δ||`` and ``o_ij = ||Δ - U_j U_jᵀ Δ|| = sqrt(max(||Δ||² - p², 0))``.
+
+    Args:
+        x: ``[A, D]`` points. centres: ``[P, D]`` piece anchors. bases: ``[P, D, m]`` orthonormal (or zero) columns.
+
+    Returns:
+        ``(o [A, P], p [A, P])``.
+    """
+    proj = torch.einsum("ad,pdm->apm", x, bases) - torch.einsum("pd,pdm->pm", centres, bases).unsqueeze(0)
+    p_sq = proj.square().sum(-1)
+    delta_sq = (x.unsqueeze(1) - centres.unsqueeze(0)).square().sum(-1)
+    return _safe_sqrt(delta_sq - p_sq), _safe_sqrt(p_sq)
+
+
+def directed_similarity(o: Tensor, p: Tensor, n_alpha: float = 4.0, n_beta: float = 0.5) -> Tensor:
+    """``s' = α β`` with ``α = (1 + o/2)^{-N_α}`` (Eq. 3) and ``β = (1 + p)^{-N_β}`` (Eq. 4); Eq. 2."""
+    return (1.0 + o / 2.0).pow(-n_alpha) * (1.0 + p).pow(-n_beta)
+
+
+def in_piece(x: Tensor, centres: Tensor, bases: Tensor, radius: Tensor, threshold: float = 0.9) -> Tensor:
+    """``[A, P]`` bool: point i lies in piece j's neighbourhood, i.e. within its radius and with orthogonal
+    distance at most 1 - T (the binary-similarity ablation, Appendix A (2), for pieces without a member list)."""
+    o, _ = piece_distances(x, centres, bases)
+    return (torch.cdist(x, centres) <= radius.unsqueeze(0) + 1e-12) & (o <= 1.0 - threshold)
+
+
+def point_similarity(
+    pieces: Pieces,
+    n_alpha: float = 4.0,
+    n_beta: float = 0.5,
+    binary: bool = False,
+    same_image: Tensor | None = None,
+) -> Tensor:
+    """Point-point similarity ``s_ij = (s'(x_i, x_j) + s'(x_j, x_i)) / 2`` (Eq. 5), ``[B, B]``, symmetric, in (0, 1].
+
+    ``s'(x_i, x_j)`` reads ``(o, p)`` of ``x_i`` off ``P_j``.
+
+    Args:
+        binary: ablation (2) of Table 3: ``s'(x_i, x_j) = 1[x_i ∈ X_j]`` instead of Eqs. 2-4.
+        same_image: optional ``[B]`` image ids; pairs of views of one image get s = 1 (spec §4 option).
+    """
+    if binary:
+        directed = pieces.members().T.to(pieces.points.dtype)
+    else:
+        o, p = piece_distances(pieces.points, pieces.points, pieces.bases)
+        directed = directed_similarity(o, p, n_alpha, n_beta)
+    s = 0.5 * (directed + directed.T)
+    if same_image is not None:
+        s = torch.where(same_image.unsqueeze(0) == same_image.unsqueeze(1), torch.ones_like(s), s)
+    return s
+
+
+def proxy_similarity(
+    pieces: Pieces,
+    proxies: Tensor,
+    proxy_bases: Tensor,
+    n_alpha: float = 4.0,
+    n_beta: float = 0.5,
+    binary: bool = False,
+    threshold: float = 0.9,
+) -> Tensor:
+    """Proxy-point similarity ``s(x_i, rho_j)`` (Sec. 3.5): Eq. 5 with ``(rho_j, Psi_j)`` as the piece of the
+    proxy in one direction and ``P_i`` in the other; ``[B, N_rho]``. Differentiable in ``proxies`` and
+    ``proxy_bases``.
+
+    Args:
+        proxies: ``[N_rho, D]`` proxy locations (already normalised if the method normalises them).
+        proxy_bases: ``[N_rho, D, m]`` orthonormal bases ``Psi_j``.
+        binary: ablation (2): each direction is 1 iff the point lies in the other's piece neighbourhood
+            (within its radius, orthogonal distance <= 1 - T); a proxy's radius is the distance to its
+            k-th nearest batch point, k = the pieces' neighbour count.
+    """
+    x = pieces.points
+    if binary:
+        k = pieces.neighbours.shape[1]
+        proxy_radius = torch.cdist(proxies.detach(), x).kthvalue(min(k, x.shape[0]), dim=1).values
+        to_proxy = in_piece(x, proxies.detach(), proxy_bases.detach(), proxy_radius, threshold).to(x.dtype)
+        to_point = in_piece(proxies.detach(), x, pieces.bases, pieces.radius, threshold).T.to(x.dtype)
+        return 0.5 * (to_proxy + to_point)
+    o, p = piece_distances(x, proxies, proxy_bases)
+    to_proxy = directed_similarity(o, p, n_alpha, n_beta)  # s'(x_i, rho_j): piece Psi_j
+    o, p = piece_distances(proxies, x, pieces.bases)
+    to_point = directed_similarity(o, p, n_alpha, n_beta).T  # s'(rho_j, x_i): piece P_i
+    return 0.5 * (to_proxy + to_point)
+
+
+def basis_angle_cosine(bases: Tensor, proxy_bases: Tensor, squared: bool = False) -> Tensor:
+    """``cos θ_{k,j,i} = ||U_iᵀ ψ_{k,j}||`` between proxy direction ``ψ_{k,j}`` and piece ``P_i`` (Eq. 8),
+    computed as ``sqrt(||U_iᵀ ψ||² + 1e-12)`` (differentiable at 0); ``squared`` gives ``||U_iᵀ ψ||²``.
+
+    Args:
+        bases: ``[B, D, m]`` piece bases. proxy_bases: ``[N_rho, D, m]``.
+
+    Returns:
+        ``[B, N_rho, m]``.
+    """
+    sq = torch.einsum("bdr,jdk->bjkr", bases, proxy_bases).square().sum(-1)
+    return sq if squared else (sq + 1e-12).sqrt()
+
+
+@dataclass
+class ManifoldSupervision:
+    """PLM's pseudo-supervision over a whole set (Table 2): overlapping groups and a pairwise similarity.
+
+    Attributes:
+        groups: ``[N, k+1]`` long, row i = i then its selected neighbours, padded with -1.
+        similarity_rows: ``rows -> [len(rows), N]`` Eq. 5 similarity of the given rows to every point,
+            so that the full N x N matrix is never held.
+    """
+
+    groups: Tensor
+    similarity_rows: Callable[[Tensor], Tensor]
+
+    @property
+    def mean_group_size(self) -> float:
+        return float((self.groups >= 0).sum(1).double().mean())
+
+
+def manifold_supervision(
+    embeddings: Tensor,
+    k: int = 10,
+    m: int = 3,
+    threshold: float = 0.9,
+    n_alpha: float = 4.0,
+    n_beta: float = 0.5,
+    selection: bool = True,
+    error_def: str = "absolute",
+    check: str = "all",
+    center: str = "mean",
+    chunk: int = 4096,
+) -> ManifoldSupervision:
+    """PLM's pieces (pseudo groups) and Eq. 5 similarity for a set of embeddings (Sec. 4.3, Table 2).
+
+    Pieces are built from each point's k nearest neighbours in the whole set (spec §8 default), in
+    chunks of anchors; embeddings are L2-normalised as PLM's momentum encoder outputs are.
+
+    Args:
+        embeddings: ``[N, D]``.
+
+    Returns:
+        :class:`ManifoldSupervision`.
+    """
+    from dmlkit.evaluation.knn import knn_search
+
+    x = torch.nn.functional.normalize(embeddings.detach().float(), dim=1)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    _, neighbours = knn_search(x, k, exclude_self=True)
+    neighbours = torch.as_tensor(neighbours, dtype=torch.long)
+    bases = x.new_zeros(n, x.shape[1], m)
+    selected = torch.zeros(n, k, dtype=torch.bool)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        bases[rows], selected[rows] = fit_pieces(x[rows], x[neighbours[rows]], m, threshold, selection, error_def, check, center)
+    groups = torch.cat([torch.arange(n).unsqueeze(1), torch.where(selected, neighbours, torch.full_like(neighbours, -1))], 1)
+
+    def similarity_rows(rows: Tensor) -> Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        o, p = piece_distances(x[rows], x, bases)
+        forward = directed_similarity(o, p, n_alpha, n_beta)
+        o, p = piece_distances(x, x[rows], bases[rows])
+        return 0.5 * (forward + directed_similarity(o, p, n_alpha, n_beta).T)
+
+    return ManifoldSupervision(groups, similarity_rows)
