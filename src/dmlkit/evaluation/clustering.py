@@ -1,0 +1,118 @@
+"""k-means and NMI (EVALUATION.md §3).
+
+NMI = I(Ω; C) / ((H(Ω) + H(C)) / 2), the arithmetic normalisation (scikit-learn's default), computed
+from the contingency table of (class, cluster) pairs without any N×N object.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dmlkit.evaluation.knn import MAX_BLOCK_ELEMENTS
+
+KMEANS_INITS = ("random", "k-means++")
+KMEANS_BACKENDS = ("torch", "faiss")
+
+
+def nmi_score(labels: torch.Tensor | np.ndarray, clusters: torch.Tensor | np.ndarray) -> float:
+    """Arithmetic NMI of two labelings of the same N items (any integer ids; permutation-invariant).
+
+    Returns 1.0 when both labelings have a single group (0/0, the scikit-learn convention).
+    """
+    a = np.unique(np.asarray(torch.as_tensor(labels).cpu()), return_inverse=True)[1].ravel()
+    b = np.unique(np.asarray(torch.as_tensor(clusters).cpu()), return_inverse=True)[1].ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"labels ({a.shape[0]}) and clusters ({b.shape[0]}) must have the same length")
+    n = a.shape[0]
+    pairs, counts = np.unique(a.astype(np.int64) * (b.max() + 1) + b, return_counts=True)
+    pa, pb = np.bincount(a) / n, np.bincount(b) / n
+    h_a = -np.sum(pa * np.log(pa))
+    h_b = -np.sum(pb * np.log(pb))
+    if h_a == 0.0 and h_b == 0.0:
+        return 1.0
+    p = counts / n
+    ia, ib = pairs // (b.max() + 1), pairs % (b.max() + 1)
+    mi = max(float(np.sum(p * (np.log(p) - np.log(pa[ia]) - np.log(pb[ib])))), 0.0)
+    return float(mi / ((h_a + h_b) / 2.0))
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row (squared Euclidean via the expansion), in row blocks."""
+    c_sq = (centroids * centroids).sum(1)
+    rows = max(1, MAX_BLOCK_ELEMENTS // centroids.shape[0])
+    assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], rows):
+        block = torch.addmm(c_sq.unsqueeze(0), x[s : s + rows], centroids.T, alpha=-2.0)
+        dist[s : s + rows], assign[s : s + rows] = block.min(dim=1)
+    return assign, dist + (x * x).sum(1)
+
+
+def _init_centroids(x: torch.Tensor, k: int, init: str, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    if init == "random":
+        return x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+    # k-means++ (Arthur & Vassilvitskii 2007): each next centre drawn with probability ∝ D(x)².
+    first = int(torch.randint(n, (1,), generator=gen))
+    centroids = [x[first]]
+    d2 = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        weights = d2.clamp_min(0).double().cpu()
+        nxt = int(torch.multinomial(weights, 1, generator=gen)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=gen))
+        centroids.append(x[nxt])
+        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
+    return torch.stack(centroids).clone()
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    iters: int = 20,
+    n_init: int = 1,
+    init: str = "random",
+    seed: int = 0,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Lloyd's k-means; returns cluster ids ``[N]`` of the best of ``n_init`` runs (lowest inertia).
+
+    torch backend: ``iters`` rounds of (assign, update), stopping early once assignments repeat
+    (the remaining rounds would change nothing); an empty cluster keeps its centroid; run ``r`` is
+    seeded with ``seed + r``. faiss backend: ``faiss.Kmeans(niter=iters, nredo=n_init, seed=seed)``
+    with random-sample init and no subsampling (``max_points_per_centroid = N``).
+    """
+    if init not in KMEANS_INITS:
+        raise ValueError(f"kmeans_init must be one of {KMEANS_INITS}, got {init!r}")
+    if backend not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans_backend must be one of {KMEANS_BACKENDS}, got {backend!r}")
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= clusters <= points, got {k} clusters for {n} points")
+    if backend == "faiss":
+        if init != "random":
+            raise ValueError("faiss k-means only supports kmeans_init='random'; use kmeans_backend='torch'")
+        import faiss
+
+        xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        km = faiss.Kmeans(xn.shape[1], k, niter=iters, nredo=n_init, seed=seed, max_points_per_centroid=max(n, 1),
+                          min_points_per_centroid=1, verbose=False)
+        km.train(xn)
+        return torch.from_numpy(km.index.search(xn, 1)[1].ravel()).long()
+    best, best_inertia = None, float("inf")
+    for run in range(n_init):
+        gen = torch.Generator().manual_seed(seed + run)
+        centroids = _init_centroids(x, k, init, gen)
+        previous = None
+        for _ in range(iters):
+            assign, _ = _assign(x, centroids)
+            if previous is not None and torch.equal(assign, previous):
+                break
+            sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=k)
+            filled = counts > 0
+            centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+            previous = assign
+        assign, dist = _assign(x, centroids)
+        inertia = float(dist.clamp_min(0).sum())
+        if inertia < best_inertia:
+            best, best_inertia = assign, inertia
+    return best.cpu()

@@ -1,0 +1,181 @@
+"""Exact k-nearest-neighbour search in query chunks (EVALUATION.md §1).
+
+Conventions shared by every metric in :mod:`dmlkit.evaluation`:
+
+* **Distance.** ``"euclidean"``: :math:`\\sqrt{\\max(0, \\lVert a\\rVert^2+\\lVert b\\rVert^2-2a^\\top b)}`,
+  computed in float32 (float64 inputs stay float64). ``"cosine"``: :math:`1-\\hat a^\\top\\hat b` on
+  L2-normalised vectors (same ranking as Euclidean on normalised vectors).
+* **Self-match.** When ``gallery is None`` the query set is the gallery, and ``exclude_self=True``
+  removes each query's **own index** from its list; a duplicate at distance 0 stays.
+* **Ties.** Lists are sorted by (distance, gallery index). The torch backend guarantees it exactly:
+  it takes ``topk(k + 1)``, re-sorts those by (distance, index) and, for the rare rows whose k-th and
+  (k+1)-th distances are equal (a tie straddling the cut), redoes the row with a full *stable* sort of
+  its distances, whose columns are in index order. faiss gives no order among equal distances; the
+  faiss backend re-sorts each returned list by (distance, index), so it agrees with torch whenever no
+  tie straddles the k-th position — always on tie-free data.
+* **Memory.** One block of ``rows × M`` distances at a time, with ``rows = min(chunk, 2**25 // M)``
+  (≤ 128 MiB in float32); never the full N×M matrix.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+METRICS = ("euclidean", "cosine")
+BACKENDS = ("torch", "faiss")
+MAX_BLOCK_ELEMENTS = 2**25
+
+
+def as_embeddings(x: torch.Tensor | np.ndarray, name: str = "embeddings") -> torch.Tensor:
+    """A finite 2-D float tensor (float64 kept, anything else float32); ValueError otherwise."""
+    t = torch.as_tensor(x)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}; reshape to one row per item")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); evaluate at least one item of dimension >= 1")
+    if t.dtype != torch.float64:
+        t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        raise ValueError(
+            f"{name} contains NaN or inf in {bad} row(s); the model diverged or the input is corrupt — "
+            "fix the training (lower lr) or drop those rows before evaluating"
+        )
+    return t
+
+
+def _check_options(metric: str, backend: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def block_rows(chunk: int, num_gallery: int) -> int:
+    """Query rows per distance block: ``min(chunk, 2**25 // num_gallery)``, at least 1."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return max(1, min(chunk, MAX_BLOCK_ELEMENTS // max(num_gallery, 1)))
+
+
+def _sort_by_distance_then_index(d: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row of (d, i) by distance, ties by index: an index sort followed by a stable sort."""
+    order = torch.argsort(i, dim=1)
+    d, i = d.gather(1, order), i.gather(1, order)
+    order = torch.sort(d, dim=1, stable=True).indices
+    return d.gather(1, order), i.gather(1, order)
+
+
+def _torch_block(
+    q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, start: int, k: int, exclude_self: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared-Euclidean (g_sq given) or cosine distances of one query block, top-k with exact ties."""
+    if g_sq is not None:
+        d = torch.addmm(g_sq.unsqueeze(0), q, g.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True)).clamp_min_(0)
+    else:
+        d = torch.mm(q, g.T).neg_().add_(1.0).clamp_min_(0)
+    rows = torch.arange(q.shape[0], device=q.device)
+    if exclude_self:
+        d[rows, rows + start] = float("inf")
+    kk = min(k + 1, d.shape[1])
+    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+    vals, idx = _sort_by_distance_then_index(vals, idx)
+    if kk > k:
+        straddle = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
+        if straddle.numel():
+            full = torch.sort(d[straddle], dim=1, stable=True)
+            vals[straddle, :k], idx[straddle, :k] = full.values[:, :k], full.indices[:, :k]
+    return vals[:, :k], idx[:, :k]
+
+
+def iter_knn(
+    query: torch.Tensor,
+    k: int,
+    gallery: torch.Tensor | None = None,
+    exclude_self: bool = True,
+    metric: str = "euclidean",
+    backend: str = "torch",
+    chunk: int = 4096,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, distances [b, k], indices [b, k])`` block by block over the queries.
+
+    Inputs must already be validated 2-D float tensors (see :func:`as_embeddings`); ``k`` must not
+    exceed the gallery size (minus one when the self-match is excluded).
+    """
+    _check_options(metric, backend)
+    same = gallery is None
+    g = query if same else gallery
+    drop_self = same and exclude_self
+    if metric == "cosine":
+        query, g = F.normalize(query, dim=1), F.normalize(g, dim=1)
+    rows = block_rows(chunk, g.shape[0])
+    if backend == "torch":
+        g_sq = (g * g).sum(1) if metric == "euclidean" else None
+        for start in range(0, query.shape[0], rows):
+            d, i = _torch_block(query[start : start + rows], g, g_sq, start, k, drop_self)
+            yield start, (d.sqrt_() if metric == "euclidean" else d), i
+        return
+    import faiss
+
+    gn = g.detach().cpu().float().numpy()
+    index = faiss.IndexFlatL2(gn.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(gn.shape[1])
+    index.add(np.ascontiguousarray(gn))
+    kk = min(k + int(drop_self), gn.shape[0])
+    for start in range(0, query.shape[0], rows):
+        qn = np.ascontiguousarray(query[start : start + rows].detach().cpu().float().numpy())
+        dist, ind = index.search(qn, kk)
+        d, i = torch.from_numpy(dist), torch.from_numpy(ind)
+        d = d.clamp_min_(0) if metric == "euclidean" else d.neg_().add_(1.0).clamp_min_(0)
+        if drop_self:
+            own = i == torch.arange(start, start + i.shape[0]).unsqueeze(1)
+            own[~own.any(dim=1), -1] = True  # self not found (k+1 ties): drop the last column instead
+            d, i = d[~own].view(i.shape[0], -1), i[~own].view(i.shape[0], -1)
+        d, i = _sort_by_distance_then_index(d, i)
+        d, i = d[:, :k].to(query.device, query.dtype), i[:, :k].to(query.device)
+        yield start, (d.sqrt_() if metric == "euclidean" else d), i
+
+
+def knn_search(
+    query: torch.Tensor | np.ndarray,
+    k: int,
+    gallery: torch.Tensor | np.ndarray | None = None,
+    exclude_self: bool = True,
+    metric: str = "euclidean",
+    backend: str = "torch",
+    chunk: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest gallery items of every query, sorted by (distance, gallery index).
+
+    Args:
+        query: ``[Q, D]`` embeddings.
+        k: neighbours per query; at most the gallery size (minus one when the self-match is removed).
+        gallery: ``[M, D]`` reference embeddings; ``None`` means the queries are the gallery.
+        exclude_self: with ``gallery=None``, remove each query's own index from its list (ties and
+            duplicates stay). Has no effect with a separate gallery. ``False`` keeps the self-match
+            (neighbour tables whose row ``i`` starts with ``i``; a duplicate of ``i`` at distance 0 with a
+            lower index would come first).
+        metric: ``"euclidean"`` (true distances, not squared) or ``"cosine"`` (``1 - cos``).
+        backend: ``"torch"`` (on the query's device, exact index tie-break) or ``"faiss"`` (CPU).
+        chunk: the most query rows per distance block (see the module docstring).
+
+    Returns:
+        ``distances`` ``[Q, k]`` (query dtype) and ``indices`` ``[Q, k]`` int64 into the gallery.
+    """
+    q = as_embeddings(query, "query")
+    g = None if gallery is None else as_embeddings(gallery, "gallery").to(q.device, q.dtype)
+    if g is not None and g.shape[1] != q.shape[1]:
+        raise ValueError(f"query has dimension {q.shape[1]} but gallery has {g.shape[1]}; embed both with one model")
+    available = (q.shape[0] - int(exclude_self)) if g is None else g.shape[0]
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"k={k} but only {available} gallery items can be returned per query; pass 1 <= k <= {available}"
+        )
+    out_d = torch.empty(q.shape[0], k, dtype=q.dtype, device=q.device)
+    out_i = torch.empty(q.shape[0], k, dtype=torch.long, device=q.device)
+    for start, d, i in iter_knn(q, k, g, exclude_self, metric, backend, chunk):
+        out_d[start : start + d.shape[0]] = d
+        out_i[start : start + i.shape[0]] = i
+    return out_d, out_i

@@ -1,0 +1,178 @@
+"""Recall@K, Precision@K, R-Precision, MAP@R and NMI from one chunked kNN search (EVALUATION.md §2-3).
+
+For one query with ranked relevance ``rel_1..rel_k`` (self removed by index, ties by index) and
+``R`` relevant gallery items, with ``P(i) = (1/i) Σ_{t<=i} rel_t``:
+
+* Recall@K = 1[∃ i <= K: rel_i = 1]   (the DML hit rate, not IR recall)
+* P@K      = (1/K) Σ_{i<=K} rel_i
+* RP       = (1/R) Σ_{i<=R} rel_i
+* MAP@R    = (1/R) Σ_{i<=R} P(i) rel_i  (MLRC), so MAP@R <= RP <= 1.
+
+Means are over queries (``average="micro"``) or over classes of per-class means (``"class"``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dmlkit.evaluation.clustering import kmeans, nmi_score
+from dmlkit.evaluation.knn import as_embeddings, iter_knn
+
+LONE_QUERY = ("exclude", "zero")
+AVERAGES = ("micro", "class")
+
+
+def _as_labels(labels: torch.Tensor | np.ndarray | Sequence[int], n: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D with one label per embedding row ({n}), got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class ids, got dtype {t.dtype}")
+    return t.long()
+
+
+def _check_ks(ks: Sequence[int], name: str, available: int) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"{name} values must be >= 1, got {ks}")
+    if ks and max(ks) > available:
+        raise ValueError(
+            f"{name}={ks} asks for K={max(ks)} but each query ranks only {available} gallery items; "
+            f"drop the K values above {available} or evaluate a larger set"
+        )
+    return ks
+
+
+def retrieval_scores(
+    relevant: torch.Tensor, num_relevant: torch.Tensor, recall_at: Sequence[int], precision_at: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Per-query scores from ranked relevance.
+
+    Args:
+        relevant: bool ``[B, k]``, ``relevant[q, i]`` = rank ``i+1`` of query ``q`` is relevant;
+            ``k`` must be at least ``max(recall_at, precision_at, num_relevant)``.
+        num_relevant: ``[B]`` R(q); rows with R = 0 score 0 on RP and MAP@R.
+
+    Returns:
+        float64 ``[B]`` tensors keyed ``recall@K``, ``precision@K``, ``r_precision``, ``map@r``.
+    """
+    rel = relevant.to(torch.float64)
+    out = {f"recall@{k}": rel[:, :k].amax(dim=1) for k in recall_at}
+    out.update({f"precision@{k}": rel[:, :k].sum(dim=1) / k for k in precision_at})
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
+    within_r = (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1)).to(torch.float64)
+    r = num_relevant.to(torch.float64).clamp_min(1)
+    out["r_precision"] = (rel * within_r).sum(dim=1) / r
+    out["map@r"] = (rel.cumsum(dim=1) / ranks * rel * within_r).sum(dim=1) / r
+    return out
+
+
+def _mean(values: torch.Tensor, labels: torch.Tensor, average: str) -> float:
+    if values.numel() == 0:
+        return math.nan
+    if average == "micro":
+        return float(values.mean())
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    sums = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, values)
+    return float((sums / torch.bincount(inverse, minlength=len(classes))).mean())
+
+
+def evaluate(
+    embeddings: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    recall_at: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "euclidean",
+    *,
+    query_embeddings: torch.Tensor | np.ndarray | None = None,
+    query_labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    precision_at: Sequence[int] = (1,),
+    nmi: bool = True,
+    lone_query: str = "exclude",
+    average: str = "micro",
+    backend: str = "torch",
+    chunk: int = 4096,
+    kmeans_iters: int = 20,
+    kmeans_n_init: int = 1,
+    kmeans_init: str = "random",
+    kmeans_backend: str = "torch",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every retrieval metric from ONE chunked kNN search, plus NMI.
+
+    Args:
+        embeddings: ``[N, D]`` gallery (reference) embeddings. Without ``query_embeddings`` they are
+            also the queries ("compared to self"): each query's own index is removed from its list.
+        labels: ``[N]`` integer class ids of ``embeddings``.
+        recall_at: the K of Recall@K (hit rate); every K must be <= the gallery size (N - 1 when
+            compared to self), else ValueError.
+        metric: ``"euclidean"`` or ``"cosine"``.
+        query_embeddings, query_labels: a separate query set ``[Q, D]``, ``[Q]`` (In-shop: query vs
+            gallery, nothing removed).
+        precision_at: the K of P@K; ``precision@1`` is always reported.
+        nmi: run k-means on the query embeddings with one cluster per distinct query label.
+        lone_query: ``"exclude"`` drops queries with R(q) = 0 from every retrieval mean;
+            ``"zero"`` counts them as 0. Either way ``num_lone_queries`` reports how many there are.
+        average: ``"micro"`` (mean over queries) or ``"class"`` (mean of per-class means).
+        backend, chunk: kNN back-end and query rows per block (:func:`dmlkit.evaluation.knn.knn_search`).
+        kmeans_iters, kmeans_n_init, kmeans_init, kmeans_backend, seed: k-means settings for NMI.
+
+    Returns:
+        ``recall@K`` for each K, ``precision@K``, ``r_precision``, ``map@r``, ``nmi`` (when asked) and
+        ``num_lone_queries``. Retrieval metrics are NaN (with a warning) when every query is lone.
+        The search uses k = max(K values, largest R(q)) neighbours, so RP and MAP@R are exact.
+    """
+    if lone_query not in LONE_QUERY:
+        raise ValueError(f"lone_query must be one of {LONE_QUERY}, got {lone_query!r}")
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    gallery = as_embeddings(embeddings, "embeddings")
+    g_labels = _as_labels(labels, gallery.shape[0], "labels").to(gallery.device)
+    same = query_embeddings is None
+    if same:
+        if query_labels is not None:
+            raise ValueError("query_labels given without query_embeddings; pass both or neither")
+        query, q_labels = gallery, g_labels
+    else:
+        if query_labels is None:
+            raise ValueError("query_embeddings given without query_labels; pass both")
+        query = as_embeddings(query_embeddings, "query_embeddings").to(gallery.device, gallery.dtype)
+        q_labels = _as_labels(query_labels, query.shape[0], "query_labels").to(gallery.device)
+        if query.shape[1] != gallery.shape[1]:
+            raise ValueError(
+                f"query_embeddings have dimension {query.shape[1]} but embeddings have {gallery.shape[1]}"
+            )
+    available = gallery.shape[0] - int(same)
+    recall_at = _check_ks(recall_at, "recall_at", available)
+    precision_at = tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
+    if available < 1:
+        raise ValueError("a set compared to itself needs at least 2 items")
+
+    classes, inverse = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
+    q_class, g_class = inverse[: len(q_labels)], inverse[len(q_labels) :]
+    num_relevant = torch.bincount(g_class, minlength=len(classes))[q_class] - int(same)
+    k = max(max(recall_at, default=1), max(precision_at), int(num_relevant.max()))
+
+    per_query: dict[str, torch.Tensor] = {}
+    for start, _, idx in iter_knn(query, k, None if same else gallery, True, metric, backend, chunk):
+        stop = start + idx.shape[0]
+        relevant = g_class[idx] == q_class[start:stop].unsqueeze(1)
+        scores = retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at)
+        for name, value in scores.items():
+            per_query.setdefault(name, torch.empty(query.shape[0], dtype=torch.float64))[start:stop] = value.cpu()
+
+    lone = (num_relevant == 0).cpu()
+    keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
+    if not bool(keep.any()):
+        warnings.warn("every query is lone (no other item of its class); retrieval metrics are NaN", stacklevel=2)
+    kept_labels = q_labels.cpu()[keep]
+    result = {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
+    if nmi:
+        n_clusters = int(torch.unique(q_labels).numel())
+        clusters = kmeans(query, n_clusters, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
+        result["nmi"] = nmi_score(q_labels, clusters)
+    result["num_lone_queries"] = int(lone.sum())
+    return result
