@@ -16,4 +16,12 @@ def evaluate(*args, **kwargs):  # noqa: D103 - documented in dmlkit.evaluation.e
 
 evaluate.__doc__ = "Recall@K, NMI, P@1, R-Precision and MAP@R from one kNN search; see dmlkit.evaluation.evaluate."
 
-__all__ = ["evaluate", "__version__"]
+def train(*args, **kwargs):  # noqa: D103 - documented in dmlkit.engine.run.train
+    from dmlkit.engine.run import train as _train
+
+    return _train(*args, **kwargs)
+
+
+train.__doc__ = "Train one method like `dmlkit train`; returns metrics.json's content. See dmlkit.engine.run.train."
+
+__all__ = ["evaluate", "train", "__version__"]

@@ -1,1 +1,5 @@
-"""engine."""
+"""The training engine: one loop (Lightning) for every method, run directories, checkpoints."""
+from dmlkit.engine.config import ConfigError, RunConfig, resolve_config
+from dmlkit.engine.run import load_run, run, train
+
+__all__ = ["ConfigError", "RunConfig", "resolve_config", "run", "train", "load_run"]

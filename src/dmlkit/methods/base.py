@@ -98,8 +98,8 @@ class Method(nn.Module):
     }
     #: the method's option dataclass (paper defaults); subclasses replace it
     Config: ClassVar[type] = None  # type: ignore[assignment]
-    #: how many steps one refresh serves; the engine calls refresh at the start of each epoch
-    refresh_every_epochs: int = 1
+    #: False for methods that only evaluate (``initial``): the engine skips training
+    trains: ClassVar[bool] = True
 
     @classmethod
     def from_options(cls, options: dict[str, Any], info: BuildInfo) -> "Method":
@@ -153,11 +153,12 @@ class Method(nn.Module):
         pass
 
 
-def check_finite(losses: dict[str, Tensor], method: str) -> None:
-    """Raise FloatingPointError naming the first non-finite loss term."""
-    for key, value in losses.items():
-        if not torch.isfinite(value).all():
-            raise FloatingPointError(f"{method}: loss term '{key}' is {value.item() if value.numel() == 1 else 'non-finite'}")
+def default_backbone(info: BuildInfo) -> str:
+    """The backbone a preset uses when it names none: the SSDML nets for small images
+    (``mnist-net`` for 28-px grey, ``cifar-net`` for 32-px colour), ``resnet50`` for ImageNet-size input."""
+    if info.views_preset == "imagenet224" or info.image_size > 64:
+        return "resnet50"
+    return "mnist-net" if info.channels == 1 else "cifar-net"
 
 
 def seeded_generator(seed: int, *salt: int) -> torch.Generator:

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: install, then train the demo preset (STML on Fashion-MNIST) and print the metrics table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+dmlkit train --preset demo --out runs/demo "$@"

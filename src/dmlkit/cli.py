@@ -1,0 +1,303 @@
+"""The ``dmlkit`` command line: train, eval, embed, quality, methods, datasets, presets.
+
+Exit codes: 0 success; 2 bad input (dataset, config, checkpoint, options) with one error line that
+names the problem and the fix; 3 a non-finite loss (the message names the step, the method and the
+last good checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+
+METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@20", "recall@30",
+                "recall@40", "recall@50", "recall@100", "recall@1000", "nmi", "precision@1", "r_precision", "map@r")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a method and evaluate it",
+        description="Train METHOD on DATASET, evaluate on the test split every --eval-every epochs, and write "
+                    "a run directory (config.yaml, checkpoints/, logs/, metrics.json, pictures/, report.md).",
+        epilog="examples:\n"
+               "  dmlkit train --preset demo --out runs/demo\n"
+               "  dmlkit train --method stml --dataset fashion-mnist --epochs 20 --out runs/stml\n"
+               "  dmlkit train --method ssdml --dataset fashion-mnist --labels-per-class 10 --out runs/ssdml\n"
+               "  dmlkit train --method stml --dataset cub200 --data-root /data --set sigma=3 --out runs/cub",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", help="method name (`dmlkit methods`); default stml")
+    p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, digits, cub200, cars196, sop, inshop, "
+                                     "folder:PATH or csv:PATH (`dmlkit datasets`); default fashion-mnist")
+    p.add_argument("--preset", help="a preset name (`dmlkit presets`) or YAML path; flags override it")
+    p.add_argument("--protocol", choices=["standard", "zero-shot"],
+                   help="standard: train split -> test split; zero-shot: first half of the classes -> second half")
+    p.add_argument("--labels-per-class", type=int, help="keep N labels per class, the rest unlabeled (seeded)")
+    p.add_argument("--fold", type=int, help="MLRC fold 0-3: train on the other folds, validate on this one")
+    p.add_argument("--val-fraction", type=float, help="hold out this fraction of each class for validation")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
+    p.add_argument("--train-subset", type=int, help="train on a stratified subset of N items (quick runs)")
+    p.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N test items")
+    p.add_argument("--data-root", help="where datasets live (else $DMLKIT_DATA, system packages, ~/.cache/dmlkit)")
+    p.add_argument("--out", help="run directory (default runs/latest)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--accelerator", help="auto, cpu or gpu")
+    p.add_argument("--devices", type=int, help="number of devices/processes (DDP when > 1)")
+    p.add_argument("--strategy", help="auto or ddp")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--on-nan", choices=["stop", "skip"], help="stop (default, exit 3) or skip a batch whose loss is not finite")
+    p.add_argument("--no-pictures", action="store_true", help="skip the embedding map, retrieval grid and curves")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting or a method option (e.g. --set sigma=2 --set epochs=5)")
+
+
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from dmlkit.engine.config import parse_overrides
+
+    settings: dict[str, Any] = {}
+    mapping = {"method": "method", "dataset": "dataset", "preset": "preset", "protocol": "protocol",
+               "labels_per_class": "labels_per_class", "fold": "fold", "val_fraction": "val_fraction",
+               "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+               "eval_every": "eval_every", "train_subset": "train_subset", "test_subset": "test_subset",
+               "data_root": "data_root", "out": "out", "accelerator": "accelerator", "devices": "devices",
+               "strategy": "strategy", "threads": "threads", "on_nan": "on_nan"}
+    for attr, key in mapping.items():
+        value = getattr(args, attr)
+        if value is not None:
+            settings[key] = value
+    if args.no_pictures:
+        settings["pictures"] = False
+    if args.no_progress:
+        settings["progress"] = False
+    overrides = parse_overrides(args.set)
+    options = overrides.pop("options", {})
+    settings.update(overrides)
+    if options:
+        settings["options"] = options
+    return settings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.run import run
+
+    config = resolve_config(_train_settings(args))
+    if args.resume and not (Path(config.out) / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {config.out}/checkpoints/last.ckpt; start without --resume")
+    result = run(config, resume=bool(args.resume))
+    if result:
+        print(format_metrics(result["test"], title=f"{config.method} on {config.dataset} ({config.protocol}), "
+                                                    f"{result['seconds']:.0f} s — test split"))
+        print(f"run directory: {config.out}")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
+                       description="Embed the test split with a trained run and print the metrics. With "
+                                   "--protocol mlrc, give the four fold runs: prints 'separated' (mean of four) "
+                                   "and 'concatenated' (joined L2-normalised embeddings).")
+    p.add_argument("runs", nargs="+", help="run directory or checkpoint file (four of them for --protocol mlrc)")
+    p.add_argument("--protocol", choices=["single", "mlrc"], default="single")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+
+
+def _checkpoint(path: str, which: str) -> Path:
+    p = Path(path)
+    return p / "checkpoints" / f"{which}.ckpt" if p.is_dir() else p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dmlkit.engine.checkpoint import atomic_write_json
+    from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.engine.embedding import embed_dataset
+    from dmlkit.evaluation import evaluate
+    from dmlkit.methods import method_class
+
+    if args.protocol == "mlrc":
+        if len(args.runs) != 4:
+            raise ValueError(f"--protocol mlrc needs the four fold runs, got {len(args.runs)}")
+        from dmlkit.evaluation.protocols import mlrc_from_embeddings
+
+        per_fold, labels = [], None
+        for path in args.runs:
+            config, method, _ = load_run(_checkpoint(path, args.checkpoint))
+            data = prepare_data(config, method_class(config.method).uses_labels)
+            per_fold.append(embed_dataset(method.embed, data.query, modules=(method,)))
+            labels = data.query.true_labels
+        result = mlrc_from_embeddings(per_fold, labels)
+        for name in ("separated", "concatenated"):
+            print(format_metrics(result[name], title=f"MLRC {name}"))
+    else:
+        config, method, _ = load_run(_checkpoint(args.runs[0], args.checkpoint))
+        data = prepare_data(config, method_class(config.method).uses_labels)
+        query = embed_dataset(method.embed, data.query, modules=(method,))
+        kwargs = {}
+        if data.gallery is not None:
+            kwargs = {"gallery_embeddings": embed_dataset(method.embed, data.gallery, modules=(method,)),
+                      "gallery_labels": data.gallery.true_labels}
+        result = evaluate(query, data.query.true_labels, recall_at=data.query.recall_at, seed=config.seed, **kwargs)
+        print(format_metrics(result, title=f"{config.method} on {config.dataset} — test split"))
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="write embeddings of a split to .npy",
+                       description="Embed a split with a trained run; writes OUT (embeddings) and OUT with "
+                                   "'.labels.npy' (ground-truth labels).")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--split", choices=["train", "test", "gallery"], default="test")
+    p.add_argument("--out", required=True, help="output .npy path")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+
+    from dmlkit.engine.checkpoint import atomic_write_bytes
+    from dmlkit.engine.embedding import embed_dataset
+    from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.methods import method_class
+
+    config, method, _ = load_run(_checkpoint(args.run, args.checkpoint))
+    data = prepare_data(config, method_class(config.method).uses_labels)
+    dataset = {"train": data.train, "test": data.query, "gallery": data.gallery}[args.split]
+    if dataset is None:
+        raise ValueError(f"{config.dataset} has no '{args.split}' split")
+    embeddings = embed_dataset(method.embed, dataset, modules=(method,)).numpy()
+    for path, array in ((args.out, embeddings), (_labels_path(args.out), dataset.true_labels)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(path, buffer.getvalue())
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out}")
+    return 0
+
+
+def _labels_path(path: str) -> str:
+    return str(Path(path).with_suffix("")) + ".labels.npy"
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from dmlkit.methods import REGISTRY, available_methods
+
+    available = available_methods()
+    for name in REGISTRY:
+        print(f"{name:14s} {available.get(name, '(not in this version)')}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from dmlkit.data import list_datasets
+
+    for name, description in list_datasets().items():
+        print(f"{name:16s} {description}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from dmlkit.engine.config import list_presets
+
+    for name, description in list_presets().items():
+        print(f"{name:32s} {description}")
+    return 0
+
+
+def format_metrics(metrics: dict[str, float], title: str = "") -> str:
+    """A markdown table of the metrics, in the field's order, as percentages."""
+    keys = [k for k in METRIC_ORDER if k in metrics]
+    lines = [f"\n{title}"] if title else []
+    lines.append("| " + " | ".join(k.replace("precision@1", "P@1").replace("recall@", "R@").replace("r_precision", "RP")
+                                    .replace("map@r", "MAP@R").replace("nmi", "NMI") for k in keys) + " |")
+    lines.append("|" + "---|" * len(keys))
+    lines.append("| " + " | ".join(f"{100 * metrics[k]:.2f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmlkit",
+        description="Deep metric learning with few or no labels: STML, PLM, SSDML (+5 classical baselines), "
+                    "SLADE, DRML; one engine, one evaluator (Recall@K, NMI, P@1, R-Precision, MAP@R).",
+        epilog="Start with: dmlkit train --preset demo --out runs/demo")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_embed(sub)
+    _add_quality(sub)
+    sub.add_parser("methods", help="list the methods")
+    sub.add_parser("datasets", help="list the dataset readers")
+    sub.add_parser("presets", help="list the shipped YAML presets")
+    return parser
+
+
+def _add_quality(sub) -> None:
+    p = sub.add_parser("quality", help="pseudo-supervision quality report",
+                       description="Label purity and correlation with the ground-truth same-class indicator of "
+                                   "pseudo-supervision (k-means, agglomerative, and the run's method where it "
+                                   "defines one) on a run's training embeddings or an embedding file.")
+    p.add_argument("source", help="run directory, or an embeddings .npy (labels from --labels or NAME.labels.npy)")
+    p.add_argument("--labels", help="labels .npy for an embeddings file")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--max-items", type=int, default=5000, help="items drawn for the report (seeded)")
+    p.add_argument("--batch-size", type=int, default=120, help="items per pseudo-supervision batch")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from dmlkit.evaluation.quality_cli import run_quality
+
+    print(run_quality(args))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "quality": cmd_quality,
+            "methods": cmd_methods, "datasets": cmd_datasets, "presets": cmd_presets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dmlkit.data.base import DatasetError
+    from dmlkit.engine.checkpoint import CheckpointError
+    from dmlkit.engine.config import ConfigError
+    from dmlkit.engine.module import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except NonFiniteLossError as error:
+        out = getattr(args, "out", None) or "runs/latest"
+        pointer = Path(out) / "checkpoints" / "latest.json"
+        last = json.loads(pointer.read_text()) if pointer.is_file() else None
+        where = (f"last good checkpoint: {out}/checkpoints/{last['last']} (epoch {last['epoch']})" if last
+                 else "no checkpoint was written yet")
+        print(f"dmlkit: error: {error}; {where}. Lower the learning rate, or pass --on-nan skip", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (DatasetError, ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
+        message = error.args[0] if error.args else str(error)
+        print(f"dmlkit: error: {message}", file=sys.stderr)
+        if os.environ.get("DMLKIT_DEBUG"):
+            raise
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The one training loop: a LightningModule that drives any :class:`dmlkit.methods.Method`."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dmlkit.data.base import DMLDataset
+from dmlkit.engine.embedding import embed_dataset, neighbour_table
+from dmlkit.methods.base import Method, RefreshContext, seeded_generator
+
+log = logging.getLogger("dmlkit")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite loss; the CLI exits with code 3."""
+
+
+class EpochBatchSampler:
+    """Asks the method for a fresh batch list every epoch (neighbour tables change), and gives each
+    distributed rank its slice of every global batch."""
+
+    def __init__(self, method: Method, dataset: DMLDataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} does not split over {world_size} processes; use a multiple")
+        self.method, self.dataset, self.batch_size, self.seed = method, dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        share = self.batch_size // self.world_size
+        for batch in self.method.batch_sampler(self.dataset, self.batch_size, self.seed, self.epoch):
+            batch = list(batch)
+            yield batch[self.rank * share:(self.rank + 1) * share] if self.world_size > 1 else batch
+
+    def __len__(self) -> int:
+        try:
+            return len(self.method.batch_sampler(self.dataset, self.batch_size, self.seed, self.epoch))
+        except Exception:
+            return max(1, len(self.dataset) // self.batch_size)
+
+
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+    }
+
+
+class MethodModule(L.LightningModule):
+    """Lightning wrapper: refresh at epoch start, loss, hooks around the optimizer step, evaluation."""
+
+    def __init__(self, method: Method, train_set: DMLDataset, query: DMLDataset, gallery: DMLDataset | None,
+                 val: DMLDataset | None, settings: dict[str, Any], recall_at: tuple[int, ...]):
+        super().__init__()
+        self.method = method
+        self.train_set, self.query, self.gallery, self.val = train_set, query, gallery, val
+        self.settings = settings
+        self.recall_at = recall_at
+        self.history: list[dict[str, Any]] = []
+        self.batch_sampler: EpochBatchSampler | None = None
+        self.skipped_batches = 0
+        self._epoch_start = 0.0
+        self._images_seen = 0
+        self.checkpoint_hook = None
+
+    # -- data ---------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        self.batch_sampler = EpochBatchSampler(
+            self.method, self.train_set, self.settings["batch_size"], self.settings["seed"],
+            self.global_rank, self.trainer.world_size,
+        )
+        return DataLoader(self.train_set, batch_sampler=self.batch_sampler, collate_fn=_collate,
+                          num_workers=self.settings["num_workers"])
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        from dmlkit.models.optim import build_optimizer, build_scheduler
+
+        s = self.settings
+        groups = self.method.parameter_groups(s["lr"], s["weight_decay"])
+        optimizer = build_optimizer(s["optimizer"], groups, lr=s["lr"], weight_decay=s["weight_decay"])
+        scheduler = build_scheduler(s["scheduler"], optimizer, epochs=s["epochs"])
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        torch.manual_seed(int(seeded_generator(self.settings["seed"], epoch, self.global_rank).initial_seed()))
+        np.random.seed(int(seeded_generator(self.settings["seed"], epoch, 7).initial_seed()) % 2**32)
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
+        context = RefreshContext(
+            epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=neighbour_table,
+            device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
+        )
+        self.method.refresh(context)
+        self.method.train()
+        self._epoch_start = time.perf_counter()
+        self._images_seen = 0
+
+    def _embed_for_refresh(self, fn, dataset: DMLDataset | None = None) -> torch.Tensor:
+        return embed_dataset(fn, dataset or self.train_set, self.device, modules=(self.method,))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        losses = self.method.training_loss(batch)
+        bad = [key for key, value in losses.items() if not torch.isfinite(value).all()]
+        if bad:
+            message = (f"non-finite loss at epoch {self.current_epoch}, step {self.global_step} "
+                       f"(method {self.method.name}, term '{bad[0]}' = {losses[bad[0]].detach().flatten()[0].item()})")
+            if self.settings["on_nan"] == "skip":
+                log.warning("%s: batch skipped", message)
+                self.skipped_batches += 1
+                return None
+            raise NonFiniteLossError(message)
+        self._images_seen += len(batch["index"])
+        self.log_dict({f"train/{key}": value.detach() for key, value in losses.items()},
+                      on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["index"]))
+        self.log("loss", losses["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.method.before_optimizer_step()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.method.after_step()
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_start
+        record: dict[str, Any] = {"epoch": self.current_epoch + 1, "epoch_seconds": seconds,
+                                  "images_per_second": self._images_seen / max(seconds, 1e-9)}
+        epochs = self.settings["epochs"]
+        if (self.current_epoch + 1) % self.settings["eval_every"] == 0 or self.current_epoch + 1 == epochs:
+            record.update(self.evaluate_split("test"))
+            if self.val is not None:
+                record.update({f"val_{k}": v for k, v in self.evaluate_split("val").items()})
+            for key in ("recall@1", "nmi", "map@r"):
+                if key in record:
+                    self.log(f"test/{key}", float(record[key]), sync_dist=False)
+        self.history.append(record)
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook(self.trainer, record)
+        if self.global_rank == 0 and "recall@1" in record:
+            log.info("epoch %d: R@1 %.4f NMI %.4f MAP@R %.4f (%.1fs, %.0f img/s)", record["epoch"],
+                     record["recall@1"], record["nmi"], record["map@r"], seconds, record["images_per_second"])
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate_split(self, which: str = "test") -> dict[str, float]:
+        from dmlkit.evaluation import evaluate
+
+        if which == "val":
+            embeddings = self.embed(self.val)
+            return _floats(evaluate(embeddings, self.val.true_labels, recall_at=self.recall_at,
+                                    seed=self.settings["seed"]))
+        query = self.embed(self.query)
+        if self.gallery is None:
+            return _floats(evaluate(query, self.query.true_labels, recall_at=self.recall_at, seed=self.settings["seed"]))
+        gallery = self.embed(self.gallery)
+        return _floats(evaluate(query, self.query.true_labels, recall_at=self.recall_at,
+                                gallery_embeddings=gallery, gallery_labels=self.gallery.true_labels,
+                                seed=self.settings["seed"]))
+
+    def embed(self, dataset: DMLDataset) -> torch.Tensor:
+        return embed_dataset(self.method.embed, dataset, self.device, modules=(self.method,))
+
+    # -- checkpoint extras --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dmlkit"] = {"history": self.history, "method_state": self.method.extra_state_for_checkpoint(),
+                                "skipped_batches": self.skipped_batches}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dmlkit", {})
+        self.history = list(extra.get("history", []))
+        self.skipped_batches = int(extra.get("skipped_batches", 0))
+        self.method.load_extra_state_from_checkpoint(extra.get("method_state", {}))
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items()}

@@ -1,0 +1,257 @@
+"""One training run end to end: data, method, Lightning trainer, evaluation, run directory."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from dmlkit.data.base import DMLDataset, SplitData
+from dmlkit.engine.checkpoint import AtomicCheckpointIO, atomic_write_bytes, atomic_write_json, safe_torch_load
+from dmlkit.engine.config import RunConfig, resolve_config
+from dmlkit.methods import BuildInfo, Method, method_class
+
+log = logging.getLogger("dmlkit")
+
+LAST, BEST, POINTER = "last.ckpt", "best.ckpt", "latest.json"
+
+
+def train(method: str | None = None, dataset: str | None = None, out: str | None = None, **settings: Any) -> dict:
+    """Train one method, like ``dmlkit train``; returns the content of ``out/metrics.json``.
+
+    Example::
+
+        result = dmlkit.train("stml", "fashion-mnist", "runs/stml", epochs=2, train_subset=2000)
+        result["test"]["recall@1"]
+    """
+    for key, value in (("method", method), ("dataset", dataset), ("out", out)):
+        if value is not None:
+            settings[key] = value
+    resume = settings.pop("resume", False)
+    return run(resolve_config(settings), resume=resume)
+
+
+def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
+    """Records -> protocol split -> optional subsets -> labels a method may see."""
+    from dmlkit.data import load_records
+    from dmlkit.data.splits import make_split, stratified_subset
+
+    records = load_records(config.dataset, config.data_root)
+    split = make_split(records, protocol=config.protocol, labels_per_class=config.labels_per_class,
+                       seed=config.seed, fold=config.fold, val_fraction=config.val_fraction)
+    train_set, query = split.train, split.query
+    if config.train_subset:
+        train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
+    if config.test_subset and split.gallery is None:
+        query = stratified_subset(query, config.test_subset, seed=config.seed + 1)
+    train_set = visible_labels(train_set, uses_labels)
+    return SplitData(train=train_set, query=query, gallery=split.gallery, val=split.val, info=split.info)
+
+
+def visible_labels(dataset: DMLDataset, uses_labels: str) -> DMLDataset:
+    """Hide labels a method must not read: all of them for label-free methods; supervised methods
+    train on the labeled items only."""
+    if uses_labels == "none":
+        return dataset.with_labels(np.full(len(dataset), -1, dtype=np.int64))
+    if uses_labels == "all":
+        labeled = np.flatnonzero(dataset.labels >= 0)
+        if len(labeled) == 0:
+            raise ValueError(f"{dataset.name}: a supervised method needs labels, but every training item is unlabeled")
+        return dataset if len(labeled) == len(dataset) else dataset.subset(labeled)
+    if not (dataset.labels >= 0).any():
+        raise ValueError(f"{dataset.name}: a semi-supervised method needs some labels; pass --labels-per-class N")
+    return dataset
+
+
+def build_method(config: RunConfig, train_set: DMLDataset) -> Method:
+    cls = method_class(config.method)
+    from dmlkit.data.views import preset_for
+
+    visible = train_set.labels[train_set.labels >= 0]
+    info = BuildInfo(channels=train_set.channels, image_size=train_set.image_size, num_train=len(train_set),
+                     num_classes=int(len(np.unique(visible))), dataset=config.dataset,
+                     views_preset=preset_for(train_set))
+    return cls.from_options(dict(config.options), info)
+
+
+def _settings(config: RunConfig) -> dict[str, Any]:
+    return {"batch_size": config.batch_size, "seed": config.seed, "num_workers": config.num_workers,
+            "lr": config.lr, "weight_decay": config.weight_decay or 0.0, "optimizer": config.optimizer,
+            "scheduler": config.scheduler, "epochs": config.epochs, "eval_every": config.eval_every,
+            "on_nan": config.on_nan}
+
+
+def run(config: RunConfig, resume: bool | str = False) -> dict:
+    """Train ``config`` and write its run directory; returns the metrics.json content."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from dmlkit.engine.module import MethodModule
+
+    start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    checkpoint_dir = out / "checkpoints"
+    resume_path = _resume_path(out, resume)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    cls = method_class(config.method)
+    data = prepare_data(config, cls.uses_labels)
+    method = build_method(config, data.train)
+    if len(data.train) < config.batch_size and cls.uses_labels != "partial":
+        raise ValueError(f"the training split has {len(data.train)} items, fewer than one batch of {config.batch_size}; "
+                         "lower --batch-size or use more data")
+    recall_at = data.query.recall_at
+    module = MethodModule(method, data.train, data.query, data.gallery, data.val, _settings(config), recall_at)
+    rank_zero = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0))) == 0
+    if rank_zero and resume_path is None:
+        _start_run_dir(out)
+    if rank_zero:
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    if not cls.trains:
+        module.history.append({"epoch": 0, "epoch_seconds": 0.0, "images_per_second": 0.0,
+                               **module.evaluate_split("test")})
+        return _finish(module, config, out, time.perf_counter() - start)
+    module.checkpoint_hook = lambda trainer, record: _save_checkpoints(trainer, module, checkpoint_dir, record, config)
+    strategy: Any = config.strategy
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo" if config.accelerator == "cpu" else None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+        trainer = L.Trainer(
+            max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices, strategy=strategy,
+            logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tb")],
+            plugins=[AtomicCheckpointIO()], enable_checkpointing=False, enable_progress_bar=config.progress,
+            enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+            limit_val_batches=0, log_every_n_steps=10, deterministic=False,
+        )
+        trainer.fit(module, ckpt_path=str(resume_path) if resume_path else None)
+    if trainer.global_rank != 0:
+        return {}
+    result = _finish(module, config, out, time.perf_counter() - start)
+    return result
+
+
+def _resume_path(out: Path, resume: bool | str) -> Path | None:
+    if not resume:
+        return None
+    path = Path(resume) if isinstance(resume, str) else out / "checkpoints" / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {path}; start without --resume")
+    return path
+
+
+def _start_run_dir(out: Path) -> None:
+    """A fresh run: remove what a previous run in ``out`` left, so nothing stale looks complete."""
+    for name in ("metrics.json", "report.md", "pictures", "checkpoints", "logs"):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _save_checkpoints(trainer, module, checkpoint_dir: Path, record: dict, config: RunConfig) -> None:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(checkpoint_dir / LAST)
+    key = "val_map@r" if "val_map@r" in record else "recall@1"
+    if key in record:
+        scored = [r for r in module.history if key in r]
+        if record[key] >= max(r[key] for r in scored):
+            trainer.save_checkpoint(checkpoint_dir / BEST)
+    if trainer.global_rank == 0:
+        atomic_write_json(checkpoint_dir / POINTER, {"last": LAST, "epoch": record["epoch"], "complete": True})
+
+
+def _finish(module, config: RunConfig, out: Path, seconds: float) -> dict:
+    history = module.history
+    evaluated = [r for r in history if "recall@1" in r]
+    metric_keys = [k for k in evaluated[-1] if k not in ("epoch", "epoch_seconds", "images_per_second")
+                   and not k.startswith("val_")]
+    test = {k: evaluated[-1][k] for k in metric_keys}
+    select_key = "val_map@r" if "val_map@r" in evaluated[-1] else "recall@1"
+    best = max(evaluated, key=lambda r: r[select_key])
+    result = {
+        "method": config.method, "dataset": config.dataset, "protocol": config.protocol,
+        "test": test,
+        "best": {"epoch": best["epoch"], "selected_on": "validation map@r" if select_key.startswith("val")
+                 else "test recall@1 (best-on-test, for reproduction only)",
+                 **{k: best[k] for k in metric_keys}},
+        "seconds": seconds,
+        "images_per_second": float(np.mean([r["images_per_second"] for r in history])) if history else 0.0,
+        "skipped_batches": module.skipped_batches,
+        "history": history,
+        "config": config.to_dict(),
+    }
+    if config.pictures:
+        result["pictures"] = _pictures(module, out, config)
+    atomic_write_json(out / "metrics.json", result)
+    _report(out, result)
+    return result
+
+
+def _pictures(module, out: Path, config: RunConfig) -> list[str]:
+    from dmlkit import viz
+
+    pictures_dir = out / "pictures"
+    pictures_dir.mkdir(exist_ok=True)
+    query = module.query
+    embeddings = module.embed(query).numpy()
+    made = []
+    try:
+        viz.embedding_map(embeddings, query.true_labels, pictures_dir / "embedding_map.png", seed=config.seed)
+        made.append("pictures/embedding_map.png")
+        images = np.stack([query.image(i).numpy() for i in range(min(len(query), 4000))])
+        viz.retrieval_grid(images, embeddings[: len(images)], query.true_labels[: len(images)],
+                           pictures_dir / "retrieval_grid.png", seed=config.seed)
+        made.append("pictures/retrieval_grid.png")
+        viz.metric_curves(module.history, pictures_dir / "metric_curves.png")
+        made.append("pictures/metric_curves.png")
+    except Exception as error:  # pictures never sink a finished run
+        log.warning("pictures: %s", error)
+    return made
+
+
+def _report(out: Path, result: dict) -> None:
+    from dmlkit.viz import write_report
+
+    try:
+        write_report(out, result["test"], result["history"], result.get("pictures", []))
+    except Exception as error:
+        log.warning("report: %s", error)
+
+
+def load_run(path: str | Path) -> tuple[RunConfig, Method, dict]:
+    """A trained method from a run directory or checkpoint file: ``(config, method, checkpoint)``.
+
+    The checkpoint is read with weights-only loading; the config comes from the run's config.yaml.
+    """
+    path = Path(path)
+    ckpt_path = path / "checkpoints" / LAST if path.is_dir() else path
+    run_dir = ckpt_path.parent.parent
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.yaml beside {ckpt_path}; pass a run directory written by `dmlkit train`")
+    checkpoint = safe_torch_load(ckpt_path)
+    raw = yaml.safe_load(config_path.read_text())
+    raw.pop("preset", None)
+    config = RunConfig(**raw)
+    cls = method_class(config.method)
+    data = prepare_data(config, cls.uses_labels)
+    method = build_method(config, data.train)
+    state = {k[len("method."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("method.")}
+    method.load_state_dict(state)
+    method.load_extra_state_from_checkpoint(checkpoint.get("dmlkit", {}).get("method_state", {}))
+    method.eval()
+    return config, method, checkpoint

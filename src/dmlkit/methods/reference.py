@@ -1,0 +1,147 @@
+"""Two reference methods that prove the pipe end to end.
+
+``initial``: no training; the embedding of the untrained (or pretrained) network, as in the
+"Initial" rows of SSDML's tables. ``supervised``: a pytorch-metric-learning loss by name on
+m-per-class batches — the fully supervised baseline every label-scarce method is compared with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.methods.base import BuildInfo, Method, default_backbone
+
+
+def build_embedder(backbone: str, embedding_dim: int, info: BuildInfo, pretrained: str | None = None,
+                   normalize: bool = True) -> tuple[nn.Module, nn.Module]:
+    """Backbone (``"auto"`` picks :func:`default_backbone`) and a linear embedding head."""
+    from dmlkit.models import EmbeddingHead, build_backbone
+
+    name = default_backbone(info) if backbone == "auto" else backbone
+    net = build_backbone(name, in_channels=info.channels, image_size=info.image_size, pretrained=pretrained)
+    head = EmbeddingHead(net.out_dim, embedding_dim, normalize=normalize)
+    return net, head
+
+
+@dataclass
+class InitialConfig:
+    backbone: str = "auto"  # the network the method under comparison starts from
+    embedding_dim: int = 128  # SSDML's MNIST network: FC(500 x 128) -> l2
+    pretrained: str | None = None  # local weights file for the backbone
+
+
+class InitialMethod(Method):
+    """No training: evaluates the untrained or pretrained embedding ("Initial" rows)."""
+
+    name = "initial"
+    uses_labels = "none"
+    trains = False
+    Config = InitialConfig
+    defaults: ClassVar[dict[str, Any]] = {"epochs": 1, "batch_size": 128, "lr": 0.0, "optimizer": "adam",
+                                          "scheduler": "constant", "weight_decay": 0.0}
+
+    def __init__(self, config: InitialConfig, info: BuildInfo) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained)
+        from dmlkit.data.views import Views
+
+        self.views = Views(info.views_preset, 1)
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise RuntimeError("the 'initial' method does not train")
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(self.views.eval_transform(images)))
+
+
+@dataclass
+class SupervisedConfig:
+    loss: str = "MultiSimilarityLoss"  # any pytorch-metric-learning loss class name
+    miner: str | None = None  # optional pytorch-metric-learning miner class name
+    backbone: str = "auto"
+    embedding_dim: int = 128
+    pretrained: str | None = None
+    samples_per_class: int = 4  # m of m-per-class batches (P = batch_size / m classes)
+    normalize: bool = True  # L2-normalise the embedding
+    proxy_lr_multiplier: float = 100.0  # learning-rate multiplier of the loss's own parameters (proxies)
+
+
+class SupervisedMethod(Method):
+    """A pytorch-metric-learning loss by name on m-per-class batches (labels required)."""
+
+    name = "supervised"
+    uses_labels = "all"
+    Config = SupervisedConfig
+    defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4,
+                                          "optimizer": "adamw", "scheduler": "cosine"}
+
+    def __init__(self, config: SupervisedConfig, info: BuildInfo) -> None:
+        super().__init__()
+        from pytorch_metric_learning import losses, miners
+
+        from dmlkit.data.views import Views
+
+        self.config = config
+        self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
+                                                  normalize=config.normalize)
+        self.views = Views(info.views_preset, 1)
+        if not hasattr(losses, config.loss):
+            raise ValueError(f"pytorch-metric-learning has no loss '{config.loss}'")
+        loss_cls = getattr(losses, config.loss)
+        kwargs: dict[str, Any] = {}
+        import inspect
+
+        params = inspect.signature(loss_cls.__init__).parameters
+        if "num_classes" in params:
+            if info.num_classes < 2:
+                raise ValueError(f"{config.loss} needs the number of classes; the training split has {info.num_classes}")
+            kwargs["num_classes"] = info.num_classes
+        if "embedding_size" in params:
+            kwargs["embedding_size"] = config.embedding_dim
+        self.loss_fn = loss_cls(**kwargs)
+        self.miner = getattr(miners, config.miner)() if config.miner else None
+        self._label_map: Tensor | None = None
+
+    def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int):
+        from dmlkit.data.samplers import MPerClassBatchSampler
+
+        m = self.config.samples_per_class
+        if batch_size % m:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {m}")
+        return MPerClassBatchSampler(dataset.labels, batch_size // m, m, seed=seed, epoch=epoch)
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images, labels = self.views(batch["image"]), batch["label"]
+        embeddings = self.head(self.backbone(images))
+        labels = self._contiguous(labels)
+        pairs = self.miner(embeddings, labels) if self.miner is not None else None
+        loss = self.loss_fn(embeddings, labels, pairs)
+        return {"loss": loss}
+
+    def _contiguous(self, labels: Tensor) -> Tensor:
+        """Class ids 0..C-1 for losses with a proxy/weight table."""
+        if self._label_map is None:
+            return labels
+        return self._label_map.to(labels.device)[labels]
+
+    def refresh(self, context) -> None:
+        if self._label_map is None:
+            classes = torch.as_tensor(sorted(set(context.train.labels.tolist()) - {-1}))
+            table = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
+            table[classes] = torch.arange(len(classes))
+            self._label_map = table
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        groups = [{"params": list(self.backbone.parameters()) + list(self.head.parameters()), "lr": lr,
+                   "weight_decay": weight_decay}]
+        loss_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        if loss_params:
+            groups.append({"params": loss_params, "lr": lr * self.config.proxy_lr_multiplier, "weight_decay": 0.0})
+        return groups
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(self.views.eval_transform(images)))

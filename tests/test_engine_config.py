@@ -1,0 +1,48 @@
+"""Run configuration: precedence, --set parsing, validation."""
+import pytest
+
+from dmlkit.engine.config import ConfigError, load_preset, parse_overrides, resolve_config
+
+
+def test_parse_overrides_types_and_routing():
+    out = parse_overrides(["epochs=3", "lr=1e-4", "sigma=2.5", "options.delta=0.9", "pictures=false", "recall=[1,2]"])
+    assert out["epochs"] == 3 and isinstance(out["epochs"], int)
+    assert out["lr"] == pytest.approx(1e-4) and isinstance(out["lr"], float)
+    assert out["pictures"] is False
+    assert out["options"] == {"sigma": 2.5, "delta": 0.9, "recall": [1, 2]}
+
+
+def test_parse_overrides_rejects_missing_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_method_defaults_then_preset_then_settings(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: supervised\nepochs: 7\nbatch_size: 64\noptions:\n  embedding_dim: 32\n")
+    config = resolve_config({"preset": str(preset), "batch_size": 32, "options": {"loss": "ContrastiveLoss"}})
+    assert config.method == "supervised"
+    assert config.epochs == 7  # preset over the method default
+    assert config.batch_size == 32  # explicit over the preset
+    assert config.optimizer == "adamw"  # the method default
+    assert config.options == {"embedding_dim": 32, "loss": "ContrastiveLoss"}
+
+
+def test_unknown_setting_and_preset_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve_config({"method": "supervised", "epochz": 3})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: supervised\nepohcs: 2\n")
+    with pytest.raises(ConfigError, match="epohcs"):
+        load_preset(str(bad))
+    with pytest.raises(ConfigError, match="not found"):
+        load_preset("no-such-preset")
+    with pytest.raises(ConfigError, match="unknown method"):
+        resolve_config({"method": "nope"})
+
+
+@pytest.mark.parametrize("key,value", [("epochs", 0), ("batch_size", -1), ("protocol", "weird"), ("on_nan", "ignore"),
+                                       ("labels_per_class", 0)])
+def test_invalid_values(key, value):
+    with pytest.raises(ConfigError, match=key.split("_")[0]):
+        resolve_config({"method": "supervised", key: value})
