@@ -1,0 +1,299 @@
+"""Backbones: images ``[B, C, H, W]`` in [0, 1] -> features ``[B, out_dim]``.
+
+Every backbone is a :class:`Backbone`: input normalisation -> trunk (a feature map) -> global pooling.
+
+=================  ======  =================  ========  ============================================
+name               out     default input      pooling   notes
+=================  ======  =================  ========  ============================================
+``mnist-net``      500     none               avg       SSDML's MNIST/Fashion net, plain torch
+``cifar-net``      64      none               avg       SSDML's CIFAR-10 net, plain torch
+``resnet18-small`` 512     none               avg       ResNet-18, 3×3 stem, no max-pool, plain torch
+``resnet18``       512     imagenet           avg+max   standard ResNet-18, plain torch, random init
+``googlenet``      1024    centered           avg+max   torchvision GoogLeNet (needs ``dmlkit[vision]``)
+``bn-inception``   1024    caffe              avg+max   see :mod:`dmlkit.models.vision`
+``resnet50``       2048    imagenet           avg+max   torchvision or timm (needs ``dmlkit[vision]``)
+=================  ======  =================  ========  ============================================
+
+Input normalisation (``input_norm``) is part of the backbone because it belongs to the weights:
+``none``; ``imagenet`` (RGB mean/std); ``centered`` (2x − 1: what torchvision's GoogLeNet weights see
+through its ``transform_input``); ``caffe`` (BGR, 0–255, minus the means [104, 117, 128]: the Caffe
+GoogLeNet / Cadene BN-Inception convention of STML and DRML). Any normalisation other than ``none``
+works on RGB, so grey input (``in_channels=1``) is repeated to three channels first; the ImageNet
+wrappers always take three channels.
+
+Pooling ``avg+max`` is GAP + GMP **summed**, as in the STML, PLM and DRML code.
+
+``pretrained`` is ``None`` (random init), a local file (a state dict loaded with
+``torch.load(weights_only=True)``: published keys such as torchvision's, or a dmlkit backbone's own
+``state_dict()``), or ``"imagenet"``: torchvision's ImageNet file looked up in the torch hub cache
+(``torch.hub.get_dir()/checkpoints``). Nothing is ever downloaded; a missing file is an error that says
+where to put it.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.models.batchnorm import frozen_batchnorm
+from dmlkit.models.resnet import ResNet18Trunk
+
+INPUT_NORMS = ("none", "imagenet", "centered", "caffe")
+POOLINGS = ("avg", "max", "avg+max")
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
+
+
+class Backbone(nn.Module):
+    """Input normalisation, a trunk returning a feature map ``[B, C', h, w]``, and global pooling.
+
+    Attributes:
+        name: the registry name.
+        out_dim: feature size (the trunk's channel count).
+        trunk: the network; its state-dict keys match the published weights.
+    """
+
+    def __init__(self, name: str, trunk: nn.Module, out_dim: int, *, in_channels: int, input_norm: str,
+                 pooling: str, rgb: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.out_dim = out_dim
+        self.in_channels = in_channels
+        self.input_norm = input_norm
+        self.pooling = pooling
+        self.expand_grey = rgb and in_channels == 1
+        if input_norm == "imagenet":
+            mean, scale = torch.tensor(_IMAGENET_MEAN), 1.0 / torch.tensor(_IMAGENET_STD)
+        elif input_norm == "caffe":
+            mean, scale = torch.tensor(_CAFFE_BGR_MEAN[::-1]) / 255.0, torch.full((3,), 255.0)
+        elif input_norm == "centered":
+            mean, scale = torch.full((3,), 0.5), torch.full((3,), 2.0)
+        else:
+            mean, scale = torch.zeros(1), torch.ones(1)
+        # not persistent: they are constants of the wrapper, not weights (and stay out of the EMA)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W]`` in [0, 1] -> what the trunk expects."""
+        if self.expand_grey:
+            images = images.expand(-1, 3, -1, -1)
+        if self.input_norm == "none":
+            return images
+        images = (images - self.mean) * self.scale
+        return images.flip(1) if self.input_norm == "caffe" else images  # caffe: RGB -> BGR
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """The trunk's last feature map ``[B, out_dim, h, w]`` (before pooling)."""
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"backbone '{self.name}' expects images [B, {self.in_channels}, H, W], got {tuple(images.shape)}; "
+                f"build it with in_channels={images.shape[1] if images.dim() == 4 else '...'} to match the data"
+            )
+        return self.trunk(self.normalize(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W]`` in [0, 1] -> ``[B, out_dim]``."""
+        fmap = self.feature_map(images)
+        if self.pooling == "avg":
+            return fmap.mean(dim=(2, 3))
+        if self.pooling == "max":
+            return fmap.amax(dim=(2, 3))
+        return fmap.mean(dim=(2, 3)) + fmap.amax(dim=(2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# SSDML's small networks (seed 002, specs/SSDML.md §2)
+
+
+class MnistNet(nn.Sequential):
+    """Conv(5×5, 20) → maxpool 2×2/2 → Conv(5×5, 50) → maxpool 2×2/2 → Conv(4×4, 500) → ReLU.
+
+    No padding, no non-linearity between conv1 and conv3 (the MatConvNet LeNet the net comes from).
+    28 px: 28 → 24 → 12 → 8 → 4 → 1×1×500. Larger inputs leave a larger last map, which the
+    backbone's global pooling averages (32 px → 2×2); inputs below 28 px are rejected at build time.
+    """
+
+    min_size = 28
+    out_channels = 500
+    ignored_weight_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, 20, 5)),
+            ("pool1", nn.MaxPool2d(2, 2)),
+            ("conv2", nn.Conv2d(20, 50, 5)),
+            ("pool2", nn.MaxPool2d(2, 2)),
+            ("conv3", nn.Conv2d(50, 500, 4)),
+            ("relu3", nn.ReLU(inplace=True)),
+        ]))
+
+
+class CifarNet(nn.Sequential):
+    """Conv(5×5, 32) → maxpool → ReLU → Conv(5×5, 32) → ReLU → avgpool → Conv(5×5, 64) → ReLU → avgpool
+    → Conv(4×4, 64) → ReLU.
+
+    Open choices (specs/SSDML.md §2, MatConvNet CIFAR conventions): the 5×5 convs pad 2 (size kept);
+    every pool is 3×3 stride 2 padding 1 (size halves, rounding up), and the average pools ignore the
+    padding (``count_include_pad=False``). 32 px: 32 → 16 → 8 → 4, so the last conv sees 4×4 and
+    outputs 1×1×64. Other sizes: 25–32 px also end at 1×1; larger inputs leave a larger map, averaged
+    by global pooling; below 25 px is rejected at build time.
+    """
+
+    min_size = 25
+    out_channels = 64
+    ignored_weight_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, 32, 5, padding=2)),
+            ("pool1", nn.MaxPool2d(3, 2, padding=1)),
+            ("relu1", nn.ReLU(inplace=True)),
+            ("conv2", nn.Conv2d(32, 32, 5, padding=2)),
+            ("relu2", nn.ReLU(inplace=True)),
+            ("pool2", nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)),
+            ("conv3", nn.Conv2d(32, 64, 5, padding=2)),
+            ("relu3", nn.ReLU(inplace=True)),
+            ("pool3", nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)),
+            ("conv4", nn.Conv2d(64, 64, 4)),
+            ("relu4", nn.ReLU(inplace=True)),
+        ]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class _Spec:
+    build: Callable[[int], nn.Module]  # trunk channels in -> trunk (with out_channels, ignored_weight_prefixes)
+    out_dim: int
+    input_norm: str
+    pooling: str
+    min_size: int
+    rgb: bool  # the trunk always takes three channels
+    imagenet_file: str | None
+    description: str
+
+
+def _vision(name: str) -> Callable[[int], nn.Module]:
+    def build(in_channels: int) -> nn.Module:
+        from dmlkit.models import vision
+
+        return vision.build_trunk(name)
+
+    return build
+
+
+_REGISTRY: dict[str, _Spec] = {
+    "mnist-net": _Spec(MnistNet, 500, "none", "avg", MnistNet.min_size, False, None,
+                       "SSDML's MNIST/Fashion-MNIST conv net up to Conv3+ReLU, 500-d"),
+    "cifar-net": _Spec(CifarNet, 64, "none", "avg", CifarNet.min_size, False, None,
+                       "SSDML's CIFAR-10 conv net up to Conv4+ReLU, 64-d"),
+    "resnet18-small": _Spec(lambda c: ResNet18Trunk(c, stem="small"), 512, "none", "avg", 8, False, None,
+                            "ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
+    "resnet18": _Spec(lambda c: ResNet18Trunk(c, stem="imagenet"), 512, "imagenet", "avg+max", 28, False,
+                      "resnet18-f37072fd.pth", "standard ResNet-18 (plain torch), GAP+GMP, 512-d"),
+    "googlenet": _Spec(_vision("googlenet"), 1024, "centered", "avg+max", 32, True,
+                       "googlenet-1378be20.pth", "torchvision GoogLeNet, GAP+GMP, 1024-d [vision extra]"),
+    "bn-inception": _Spec(_vision("bn-inception"), 1024, "caffe", "avg+max", 32, True, None,
+                          "BN-Inception, GAP+GMP, 1024-d"),
+    "resnet50": _Spec(_vision("resnet50"), 2048, "imagenet", "avg+max", 32, True,
+                      "resnet50-0676ba61.pth", "torchvision/timm ResNet-50, GAP+GMP, 2048-d [vision extra]"),
+}
+
+
+def list_backbones() -> dict[str, str]:
+    """``name -> one-line description`` of every backbone :func:`build_backbone` knows."""
+    return {name: spec.description for name, spec in _REGISTRY.items()}
+
+
+def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretrained: str | os.PathLike | None = None,
+                   *, pooling: str | None = None, input_norm: str | None = None, bn_freeze: bool = False) -> Backbone:
+    """Build a backbone ``[B, in_channels, H, W]`` in [0, 1] -> ``[B, out_dim]``.
+
+    Args:
+        name: one of :func:`list_backbones`.
+        in_channels: 1 (grey) or 3 (colour).
+        image_size: side of the input images; checked against the smallest size the net accepts.
+        pretrained: ``None`` (random init), a local state-dict file, or ``"imagenet"`` (the torch hub
+            cache; never downloads).
+        pooling: ``avg``, ``max`` or ``avg+max`` (summed); default per backbone (module docstring).
+        input_norm: ``none``, ``imagenet``, ``centered`` or ``caffe``; default per backbone.
+        bn_freeze: replace every BatchNorm by a frozen copy (after loading the weights).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    spec = _REGISTRY[name]
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (colour), got {in_channels}")
+    if image_size < spec.min_size:
+        raise ValueError(f"backbone '{name}' needs images of at least {spec.min_size} px, got image_size={image_size}; "
+                         "resize the data or pick another backbone")
+    pooling = spec.pooling if pooling is None else pooling
+    input_norm = spec.input_norm if input_norm is None else input_norm
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+    rgb = spec.rgb or input_norm != "none"
+    trunk = spec.build(3 if rgb else in_channels)
+    if pretrained is not None:
+        load_trunk_weights(trunk, _weights_path(name, spec, pretrained))
+    if bn_freeze:
+        trunk = frozen_batchnorm(trunk)
+    return Backbone(name, trunk, spec.out_dim, in_channels=in_channels, input_norm=input_norm, pooling=pooling, rgb=rgb)
+
+
+def _weights_path(name: str, spec: _Spec, pretrained: str | os.PathLike) -> Path:
+    if str(pretrained) != "imagenet":
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file for backbone '{name}' not found: {path}")
+        return path
+    if spec.imagenet_file is None:
+        raise ValueError(f"backbone '{name}' has no known ImageNet weights file; pass pretrained='path/to/weights.pth'")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for backbone '{name}' are not in the torch hub cache: {path} is missing. dmlkit never "
+            f"downloads; fetch https://download.pytorch.org/models/{spec.imagenet_file} into that folder "
+            "(or pass pretrained='path/to/weights.pth')"
+        )
+    return path
+
+
+def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state dict from ``path`` into ``trunk`` (``torch.load(weights_only=True)``).
+
+    Accepted layouts: the trunk's own keys (e.g. torchvision's), a dmlkit backbone's keys (``trunk.``
+    prefix), either one wrapped under ``state_dict``/``model`` or prefixed ``module.`` (DataParallel).
+    Classifier keys the trunk lists in ``ignored_weight_prefixes`` are dropped; any other mismatch is a
+    ``ValueError`` naming the keys.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    for prefix in ("module.", "trunk."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    ignored = tuple(getattr(trunk, "ignored_weight_prefixes", ()))
+    state = {key: value for key, value in state.items() if not (ignored and key.startswith(ignored))}
+    result = trunk.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights in {path} do not fit this backbone: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+        )

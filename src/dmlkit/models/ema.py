@@ -1,0 +1,77 @@
+"""Exponential-moving-average (momentum) teachers: STML's teacher and PLM's momentum encoder.
+
+One update, over the teacher's whole state dict (specs/STML.md §6, PLM.md §2):
+
+    θ_t ← m θ_t + (1 − m) θ_s      for parameters and floating-point buffers (BN running statistics)
+    θ_t ← θ_s                      for integer buffers (BN ``num_batches_tracked``)
+
+Keys present only in the student (STML's extra ``f`` head) are skipped; keys present only in the teacher
+keep their values.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip_prefixes: Iterable[str] = ()) -> None:
+    """In-place EMA of ``student`` into ``teacher`` (see the module docstring).
+
+    Args:
+        teacher, student: modules whose state-dict keys match (the student may have more).
+        momentum: m in [0, 1]; m = 0 copies the student, m = 1 leaves the teacher unchanged.
+        skip_prefixes: teacher keys starting with any of these are left untouched.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
+    skip = tuple(skip_prefixes)
+    student_state = student.state_dict()
+    for key, t in teacher.state_dict().items():
+        if (skip and key.startswith(skip)) or key not in student_state:
+            continue
+        s = student_state[key]
+        if s.shape != t.shape:
+            raise ValueError(f"EMA: '{key}' has shape {tuple(t.shape)} in the teacher and {tuple(s.shape)} in the student")
+        if t.is_floating_point():
+            t.mul_(momentum).add_(s.to(t.dtype), alpha=1.0 - momentum)
+        else:
+            t.copy_(s)
+
+
+class EMATeacher(nn.Module):
+    """A frozen deep copy of ``module``, moved towards a student by :meth:`update`.
+
+    The copy has ``requires_grad=False`` everywhere, stays in eval mode (``train()`` is a no-op), and
+    runs its forward pass without autograd.
+
+    Args:
+        module: the network to copy (usually the student, or a teacher built separately).
+        momentum: m of the update.
+        skip_prefixes: teacher keys never updated.
+    """
+
+    def __init__(self, module: nn.Module, momentum: float, skip_prefixes: Iterable[str] = ()) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
+        self.module = copy.deepcopy(module)
+        self.module.requires_grad_(False)
+        self.momentum = momentum
+        self.skip_prefixes = tuple(skip_prefixes)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "EMATeacher":
+        """The teacher always stays in eval mode."""
+        return super().train(False)
+
+    def update(self, student: nn.Module, momentum: float | None = None) -> None:
+        """θ_t ← m θ_t + (1 − m) θ_s with m = ``momentum`` or the teacher's own."""
+        ema_update(self.module, student, self.momentum if momentum is None else momentum, self.skip_prefixes)
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs) -> Tensor:
+        return self.module(*args, **kwargs)
