@@ -1,1 +1,17 @@
-"""Data: readers, splits, samplers, views."""
+"""Data: readers, splits, samplers, views.
+
+- :func:`load_records` / :func:`list_datasets`: read a dataset by name (:mod:`dmlkit.data.registry`).
+- :func:`make_split` and friends: protocols (:mod:`dmlkit.data.splits`).
+- :mod:`dmlkit.data.samplers`: batch samplers; :mod:`dmlkit.data.views`: kornia augmentation
+  (imported on demand: ``from dmlkit.data.views import Views``).
+"""
+from dmlkit.data.base import DatasetError, DatasetRecords, DMLDataset, SplitData
+from dmlkit.data.images import ImageLoader, stored_size
+from dmlkit.data.registry import list_datasets, load_records
+from dmlkit.data.splits import kfold_classes, make_split, mlrc_folds, stratified_indices, stratified_subset
+
+__all__ = [
+    "DatasetError", "DatasetRecords", "DMLDataset", "SplitData", "ImageLoader", "stored_size",
+    "list_datasets", "load_records", "make_split", "mlrc_folds", "kfold_classes", "stratified_indices",
+    "stratified_subset",
+]

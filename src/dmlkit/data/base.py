@@ -32,6 +32,9 @@ class DatasetRecords:
         recall_at: the Recall@K list the field reports for this dataset.
         image_size: the side of the square network input the presets use.
         channels: 1 for grey, 3 for colour.
+        labeled: optional bool ``[N]``: which training labels a semi-supervised method may see (the
+            CSV contract's ``labeled`` column). None = every label is visible. A label of -1 marks an
+            image whose class is unknown (only allowed for unlabeled training images).
     """
 
     name: str
@@ -42,10 +45,15 @@ class DatasetRecords:
     recall_at: tuple[int, ...] = (1, 2, 4, 8)
     image_size: int = 28
     channels: int = 1
+    labeled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         self.splits = np.asarray(self.splits)
+        if self.labeled is not None:
+            self.labeled = np.asarray(self.labeled, dtype=bool)
+            if len(self.labeled) != len(self.labels):
+                raise DatasetError(f"{self.name}: {len(self.labeled)} 'labeled' flags for {len(self.labels)} images")
         if len(self.images) != len(self.labels) or len(self.labels) != len(self.splits):
             raise DatasetError(
                 f"{self.name}: {len(self.images)} images, {len(self.labels)} labels and "

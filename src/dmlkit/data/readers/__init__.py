@@ -1,0 +1,9 @@
+"""Dataset readers: one function per on-disk format, each returning a :class:`DatasetRecords`."""
+from dmlkit.data.readers.arrays import read_cifar10, read_digits, read_idx, read_mnist_like
+from dmlkit.data.readers.benchmarks import read_cars196, read_cub200, read_inshop, read_sop
+from dmlkit.data.readers.custom import read_csv, read_folder
+
+__all__ = [
+    "read_cifar10", "read_digits", "read_idx", "read_mnist_like", "read_cars196", "read_cub200",
+    "read_inshop", "read_sop", "read_csv", "read_folder",
+]
