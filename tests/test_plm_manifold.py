@@ -263,3 +263,19 @@ def test_bad_options_raise():
         batch_pieces(x, threshold=90)
     with pytest.raises(ValueError, match="candidates"):
         fit_pieces(x, x, m=2)
+
+
+def test_manifold_supervision_matches_batch_pieces_on_a_small_set():
+    from dmlkit.targets.manifold import manifold_supervision
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(25, 6, generator=gen), dim=1)
+    sup = manifold_supervision(x, k=6, m=2, chunk=7)
+    pieces = batch_pieces(torch.nn.functional.normalize(x, dim=1), m=2, k=6)  # the same rounding as the hook
+    members = pieces.members()
+    for i in range(25):
+        group = sup.groups[i][sup.groups[i] >= 0]
+        assert group[0] == i and set(group.tolist()) == set(torch.nonzero(members[i]).flatten().tolist())
+    assert sup.mean_group_size == pytest.approx(members.sum(1).double().mean().item())
+    rows = torch.tensor([0, 3, 24])
+    torch.testing.assert_close(sup.similarity_rows(rows), point_similarity(pieces)[rows], atol=1e-6, rtol=0)

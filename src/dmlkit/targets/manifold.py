@@ -199,12 +199,15 @@ def piece_distances(x: Tensor, centres: Tensor, bases: Tensor) -> tuple[Tensor, 
         x: ``[A, D]`` points. centres: ``[P, D]`` piece anchors. bases: ``[P, D, m]`` orthonormal (or zero) columns.
 
     Returns:
-        ``(o [A, P], p [A, P])``.
+        ``(o [A, P], p [A, P])`` in the input dtype. Computed in float64 through the expansion
+        ``||Δ||² = ||x||² + ||c||² - 2 xᵀc`` (never an A x P x D tensor), so that the cancellation in
+        ``||Δ||² - p²`` stays below 1e-7 for unit-norm embeddings.
     """
-    proj = torch.einsum("ad,pdm->apm", x, bases) - torch.einsum("pd,pdm->pm", centres, bases).unsqueeze(0)
+    x64, c64, u64 = x.double(), centres.double(), bases.double()
+    proj = torch.einsum("ad,pdm->apm", x64, u64) - torch.einsum("pd,pdm->pm", c64, u64).unsqueeze(0)
     p_sq = proj.square().sum(-1)
-    delta_sq = (x.unsqueeze(1) - centres.unsqueeze(0)).square().sum(-1)
-    return _safe_sqrt(delta_sq - p_sq), _safe_sqrt(p_sq)
+    delta_sq = (x64.square().sum(1, keepdim=True) + c64.square().sum(1) - 2.0 * x64 @ c64.T).clamp_min(0.0)
+    return _safe_sqrt(delta_sq - p_sq).to(x.dtype), _safe_sqrt(p_sq).to(x.dtype)
 
 
 def directed_similarity(o: Tensor, p: Tensor, n_alpha: float = 4.0, n_beta: float = 0.5) -> Tensor:
