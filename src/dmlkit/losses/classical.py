@@ -222,6 +222,8 @@ def itml_prior(z: Tensor, labels: Tensor, slack: float = 1.0, sweeps: int = 10, 
     u and l are the ``percentiles`` of the labeled squared distances; ``sweeps`` passes over the
     constraints (at most ``max_constraints`` random labeled pairs; ITML's code uses 40·C²).
 
+    The step is the one of ITML's published code, ``α = min(λ_c, δ γ/(γ+1) (1/p − 1/ξ_c))``; the
+    paper's printed ``δ/2 (1/p − γ/ξ_c)`` agrees with it at the spec's γ = 1 only.
     The projections are sequential by definition (each one uses the previous A), hence the loop.
     Returns float64 ``[D, D]`` (PSD: each update keeps A ≻ 0).
     """
@@ -248,7 +250,7 @@ def itml_prior(z: Tensor, labels: Tensor, slack: float = 1.0, sweeps: int = 10, 
             p = float(v @ av)
             if p <= 1e-12:  # a duplicated pair carries no constraint
                 continue
-            alpha = min(dual[c], delta[c] / 2 * (1 / p - slack / xi[c]))
+            alpha = min(dual[c], delta[c] * slack / (slack + 1) * (1 / p - 1 / xi[c]))
             beta = delta[c] * alpha / (1 - delta[c] * alpha * p)
             xi[c] = slack * xi[c] / (slack + delta[c] * alpha * xi[c])
             dual[c] -= alpha
