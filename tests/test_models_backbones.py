@@ -1,0 +1,214 @@
+"""Backbones: shapes, gradient flow, input normalisation, pooling, weights loading, frozen BN, errors."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from dmlkit.models import FrozenBatchNorm, build_backbone, frozen_batchnorm, list_backbones
+
+PLAIN = {"mnist-net": 500, "cifar-net": 64, "resnet18-small": 512, "resnet18": 512}
+GREY28, COLOUR32 = (1, 28), (3, 32)
+
+
+@pytest.mark.parametrize("name", list(PLAIN))
+@pytest.mark.parametrize("channels,size", [GREY28, COLOUR32])
+def test_plain_backbones_output_shape(name: str, channels: int, size: int) -> None:
+    backbone = build_backbone(name, in_channels=channels, image_size=size)
+    out = backbone(torch.rand(2, channels, size, size))
+    assert backbone.out_dim == PLAIN[name]
+    assert out.shape == (2, PLAIN[name])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_gradient_reaches_every_parameter(name: str) -> None:
+    backbone = build_backbone(name, in_channels=3, image_size=32)
+    out = backbone(torch.rand(4, 3, 32, 32))
+    (out @ torch.randn(backbone.out_dim)).pow(2).sum().backward()
+    for pname, param in backbone.named_parameters():
+        assert param.grad is not None, pname
+        assert param.grad.abs().sum() > 0, pname
+
+
+def test_mnist_net_sizes_follow_the_spec() -> None:
+    # 28 -> 24 -> 12 -> 8 -> 4 -> 1 (specs/SSDML.md §2): conv3 sees 4x4 and leaves 1x1x500
+    backbone = build_backbone("mnist-net", 1, 28)
+    seen = {}
+    backbone.trunk.conv3.register_forward_hook(lambda m, i, o: seen.update(inp=i[0].shape, out=o.shape))
+    backbone(torch.rand(2, 1, 28, 28))
+    assert seen["inp"] == (2, 50, 4, 4) and seen["out"] == (2, 500, 1, 1)
+    # no non-linearity before conv3's ReLU (the MatConvNet LeNet)
+    assert [type(m) for m in backbone.trunk] == [nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.ReLU]
+
+
+def test_cifar_net_last_conv_sees_4x4() -> None:
+    backbone = build_backbone("cifar-net", 3, 32)
+    seen = {}
+    backbone.trunk.conv4.register_forward_hook(lambda m, i, o: seen.update(inp=i[0].shape, out=o.shape))
+    backbone(torch.rand(2, 3, 32, 32))
+    assert seen["inp"] == (2, 64, 4, 4) and seen["out"] == (2, 64, 1, 1)
+
+
+def test_larger_inputs_are_globally_averaged() -> None:
+    backbone = build_backbone("mnist-net", 1, 32)
+    x = torch.rand(2, 1, 32, 32)
+    fmap = backbone.feature_map(x)
+    assert fmap.shape == (2, 500, 2, 2)
+    torch.testing.assert_close(backbone(x), fmap.mean(dim=(2, 3)))
+
+
+def test_too_small_images_are_rejected() -> None:
+    with pytest.raises(ValueError, match="at least 28 px"):
+        build_backbone("mnist-net", 1, 24)
+    with pytest.raises(ValueError, match="at least 25 px"):
+        build_backbone("cifar-net", 3, 24)
+
+
+def test_pooling_options() -> None:
+    x = torch.rand(2, 3, 16, 16)
+    backbone = build_backbone("resnet18-small", 3, 16, pooling="avg+max").eval()
+    fmap = backbone.feature_map(x)
+    torch.testing.assert_close(backbone(x), fmap.mean(dim=(2, 3)) + fmap.amax(dim=(2, 3)))
+    backbone.pooling = "max"
+    torch.testing.assert_close(backbone(x), fmap.amax(dim=(2, 3)))
+    assert build_backbone("resnet18", 3, 32).pooling == "avg+max"  # STML/PLM code default
+    with pytest.raises(ValueError, match="pooling"):
+        build_backbone("resnet18", 3, 32, pooling="sum")
+
+
+def test_input_normalisations() -> None:
+    rgb = torch.tensor([0.2, 0.5, 0.8]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    imagenet = build_backbone("resnet18", 3, 32, input_norm="imagenet")
+    expected = (torch.tensor([0.2, 0.5, 0.8]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(imagenet.normalize(rgb)[0, :, 0, 0], expected)
+    caffe = build_backbone("resnet18", 3, 32, input_norm="caffe")
+    # BGR, 0-255, minus [104, 117, 128]
+    torch.testing.assert_close(caffe.normalize(rgb)[0, :, 0, 0], torch.tensor([0.8 * 255 - 104, 0.5 * 255 - 117, 0.2 * 255 - 128]))
+    centered = build_backbone("resnet18", 3, 32, input_norm="centered")
+    torch.testing.assert_close(centered.normalize(rgb)[0, :, 0, 0], torch.tensor([-0.6, 0.0, 0.6]))
+    with pytest.raises(ValueError, match="input_norm"):
+        build_backbone("resnet18", 3, 32, input_norm="bgr")
+
+
+def test_grey_input_is_repeated_for_rgb_normalisations() -> None:
+    backbone = build_backbone("resnet18", in_channels=1, image_size=28)  # default input_norm imagenet
+    assert backbone.trunk.conv1.in_channels == 3
+    grey = torch.rand(2, 1, 28, 28)
+    normalised = backbone.normalize(grey)
+    assert normalised.shape == (2, 3, 28, 28)
+    torch.testing.assert_close(normalised[:, 0] * 0.229 + 0.485, grey[:, 0])
+    plain = build_backbone("resnet18-small", in_channels=1, image_size=28)
+    assert plain.trunk.conv1.in_channels == 1
+
+
+def test_wrong_channel_count_is_a_clear_error() -> None:
+    backbone = build_backbone("mnist-net", 1, 28)
+    with pytest.raises(ValueError, match=r"expects images \[B, 1, H, W\]"):
+        backbone(torch.rand(2, 3, 28, 28))
+
+
+def test_registry_and_errors() -> None:
+    names = list_backbones()
+    assert set(names) == {"mnist-net", "cifar-net", "resnet18-small", "resnet18", "googlenet", "bn-inception", "resnet50"}
+    assert all(isinstance(text, str) and text for text in names.values())
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        build_backbone("vgg")
+    with pytest.raises(ValueError, match="in_channels"):
+        build_backbone("mnist-net", in_channels=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None or importlib.util.find_spec("timm") is not None,
+                    reason="torchvision/timm installed: the wrappers build")
+@pytest.mark.parametrize("name", ["googlenet", "resnet50"])
+def test_vision_wrappers_need_the_extra(name: str) -> None:
+    with pytest.raises(ImportError) as info:
+        build_backbone(name, in_channels=3, image_size=224)
+    assert str(info.value) == f"backbone '{name}' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
+
+
+def test_bn_inception_error_names_the_gap() -> None:
+    with pytest.raises(ImportError, match="neither torchvision nor timm"):
+        build_backbone("bn-inception", in_channels=3, image_size=224)
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+def test_reload_own_state_dict(tmp_path) -> None:
+    source = build_backbone("cifar-net", 3, 32)
+    path = tmp_path / "cifar.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_backbone("cifar-net", 3, 32, pretrained=str(path))
+    fresh = build_backbone("cifar-net", 3, 32)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source(x))
+    assert not torch.allclose(fresh(x), source(x))
+
+
+def test_load_published_layout_with_classifier_and_module_prefix(tmp_path) -> None:
+    source = build_backbone("resnet18", 3, 32)
+    state = {f"module.{k}": v for k, v in source.trunk.state_dict().items()}  # torchvision keys, DataParallel
+    state["module.fc.weight"] = torch.zeros(1000, 512)
+    state["module.fc.bias"] = torch.zeros(1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": state}, path)
+    loaded = build_backbone("resnet18", 3, 32, pretrained=path).eval()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source.eval()(x))
+
+
+def test_mismatched_or_missing_weights(tmp_path) -> None:
+    path = tmp_path / "mnist.pth"
+    torch.save(build_backbone("mnist-net", 1, 28).state_dict(), path)
+    with pytest.raises((ValueError, RuntimeError)):
+        build_backbone("resnet18-small", 1, 28, pretrained=path)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_backbone("mnist-net", 1, 28, pretrained=tmp_path / "absent.pth")
+
+
+def test_imagenet_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_backbone("resnet18", 3, 224, pretrained="imagenet")
+    source = build_backbone("resnet18", 3, 224)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(source.trunk.state_dict(), cache / "resnet18-f37072fd.pth")
+    loaded = build_backbone("resnet18", 3, 224, pretrained="imagenet")
+    torch.testing.assert_close(loaded.trunk.conv1.weight, source.trunk.conv1.weight)
+    with pytest.raises(ValueError, match="no known ImageNet weights"):
+        build_backbone("mnist-net", 1, 28, pretrained="imagenet")
+
+
+# --- frozen BatchNorm ---------------------------------------------------------------------------
+
+
+def test_frozen_batchnorm_matches_eval_batchnorm() -> None:
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(3, 4, 5, 5)
+    frozen = frozen_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm)
+    torch.testing.assert_close(frozen(x), bn.eval()(x))
+
+
+def test_bn_freeze_backbone() -> None:
+    backbone = build_backbone("resnet18-small", 3, 16, bn_freeze=True)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+    assert sum(isinstance(m, FrozenBatchNorm) for m in backbone.modules()) == 20
+    backbone.train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    x = torch.rand(2, 3, 16, 16)
+    out_train = backbone(x)
+    torch.testing.assert_close(out_train, backbone.eval()(x))  # no batch statistics used
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    assert trainable and all("bn" not in n and "downsample.1" not in n for n in trainable)
