@@ -63,27 +63,41 @@ def _check_options(m: int, threshold: float, error_def: str, check: str, center:
             raise ValueError(f"{name}='{value}' is not one of {', '.join(allowed)}")
 
 
-def _centred(points: Tensor, mask: Tensor, center: str) -> Tensor:
-    """``C = M ⊙ (N - mu)``: masked, centred rows ``[B, S, D]`` (rows outside the mask are exactly 0)."""
-    weights = mask.to(points.dtype).unsqueeze(-1)
+def _centred_gram(gram: Tensor, mask: Tensor, center: str) -> Tensor:
+    """``G = C Cᵀ`` ``[B, S, S]`` of the masked, centred rows ``C = M ⊙ (N - mu)``, from the raw Gram
+    ``K = N Nᵀ``: ``G_jl = w_j w_l (K_jl - a_j - a_l + b)`` with ``a_j = n_jᵀ mu``, ``b = muᵀ mu``
+    (no D-dimensional work inside the selection loop)."""
+    w = mask.to(gram.dtype)
     if center == "mean":
-        mu = (points * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        count = w.sum(1, keepdim=True).clamp_min(1.0)
+        a = (gram @ w.unsqueeze(-1)).squeeze(-1) / count
+        b = (a * w).sum(1, keepdim=True) / count
     elif center == "anchor":
-        mu = points[:, :1]
+        a, b = gram[:, :, 0], gram[:, :1, 0]
     else:
-        mu = torch.zeros_like(points[:, :1])
-    return (points - mu) * weights
+        a, b = torch.zeros_like(w), torch.zeros_like(w[:, :1])
+    centred = gram - a.unsqueeze(1) - a.unsqueeze(2) + b.unsqueeze(-1)
+    return centred * w.unsqueeze(1) * w.unsqueeze(2)
 
 
-def _top_eig(centred: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Gram ``G = C Cᵀ`` ``[B, S, S]`` and its top-m eigenpairs (descending): ``(G, lam [B, m], E [B, S, m])``."""
-    gram = centred @ centred.transpose(1, 2)
+def _centre(points: Tensor, mask: Tensor, center: str) -> Tensor:
+    """The centre ``mu`` ``[B, 1, D]`` of the masked rows."""
+    if center == "mean":
+        w = mask.to(points.dtype).unsqueeze(-1)
+        return (points * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+    if center == "anchor":
+        return points[:, :1]
+    return torch.zeros_like(points[:, :1])
+
+
+def _top_eig(gram: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Top-m eigenpairs (descending) of ``[B, S, S]``: ``(lam [B, m], E [B, S, m])``."""
     lam, vec = torch.linalg.eigh(gram)
     m = min(m, lam.shape[-1])
-    return gram, lam.flip(-1)[:, :m].clamp_min(0.0), vec.flip(-1)[:, :, :m]
+    return lam.flip(-1)[:, :m].clamp_min(0.0), vec.flip(-1)[:, :, :m]
 
 
-def _passes(points: Tensor, centred: Tensor, gram: Tensor, lam: Tensor, vec: Tensor, threshold: float, error_def: str) -> Tensor:
+def _passes(sq_point_norm: Tensor, gram: Tensor, lam: Tensor, vec: Tensor, threshold: float, error_def: str) -> Tensor:
     """Whether each row passes the reconstruction test ``[B, S]`` (Sec. 3.2 step 3, spec §3)."""
     sq_norm = torch.diagonal(gram, dim1=1, dim2=2)
     residual_sq = (sq_norm - (lam.unsqueeze(1) * vec.square()).sum(-1)).clamp_min(0.0)
@@ -92,7 +106,7 @@ def _passes(points: Tensor, centred: Tensor, gram: Tensor, lam: Tensor, vec: Ten
     if error_def == "absolute":
         return error <= tol
     if error_def == "point_norm":
-        return error / points.norm(dim=-1).clamp_min(1e-12) <= tol
+        return error / sq_point_norm.sqrt().clamp_min(1e-12) <= tol
     if error_def == "literal":
         return error < threshold
     return residual_sq <= tol * sq_norm  # "energy": ||(I-UUᵀ)(x-mu)||² / ||x-mu||² <= 1-T
@@ -132,23 +146,25 @@ def fit_pieces(
         raise ValueError(f"anchors must be [B, D] and candidates [B, k, D]; got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
     b, k, d = candidates.shape
     points = torch.cat([anchors.unsqueeze(1), candidates], 1).detach().double()
+    raw = points @ points.transpose(1, 2)  # K = N Nᵀ, [B, k+1, k+1]
+    sq_point_norm = torch.diagonal(raw, dim1=1, dim2=2)
     mask = torch.zeros(b, k + 1, dtype=torch.bool, device=points.device)
     if selection:
         mask[:, : min(m, k + 1)] = True
         for t in range(m, k + 1):
             trial = mask.clone()
             trial[:, t] = True
-            centred = _centred(points, trial, center)
-            gram, lam, vec = _top_eig(centred, m)
-            ok = _passes(points, centred, gram, lam, vec, threshold, error_def)
+            gram = _centred_gram(raw, trial, center)
+            lam, vec = _top_eig(gram, m)
+            ok = _passes(sq_point_norm, gram, lam, vec, threshold, error_def)
             checked = trial if check == "all" else mask
             mask[:, t] = (ok | ~checked).all(1)
     else:
         mask[:] = True
-    centred = _centred(points, mask, center)
-    _, lam, vec = _top_eig(centred, m)
+    lam, vec = _top_eig(_centred_gram(raw, mask, center), m)
     keep = lam > EIG_FLOOR
     scale = torch.where(keep, lam.clamp_min(EIG_FLOOR).rsqrt(), torch.zeros_like(lam))
+    centred = (points - _centre(points, mask, center)) * mask.to(points.dtype).unsqueeze(-1)
     bases = centred.transpose(1, 2) @ (vec * scale.unsqueeze(1))  # U = Cᵀ E Λ^{-1/2}
     if bases.shape[-1] < m:
         bases = torch.cat([bases, bases.new_zeros(b, d, m - bases.shape[-1])], -1)
