@@ -91,16 +91,15 @@ def semihard_triplets(dist: Tensor, labels: Tensor, margin: float = 0.2) -> tupl
     return rows[keep], p[keep], n
 
 
-def distance_weighted_triplets(
-    dist: Tensor, labels: Tensor, dim: int, cutoff: float = 0.5, mask_positives: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Distance-weighted sampling (Wu et al. 2017) as in GeDML, with ``n = dim``.
+def distance_weights(dist: Tensor, labels: Tensor, dim: int, cutoff: float = 0.5, mask_positives: bool = True) -> Tensor:
+    """Unnormalised negative-sampling weights ``[B, B]`` of distance-weighted sampling (Wu et al. 2017).
 
-    Weights ``1/q(d) = exp((2-n) log d - (n-3)/2 log(1 - d²/4))`` on negatives, ``d`` clamped at
-    ``cutoff``; NaN/Inf weights become 0. ``mask_positives=False`` reproduces GeDML, whose positives
-    (self included) keep log-weight 0 and so a (tiny) chance of being drawn as the negative.
+    ``w_ij = 1/q(d_ij) = exp((2-n) log d - (n-3)/2 log(1 - d²/4))`` with ``n = dim`` and ``d`` clamped at
+    ``cutoff``, scaled per row so that its largest finite weight is 1; NaN/Inf weights become 0.
+    ``mask_positives=False`` reproduces GeDML, whose positives (self included) keep log-weight 0 and so
+    a (tiny) chance of being drawn as the negative.
     """
-    pos, neg = _masks(labels)
+    _, neg = _masks(labels)
     d = dist.clamp_min(cutoff).double()
     log_w = (2.0 - dim) * d.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * d * d).log()
     log_w = torch.where(neg, log_w, torch.zeros_like(log_w))
@@ -109,7 +108,16 @@ def distance_weighted_triplets(
         bad = bad | ~neg
     log_w = log_w.masked_fill(bad, -math.inf)
     w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values.nan_to_num(neginf=0.0))
-    w = w.nan_to_num(nan=0.0, posinf=0.0)
+    return w.nan_to_num(nan=0.0, posinf=0.0)
+
+
+def distance_weighted_triplets(
+    dist: Tensor, labels: Tensor, dim: int, cutoff: float = 0.5, mask_positives: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GeDML's distance-weighted miner: a random positive and a negative drawn ``∝`` :func:`distance_weights`.
+    Anchors without a positive or with all-zero weights are dropped."""
+    pos, _ = _masks(labels)
+    w = distance_weights(dist, labels, dim, cutoff, mask_positives)
     rows = torch.nonzero(pos.any(1) & (w.sum(1) > 0)).squeeze(-1)
     if len(rows) == 0:
         return _empty(dist.device)
@@ -249,5 +257,5 @@ def build_metric_loss(
 
 __all__ = [
     "MetricLoss", "build_metric_loss", "hard_triplets", "semihard_triplets",
-    "distance_weighted_triplets", "normalised_distances",
+    "distance_weighted_triplets", "distance_weights", "normalised_distances",
 ]
