@@ -170,9 +170,10 @@ def seraph_metric_step(z: Tensor, labels: Tensor, metric: Tensor, eta: float = 1
     z = z.detach().double()
     m = metric.detach().double()
     for _ in range(steps):
-        m.requires_grad_(True)
-        loss = seraph_loss(z, labels, eta, mu, trace_weight, metric=m)["loss"]
-        (grad,) = torch.autograd.grad(loss, m)
+        with torch.enable_grad():  # callers may be inside no_grad (θ fixed)
+            m.requires_grad_(True)
+            loss = seraph_loss(z, labels, eta, mu, trace_weight, metric=m)["loss"]
+            (grad,) = torch.autograd.grad(loss, m)
         m = project_psd(m.detach() - lr * grad)
     return m.detach()
 

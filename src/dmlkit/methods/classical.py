@@ -68,7 +68,7 @@ class _StochasticBaseline(Method):
         from dmlkit.data.views import Views
 
         self.views = Views(info.views_preset, 1)
-        dim = self.config.embedding_dim or self.backbone.out_dim
+        dim = self.head.out_dim if self.head is not None else self.backbone.out_dim
         self.register_buffer("metric", torch.eye(dim))  # M, initialised to I (spec §8)
         self.register_buffer("metric_sqrt", torch.eye(dim))  # M^{1/2}
         self._partition_id: int | None = None
