@@ -75,7 +75,7 @@ class DRML(Method):
     Config = Config
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 60, "batch_size": 180, "lr": 5e-5, "weight_decay": 1e-4,  # §5 (README, DRML-PA on CUB)
-        "optimizer": "adamw", "scheduler": "constant",  # §5 uses StepLR(10, 0.5); the engine has none
+        "optimizer": "adamw", "scheduler": "step",  # §5: StepLR, step 10 epochs, γ = 0.5
     }
 
     def __init__(self, config: Config, info: BuildInfo) -> None:
