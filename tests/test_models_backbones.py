@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dmlkit.models import FrozenBatchNorm, build_backbone, frozen_batchnorm, list_backbones
+from dmlkit.models.bninception import supports_size
 
 PLAIN = {"mnist-net": 500, "cifar-net": 64, "resnet18-small": 512, "resnet18": 512}
 GREY28, COLOUR32 = (1, 28), (3, 32)
@@ -129,9 +130,36 @@ def test_vision_wrappers_need_the_extra(name: str) -> None:
     assert str(info.value) == f"backbone '{name}' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
 
 
-def test_bn_inception_error_names_the_gap() -> None:
-    with pytest.raises(ImportError, match="neither torchvision nor timm"):
-        build_backbone("bn-inception", in_channels=3, image_size=224)
+def test_bn_inception_plain_torch() -> None:
+    backbone = build_backbone("bn-inception", in_channels=3, image_size=32)
+    assert backbone.input_norm == "caffe" and backbone.pooling == "avg+max" and backbone.out_dim == 1024
+    out = backbone(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 1024)
+    (out @ torch.randn(1024)).pow(2).sum().backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+    grey = build_backbone("bn-inception", in_channels=1, image_size=32).eval()
+    assert grey(torch.rand(2, 1, 32, 32)).shape == (2, 1024)
+    # the stride-2 blocks need even maps: 48 px cannot pass, 224/227/256 can
+    with pytest.raises(ValueError, match="cannot take 48 px"):
+        build_backbone("bn-inception", in_channels=3, image_size=48)
+    assert all(supports_size(size) for size in (32, 224, 227, 256))
+    assert [size for size in range(28, 70) if supports_size(size)] == [31, 32, 33, 34, 35, 36, 37, 38] + list(range(63, 70))
+
+
+def test_bn_inception_loads_cadene_layout(tmp_path) -> None:
+    source = build_backbone("bn-inception", 3, 32)
+    state = dict(source.trunk.state_dict())
+    assert "conv1_7x7_s2.weight" in state and "inception_5b_pool_proj_bn.running_var" in state
+    # Cadene's file: BN vectors stored as [1, C], no num_batches_tracked, a 1000-way last_linear
+    state = {k: (v.unsqueeze(0) if k.endswith(("_bn.weight", "_bn.bias")) else v)
+             for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    state["last_linear.weight"] = torch.zeros(1000, 1024)
+    state["last_linear.bias"] = torch.zeros(1000)
+    torch.save(state, tmp_path / "bn_inception.pth")
+    loaded = build_backbone("bn-inception", 3, 32, pretrained=tmp_path / "bn_inception.pth", bn_freeze=True)
+    torch.testing.assert_close(loaded.trunk.inception_4c_3x3_bn.weight, source.trunk.inception_4c_3x3_bn.weight)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source.eval()(x))
 
 
 # --- weights ------------------------------------------------------------------------------------

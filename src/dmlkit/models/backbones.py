@@ -10,7 +10,7 @@ name               out     default input      pooling   notes
 ``resnet18-small`` 512     none               avg       ResNet-18, 3×3 stem, no max-pool, plain torch
 ``resnet18``       512     imagenet           avg+max   standard ResNet-18, plain torch, random init
 ``googlenet``      1024    centered           avg+max   torchvision GoogLeNet (needs ``dmlkit[vision]``)
-``bn-inception``   1024    caffe              avg+max   see :mod:`dmlkit.models.vision`
+``bn-inception``   1024    caffe              avg+max   BN-Inception, plain torch (Cadene's weight names)
 ``resnet50``       2048    imagenet           avg+max   torchvision or timm (needs ``dmlkit[vision]``)
 =================  ======  =================  ========  ============================================
 
@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.models.batchnorm import frozen_batchnorm
+from dmlkit.models.bninception import BNInceptionTrunk, supports_size
 from dmlkit.models.resnet import ResNet18Trunk
 
 INPUT_NORMS = ("none", "imagenet", "centered", "caffe")
@@ -180,8 +181,13 @@ class _Spec:
     pooling: str
     min_size: int
     rgb: bool  # the trunk always takes three channels
-    imagenet_file: str | None
+    imagenet_url: str | None  # where the ImageNet weights are published; the cache holds them under its basename
     description: str
+    supports_size: Callable[[int], bool] | None = None  # finer size check than min_size
+
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+_CADENE = "http://data.lip6.fr/cadene/pretrainedmodels/"
 
 
 def _vision(name: str) -> Callable[[int], nn.Module]:
@@ -201,13 +207,13 @@ _REGISTRY: dict[str, _Spec] = {
     "resnet18-small": _Spec(lambda c: ResNet18Trunk(c, stem="small"), 512, "none", "avg", 8, False, None,
                             "ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
     "resnet18": _Spec(lambda c: ResNet18Trunk(c, stem="imagenet"), 512, "imagenet", "avg+max", 28, False,
-                      "resnet18-f37072fd.pth", "standard ResNet-18 (plain torch), GAP+GMP, 512-d"),
+                      _TORCHVISION + "resnet18-f37072fd.pth", "standard ResNet-18 (plain torch), GAP+GMP, 512-d"),
     "googlenet": _Spec(_vision("googlenet"), 1024, "centered", "avg+max", 32, True,
-                       "googlenet-1378be20.pth", "torchvision GoogLeNet, GAP+GMP, 1024-d [vision extra]"),
-    "bn-inception": _Spec(_vision("bn-inception"), 1024, "caffe", "avg+max", 32, True, None,
-                          "BN-Inception, GAP+GMP, 1024-d"),
+                       _TORCHVISION + "googlenet-1378be20.pth", "torchvision GoogLeNet, GAP+GMP, 1024-d [vision extra]"),
+    "bn-inception": _Spec(BNInceptionTrunk, 1024, "caffe", "avg+max", 32, True, _CADENE + "bn_inception-52deb4733.pth",
+                          "BN-Inception (plain torch, Cadene's weight names), GAP+GMP, 1024-d", supports_size),
     "resnet50": _Spec(_vision("resnet50"), 2048, "imagenet", "avg+max", 32, True,
-                      "resnet50-0676ba61.pth", "torchvision/timm ResNet-50, GAP+GMP, 2048-d [vision extra]"),
+                      _TORCHVISION + "resnet50-0676ba61.pth", "torchvision/timm ResNet-50, GAP+GMP, 2048-d [vision extra]"),
 }
 
 
@@ -238,6 +244,9 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
     if image_size < spec.min_size:
         raise ValueError(f"backbone '{name}' needs images of at least {spec.min_size} px, got image_size={image_size}; "
                          "resize the data or pick another backbone")
+    if spec.supports_size is not None and not spec.supports_size(image_size):
+        raise ValueError(f"backbone '{name}' cannot take {image_size} px images (its stride-2 blocks need even feature "
+                         "maps); use e.g. 224, 227 or 256")
     pooling = spec.pooling if pooling is None else pooling
     input_norm = spec.input_norm if input_norm is None else input_norm
     if pooling not in POOLINGS:
@@ -259,14 +268,13 @@ def _weights_path(name: str, spec: _Spec, pretrained: str | os.PathLike) -> Path
         if not path.is_file():
             raise FileNotFoundError(f"weights file for backbone '{name}' not found: {path}")
         return path
-    if spec.imagenet_file is None:
+    if spec.imagenet_url is None:
         raise ValueError(f"backbone '{name}' has no known ImageNet weights file; pass pretrained='path/to/weights.pth'")
-    path = Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_file
+    path = Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_url.rsplit("/", 1)[1]
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageNet weights for backbone '{name}' are not in the torch hub cache: {path} is missing. dmlkit never "
-            f"downloads; fetch https://download.pytorch.org/models/{spec.imagenet_file} into that folder "
-            "(or pass pretrained='path/to/weights.pth')"
+            f"downloads; fetch {spec.imagenet_url} into that folder (or pass pretrained='path/to/weights.pth')"
         )
     return path
 
@@ -276,8 +284,9 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
 
     Accepted layouts: the trunk's own keys (e.g. torchvision's), a dmlkit backbone's keys (``trunk.``
     prefix), either one wrapped under ``state_dict``/``model`` or prefixed ``module.`` (DataParallel).
-    Classifier keys the trunk lists in ``ignored_weight_prefixes`` are dropped; any other mismatch is a
-    ``ValueError`` naming the keys.
+    Classifier keys the trunk lists in ``ignored_weight_prefixes`` are dropped; tensors stored with an
+    extra leading singleton dimension (Cadene's BN-Inception file stores BN vectors as ``[1, C]``) are
+    squeezed; any other mismatch is a ``ValueError`` naming the keys.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model"):
@@ -290,6 +299,10 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
             state = {key[len(prefix):]: value for key, value in state.items()}
     ignored = tuple(getattr(trunk, "ignored_weight_prefixes", ()))
     state = {key: value for key, value in state.items() if not (ignored and key.startswith(ignored))}
+    own = trunk.state_dict()
+    for key, value in state.items():
+        if key in own and value.dim() == own[key].dim() + 1 and value.shape[0] == 1 and value.shape[1:] == own[key].shape:
+            state[key] = value[0]
     result = trunk.load_state_dict(state, strict=False)
     missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:

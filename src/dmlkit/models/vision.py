@@ -40,7 +40,7 @@ def _import(backbone: str, module: str) -> ModuleType:
 
 
 def build_trunk(name: str) -> nn.Module:
-    """The randomly initialised trunk of ``name`` (``googlenet``, ``resnet50``, ``bn-inception``)."""
+    """The randomly initialised trunk of ``name`` (``googlenet`` or ``resnet50``)."""
     if name == "googlenet":
         models = _import(name, "torchvision.models")
         # transform_input is False: the backbone's "centered" input_norm does the same affine map
@@ -54,9 +54,4 @@ def build_trunk(name: str) -> nn.Module:
             timm = _import(name, "timm")
             model = timm.create_model("resnet50", pretrained=False)
         return StagedTrunk(model, 2048)
-    if name == "bn-inception":
-        raise ImportError(
-            "backbone 'bn-inception' is provided by neither torchvision nor timm (it lives in the "
-            "'pretrainedmodels' package as 'bninception'); use 'googlenet' or 'resnet50' instead"
-        )
     raise ValueError(f"no ImageNet trunk named {name!r}")
