@@ -1,0 +1,245 @@
+"""PLM without labels on Fashion-MNIST: unsupervised and zero-shot, against STML, the untrained network and raw pixels.
+
+Rows (method x protocol), each through ``dmlkit.train`` except raw pixels:
+
+- ``plm``: preset ``plm-fashion-mnist`` (mnist-net + 128-d head from scratch, Sec. 4.1 defaults otherwise).
+- ``plm-no-selection``: Table 3 ablation (1), pieces over all k neighbours (``selection=False``).
+- ``plm-binary``: Table 3 ablation (2), binary neighbourhood similarity (``similarity=binary``).
+- ``stml``: preset ``stml-fashion-mnist`` (the STML helper's Fashion-MNIST setting).
+- ``initial``: the untrained mnist-net + linear 128-d head.
+- ``raw-pixels``: L2-normalised 784-d test pixels, through ``dmlkit.evaluate``.
+
+Protocols: ``unsupervised`` trains on the 60,000 training images with labels hidden and retrieves within
+the 10,000 test images; ``zero-shot`` trains on classes 0-4 and tests on classes 5-9.
+
+Every PLM row also carries the cost of the pseudo labels: the seconds of building the pieces
+(``batch_pieces``: 200 points of 128-d, i.e. 100 images x 2 views) against one full training iteration
+(views, both encoders, pieces, similarities, losses, backward, Adam step, EMA), measured in-situ.
+Target: pieces < 20 % of the iteration.
+
+``--sweep`` adds Figure 3's one-at-a-time sweeps (N_α, m, N_ρ, δ) on the zero-shot protocol as rows
+``plm[name=value]``.
+
+Usage (from the repository root)::
+
+    python benchmarks/plm.py                 # full: ~25 min of training per row and protocol on 2 CPU cores
+    python benchmarks/plm.py --quick         # a few minutes per row: 1 epoch, 3,000 training images
+    python benchmarks/plm.py --only plm --only raw-pixels --protocol zero-shot
+    python benchmarks/plm.py --sweep --quick
+
+Each run replaces its own rows (same method, dataset, protocol) in ``benchmarks/results/plm.json`` and
+prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import dmlkit  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "plm.json"
+DATASET = "fashion-mnist"
+PRESET = "plm-fashion-mnist"
+STML_PRESET = "stml-fashion-mnist"
+PROTOCOLS = {"unsupervised": "standard", "zero-shot": "zero-shot"}
+ABLATIONS = {"plm": {}, "plm-no-selection": {"selection": False}, "plm-binary": {"similarity": "binary"}}
+ROWS = (*ABLATIONS, "stml", "initial", "raw-pixels")
+SWEEP = {"n_alpha": (1.0, 2.0, 6.0), "piece_dim": (2, 5), "n_proxies": (10, 300), "delta": (0.5, 1.0)}
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
+QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
+PAPER_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"{os.cpu_count()}-core CPU, no GPU (torch threads: {torch.get_num_threads()})"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def preset_options() -> dict:
+    from dmlkit.engine.config import load_preset
+
+    return dict(load_preset(PRESET).get("options") or {})
+
+
+def base_settings(quick: bool, protocol: str) -> dict:
+    settings = {"protocol": protocol, "seed": 0, "progress": False, "pictures": False}
+    if quick:
+        settings.update(QUICK)
+    return settings
+
+
+def row(method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, **extra) -> dict:
+    out = {"method": method, "dataset": DATASET, "protocol": protocol_name,
+           "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
+           "seconds": round(float(seconds), 2), "seed": 0, "notes": notes, **extra}
+    if quick:
+        out["quick"] = True
+    return out
+
+
+def piece_overhead(options: dict, iterations: int = 5) -> dict:
+    """Median seconds of ``batch_pieces`` (200 x 128-d) and of one full PLM iteration with the preset model."""
+    import dmlkit.methods.plm as plm_module
+    from dmlkit.methods.base import BuildInfo
+
+    info = BuildInfo(channels=1, image_size=28, num_train=60000, num_classes=0, dataset=DATASET, views_preset="grey28")
+    method = plm_module.PLM.from_options({**preset_options(), **options}, info)
+    method.train()
+    optimizer = torch.optim.Adam(method.parameter_groups(5e-4, 0.0))
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(100, 1, 28, 28, generator=gen), "index": torch.arange(100),
+             "label": torch.full((100,), -1)}
+    real, spent = plm_module.batch_pieces, []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = real(*args, **kwargs)
+        spent.append(time.perf_counter() - start)
+        return out
+
+    plm_module.batch_pieces = timed
+    try:
+        times = []
+        for _ in range(iterations + 1):
+            start = time.perf_counter()
+            method.training_loss(batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.after_step()
+            times.append(time.perf_counter() - start)
+    finally:
+        plm_module.batch_pieces = real
+    iteration, pieces = float(np.median(times[1:])), float(np.median(spent[1:]))
+    return {"iteration_seconds": round(iteration, 5), "pieces_seconds": round(pieces, 5),
+            "pieces_fraction": round(pieces / iteration, 4)}
+
+
+def run_plm_variant(name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str) -> dict:
+    overhead = piece_overhead(options)
+    settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": PRESET,
+                "options": {**preset_options(), **options}}
+    result = dmlkit.train("plm", DATASET, str(out_root / f"{name}-{protocol_name}"), **settings)
+    epochs = result["config"]["epochs"]
+    return row(name, protocol_name, result["test"], result["seconds"], f"preset {PRESET}{note}, {epochs} epoch(s); "
+               f"{PAPER_NOTE}", quick, epochs=epochs, options=options,
+               images_per_second=round(result.get("images_per_second", float("nan")), 1),
+               best_epoch=result.get("best", {}).get("epoch"), **overhead)
+
+
+def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
+    from dmlkit.engine.config import PRESET_DIR
+
+    if not (PRESET_DIR / f"{STML_PRESET}.yaml").is_file():
+        raise SystemExit(f"preset {STML_PRESET} is missing; the stml row needs the STML Fashion-MNIST preset")
+    settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": STML_PRESET}
+    result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"), **settings)
+    return row("stml", protocol_name, result["test"], result["seconds"],
+               f"preset {STML_PRESET}, {result['config']['epochs']} epoch(s)", quick)
+
+
+def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
+    options = {key: value for key, value in preset_options().items() if key in ("backbone", "embedding_dim")}
+    settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "options": options}
+    settings.pop("epochs", None)
+    result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), **settings)
+    return row("initial", protocol_name, result["test"], result["seconds"],
+               f"untrained {options.get('backbone')} + linear {options.get('embedding_dim')}-d head", quick)
+
+
+def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.run import prepare_data
+
+    start = time.perf_counter()
+    settings = {"method": "initial", "dataset": DATASET, "protocol": PROTOCOLS[protocol_name], "seed": 0}
+    if quick:
+        settings["test_subset"] = QUICK["test_subset"]
+    query = prepare_data(resolve_config(settings), "none").query
+    pixels = torch.from_numpy(np.asarray(query.images, dtype=np.float32).reshape(len(query), -1) / 255.0)
+    metrics = dmlkit.evaluate(torch.nn.functional.normalize(pixels, dim=1), query.true_labels,
+                              recall_at=query.recall_at, seed=0)
+    return row("raw-pixels", protocol_name, metrics, time.perf_counter() - start,
+               "L2-normalised 784-d pixels, Euclidean kNN", quick)
+
+
+def runner(name: str):
+    if name in ABLATIONS:
+        note = "" if not ABLATIONS[name] else f" + {ABLATIONS[name]}"
+        return lambda protocol, quick, out: run_plm_variant(name, ABLATIONS[name], protocol, quick, out, note)
+    return {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixels}[name]
+
+
+def save(rows: list[dict]) -> dict:
+    """Replace the rows with the same (method, dataset, protocol) in the results file."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "plm", "rows": []}
+    keys = {(r["method"], r["dataset"], r["protocol"]) for r in rows}
+    kept = [r for r in data.get("rows", []) if (r["method"], r["dataset"], r["protocol"]) not in keys]
+    data.update({"benchmark": "plm", "machine": machine(), "commit": commit(),
+                 "date": datetime.date.today().isoformat(), "rows": kept + rows})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def table(rows: list[dict]) -> str:
+    head = "| method | protocol | R@1 | R@2 | R@4 | R@8 | NMI | MAP@R | seconds | pieces / iteration |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        m = r["metrics"]
+        fraction = f"{r['pieces_fraction']:.1%} ({r['pieces_seconds'] * 1e3:.0f} ms)" if "pieces_fraction" in r else ""
+        lines.append(
+            f"| {r['method']}{' (quick)' if r.get('quick') else ''} | {r['protocol']} | "
+            + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r"))
+            + f" | {r['seconds']:.0f} | {fraction} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch on a 3,000-image subset, 1,000 test images")
+    parser.add_argument("--only", choices=ROWS, action="append", help="run only this row (repeatable)")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), action="append", help="only this protocol (repeatable)")
+    parser.add_argument("--sweep", action="store_true", help="Figure 3 one-at-a-time sweeps on the zero-shot protocol")
+    parser.add_argument("--out", default="runs/benchmarks/plm", help="where the run directories go")
+    args = parser.parse_args(argv)
+    out_root = Path(args.out) / ("quick" if args.quick else "full")
+    rows = []
+    jobs = [(name, protocol, runner(name)) for protocol in args.protocol or PROTOCOLS for name in args.only or ROWS]
+    if args.sweep:
+        for option, values in SWEEP.items():
+            for value in values:
+                name = f"plm[{option}={value}]"
+                jobs.append((name, "zero-shot", lambda p, q, o, n=name, opt={option: value}:
+                             run_plm_variant(n, opt, p, q, o, f" + {opt}")))
+    for name, protocol_name, run in jobs:
+        print(f"[plm benchmark] {name} / {protocol_name}{' (quick)' if args.quick else ''}", flush=True)
+        rows.append(run(protocol_name, args.quick, out_root))
+        save([rows[-1]])
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
