@@ -240,3 +240,46 @@ def test_bn_freeze_backbone() -> None:
         assert torch.equal(value, before[key]), key
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
     assert trainable and all("bn" not in n and "downsample.1" not in n for n in trainable)
+
+
+def _fake_classifier(out_channels: int) -> nn.Module:
+    """A stand-in for a torchvision classifier: trunk children, then avgpool / fc (and disabled aux heads)."""
+    model = nn.Module()
+    model.conv1 = nn.Conv2d(3, 8, 3, stride=2)
+    model.relu = nn.ReLU()
+    model.conv2 = nn.Conv2d(8, out_channels, 1)
+    model.aux1 = None
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.fc = nn.Linear(out_channels, 1000)
+    return model
+
+
+def test_vision_wrapper_keeps_the_trunk_and_loads_published_keys(tmp_path, monkeypatch) -> None:
+    import sys
+    import types
+
+    fake = types.ModuleType("torchvision.models")
+    calls = {}
+
+    def resnet50(weights=None):
+        calls["resnet50"] = weights
+        return _fake_classifier(2048)
+
+    def googlenet(**kwargs):
+        calls["googlenet"] = kwargs
+        return _fake_classifier(1024)
+
+    fake.resnet50, fake.googlenet = resnet50, googlenet
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
+    backbone = build_backbone("resnet50", in_channels=1, image_size=32)
+    assert calls["resnet50"] is None  # never asks torchvision for weights (no download)
+    assert backbone.trunk.stage_names == ["conv1", "relu", "conv2"]
+    assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 2048)
+    google = build_backbone("googlenet", in_channels=3, image_size=32)
+    assert calls["googlenet"]["weights"] is None and calls["googlenet"]["aux_logits"] is False
+    assert google.input_norm == "centered" and google.out_dim == 1024
+    published = _fake_classifier(2048).state_dict()  # torchvision layout, classifier included
+    torch.save(published, tmp_path / "r50.pth")
+    loaded = build_backbone("resnet50", 3, 32, pretrained=tmp_path / "r50.pth")
+    torch.testing.assert_close(loaded.trunk.conv2.weight, published["conv2.weight"])
