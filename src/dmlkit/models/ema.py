@@ -30,6 +30,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip_pre
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
     skip = tuple(skip_prefixes)
     student_state = student.state_dict()
+    averaged: list[Tensor] = []
+    sources: list[Tensor] = []
     for key, t in teacher.state_dict().items():
         if (skip and key.startswith(skip)) or key not in student_state:
             continue
@@ -37,9 +39,12 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip_pre
         if s.shape != t.shape:
             raise ValueError(f"EMA: '{key}' has shape {tuple(t.shape)} in the teacher and {tuple(s.shape)} in the student")
         if t.is_floating_point():
-            t.mul_(momentum).add_(s.to(t.dtype), alpha=1.0 - momentum)
+            averaged.append(t)
+            sources.append(s.to(device=t.device, dtype=t.dtype))
         else:
             t.copy_(s)
+    if averaged:  # θ_t + (1 − m)(θ_s − θ_t), fused over all tensors; exact at m = 0 and m = 1
+        torch._foreach_lerp_(averaged, sources, 1.0 - momentum)
 
 
 class EMATeacher(nn.Module):
