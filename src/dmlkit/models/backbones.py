@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -293,7 +293,7 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")  # noqa: TRY004
     for prefix in ("module.", "trunk."):
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix):]: value for key, value in state.items()}

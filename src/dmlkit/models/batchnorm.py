@@ -29,7 +29,7 @@ class FrozenBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     @classmethod
-    def from_batchnorm(cls, bn: _BatchNorm) -> "FrozenBatchNorm":
+    def from_batchnorm(cls, bn: _BatchNorm) -> FrozenBatchNorm:
         """A frozen copy of ``bn`` (its running statistics, and its affine parameters if it has them)."""
         tensors = [t for t in (bn.weight, bn.running_mean) if t is not None]
         frozen = cls(bn.num_features, bn.eps).to(tensors[0].device if tensors else "cpu")

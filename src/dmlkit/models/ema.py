@@ -11,7 +11,7 @@ keep their values.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +69,7 @@ class EMATeacher(nn.Module):
         self.skip_prefixes = tuple(skip_prefixes)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "EMATeacher":
+    def train(self, mode: bool = True) -> EMATeacher:
         """The teacher always stays in eval mode."""
         return super().train(False)
 

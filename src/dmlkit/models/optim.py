@@ -18,7 +18,8 @@ exactly AdamW's:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,8 @@ class AdamP(Optimizer):
             raise ValueError(f"AdamP needs lr, eps, weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"AdamP betas must lie in [0, 1), got {betas}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta,
-                        wd_ratio=wd_ratio, nesterov=nesterov)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "delta": delta,
+                    "wd_ratio": wd_ratio, "nesterov": nesterov}
         super().__init__(params, defaults)
 
     @staticmethod
