@@ -1,17 +1,19 @@
 """An orthonormal projection L ∈ R^{in×out}, LᵀL = I (SSDML's metric LLᵀ, seed 002 §"Proposed loss").
 
 SSDML keeps L on the Stiefel manifold St(in, out). The paper minimises over L with Manopt's Riemannian
-conjugate gradients (10 iterations per batch, specs/SSDML.md §6). dmlkit's default is the simpler
-equivalent listed there as option 3: a Euclidean optimizer step on L (optionally of the Riemannian
-gradient, :meth:`OrthogonalProjection.project_gradient`) followed by a retraction back onto the manifold
-(:meth:`OrthogonalProjection.retract`, QR or polar), after every step::
+conjugate gradients (10 iterations per batch, specs/SSDML.md §6); dmlkit's SSDML does the same by default
+(``l_solver="rcg"``: :func:`dmlkit.losses.angular_triplet.minimize_stiefel`, built on
+:func:`tangent_projection` and :func:`qr_retraction` below). This module also gives the simpler
+equivalent listed there as option 3 (SSDML's ``l_solver="retraction"``): a Euclidean optimizer step on
+L, optionally of the Riemannian gradient, followed by a retraction back onto the manifold (QR or polar)
+after every step::
 
     loss.backward()
     projection.project_gradient()   # optional: G <- G - L sym(LᵀG), the Riemannian gradient
     optimizer.step()
     projection.retract()            # L <- qf(L), so ‖LᵀL - I‖ stays below 1e-5
 
-The retraction is computed in float64, so the float32 weight stays orthonormal to about 1e-7.
+Retractions are computed in float64, so a float32 L stays orthonormal to about 1e-7.
 """
 from __future__ import annotations
 
