@@ -205,3 +205,10 @@ def _refreshed(name, data, **extra):
     method = _build(name, **extra)
     method.refresh(_context(data))
     return method
+
+
+def test_zero_unlabeled_per_partition_takes_the_whole_split():
+    data = _dataset()
+    method = _refreshed("deep-lrml", data, n_unlabeled_partition=0)
+    assert len(method._nodes) == 60
+    assert len(method.batch_sampler(data, BATCH, 0, 0)) == 60 // BATCH

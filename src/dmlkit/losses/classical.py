@@ -32,10 +32,12 @@ def batch_pairs(labels: Tensor) -> dict[str, Tensor]:
 def pair_sq_dists(x: Tensor, pairs: Tensor, metric: Tensor | None = None) -> Tensor:
     """``δ²(x_i, x_j)`` for every row ``(i, j)`` of ``pairs`` ``[P, 2]`` -> ``[P]``; Euclidean when
     ``metric`` is None, else ``(x_i − x_j)ᵀ M (x_i − x_j)``."""
-    diff = x[pairs[:, 0]] - x[pairs[:, 1]]
+    i, j = pairs[:, 0], pairs[:, 1]
     if metric is None:
-        return diff.pow(2).sum(dim=1)
-    return ((diff @ metric) * diff).sum(dim=1)
+        return (x[i] - x[j]).pow(2).sum(dim=1)
+    xm = x @ metric  # δ²_M = x_iᵀMx_i + x_jᵀMx_j − 2 x_iᵀMx_j: O(B d² + P d), not O(P d²)
+    norms = (xm * x).sum(dim=1)
+    return norms[i] + norms[j] - 2 * (xm[i] * x[j]).sum(dim=1)
 
 
 def _mean(values: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ class ClassicalConfig:
     embedding_dim: int | None = 128  # FC(500 x 128) -> l2 (seed, MNIST net); None: no FC (CIFAR net: 64-d -> l2)
     pretrained: str | None = None  # local weights for the backbone (seed: MNIST/Fashion random init)
     k: int = 10  # kNN graph size (seed: k = 10; FGVC 50)
-    n_unlabeled_partition: int = 9000  # random unlabeled items per partition (seed: 9k)
+    n_unlabeled_partition: int = 9000  # random unlabeled items per partition (seed: 9k); 0 = whole split (FGVC)
     epochs_per_partition: int = 10  # epochs on one partition (seed: 10)
     group_size: int = 10  # batch: a partition node and its 9 nearest graph neighbours (spec §8 open choice)
     labeled_per_batch: int = 20  # labeled nodes in every batch (spec §8 open choice)
@@ -112,7 +112,7 @@ class _StochasticBaseline(Method):
         labels = np.asarray(context.train.labels)
         fresh = partition != self._partition_id
         if fresh:
-            self._nodes = make_partition(labels, self.config.n_unlabeled_partition, seed=(context.seed, partition))
+            self._nodes = make_partition(labels, _unlabeled_per_partition(self.config, labels), seed=(context.seed, partition))
             self._node_labels = torch.as_tensor(labels[self._nodes])
             self._lookup = torch.full((len(labels),), -1, dtype=torch.long)
             self._lookup[torch.as_tensor(self._nodes)] = torch.arange(len(self._nodes))
@@ -190,7 +190,7 @@ class _PartitionBatches:
             raise ValueError(f"{method.name}: batch_size {batch_size} leaves no room for a group of {c.group_size} "
                              f"after {c.labeled_per_batch} labeled items; raise batch_size or lower labeled_per_batch")
         n_labeled = int((labels >= 0).sum())
-        n_partition = n_labeled + min(c.n_unlabeled_partition, len(labels) - n_labeled)
+        n_partition = n_labeled + min(_unlabeled_per_partition(c, labels), len(labels) - n_labeled)
         self.num_batches = max(1, n_partition // batch_size)
 
     def __len__(self) -> int:
@@ -233,6 +233,11 @@ class _PartitionBatches:
         rank_in_class.scatter_(1, order, torch.arange(len(labeled)).expand_as(order) - starts[cls[order]])
         keep = (rank_in_class < c.labeled_per_class) & (chosen_rank[:, cls] < n_classes)
         return [labeled[keep[b]] for b in range(self.num_batches)]
+
+
+def _unlabeled_per_partition(config: ClassicalConfig, labels: np.ndarray) -> int:
+    """Unlabeled items per partition; ``n_unlabeled_partition = 0`` takes them all (FGVC: no partition)."""
+    return config.n_unlabeled_partition if config.n_unlabeled_partition > 0 else len(labels)
 
 
 def _build_network(config: ClassicalConfig, info: BuildInfo) -> tuple[nn.Module, nn.Module | None]:
