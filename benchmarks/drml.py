@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import dmlkit  # noqa: E402
+import dmlkit
 
 RESULTS = ROOT / "benchmarks" / "results" / "drml.json"
 DATASET = "fashion-mnist"
@@ -145,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds or ((0,) if args.quick else SEEDS)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
-    rows = []
+    rows, failed = [], []
     for name in args.only or ROWS:
         for seed in seeds:
             print(f"[drml benchmark] {name} seed {seed}{' (quick)' if args.quick else ''}", flush=True)
-            rows.append(run_row(name, seed, args.quick, out_root))
+            try:
+                rows.append(run_row(name, seed, args.quick, out_root))
+            except Exception as error:  # noqa: BLE001 - one broken row must not lose the others; reported below
+                failed.append(f"{name} seed {seed}: {type(error).__name__}: {error}")
+                print(f"[drml benchmark] FAILED {failed[-1]}", flush=True)
+                continue
             save([rows[-1]])
     print(table(rows))
-    return 0
+    for line in failed:
+        print(f"FAILED {line}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -355,3 +355,40 @@ def test_drml_is_registered():
     assert method_class("drml") is DRML
     assert DRML.uses_labels == "all"
     assert math.isclose(DRML.Config().lambda_emb, 10.0)
+
+
+def test_mlrc_mode_fold_models_give_128d_that_concatenate_to_norm_two():
+    """MLRC mode (spec §7, §10.7): 4 x 32-d nodes per fold model; 4 fold models -> 512-d of norm 2."""
+    from dmlkit.evaluation.metrics import evaluate
+    from dmlkit.evaluation.protocols import concatenate_normalised, mlrc_aggregate
+
+    images, labels = torch.rand(24, 1, 28, 28), torch.arange(24) % 4
+    per_fold = []
+    for fold in range(4):
+        torch.manual_seed(fold)
+        with torch.no_grad():
+            per_fold.append(_method(node_dim=32).eval().embed(images))
+    assert all(e.shape == (24, 128) for e in per_fold)
+    joined = concatenate_normalised(per_fold)
+    assert torch.allclose(joined.norm(dim=1), torch.full((24,), 2.0), atol=1e-5)
+    out = mlrc_aggregate(per_fold, labels)
+    for key in ("precision@1", "r_precision", "map@r"):
+        separate = [evaluate(e, labels, (1,), nmi=False)[key] for e in per_fold]
+        assert out["separated"][key] == pytest.approx(sum(separate) / 4)
+        assert out["concatenated"][key] == pytest.approx(evaluate(joined, labels, (1,), nmi=False)[key])
+        assert out["concatenated"][key] == pytest.approx(evaluate(joined / 2, labels, (1,), nmi=False)[key])
+
+
+def test_presets_hold_valid_options():
+    from pathlib import Path
+
+    import yaml
+
+    from dmlkit.methods.drml import Config
+
+    presets = sorted((Path(__file__).resolve().parent.parent / "src/dmlkit/configs").glob("drml-*.yaml"))
+    assert len(presets) >= 4
+    for path in presets:
+        data = yaml.safe_load(path.read_text())
+        assert data["method"] == "drml"
+        Config(**data.get("options", {}))  # unknown option names raise TypeError

@@ -256,6 +256,11 @@ def build_metric_loss(
 
 
 __all__ = [
-    "MetricLoss", "build_metric_loss", "hard_triplets", "semihard_triplets",
-    "distance_weighted_triplets", "distance_weights", "normalised_distances",
+    "MetricLoss",
+    "build_metric_loss",
+    "distance_weighted_triplets",
+    "distance_weights",
+    "hard_triplets",
+    "normalised_distances",
+    "semihard_triplets",
 ]

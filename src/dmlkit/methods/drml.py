@@ -121,7 +121,7 @@ class DRML(Method):
         m = self.config.samples_per_class
         if batch_size % m:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {m}")
-        classes = int(len(np.unique(dataset.labels[dataset.labels >= 0])))
+        classes = len(np.unique(dataset.labels[dataset.labels >= 0]))
         if batch_size // m > classes:
             raise ValueError(f"batch_size {batch_size} / samples_per_class {m} asks for {batch_size // m} classes per "
                              f"batch but the training split has {classes}; raise samples_per_class to "
