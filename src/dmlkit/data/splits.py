@@ -65,8 +65,8 @@ def kfold_classes(labels: np.ndarray | Sequence[int], k: int, seed: int = 0) -> 
 
 def stratified_indices(labels: np.ndarray | Sequence[int], n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` items whose class proportions follow ``labels`` (largest-remainder
-    quotas; every class with items keeps at least one when ``n`` allows). Unknown labels (-1)
-    count as one more class."""
+    quotas; every class keeps at least one item when ``n`` >= the number of classes). Unknown
+    labels (-1) count as one more class."""
     labels = np.asarray(labels)
     if n >= len(labels):
         return np.arange(len(labels))
@@ -75,10 +75,14 @@ def stratified_indices(labels: np.ndarray | Sequence[int], n: int, seed: int = 0
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     exact = counts * n / len(labels)
     quota = np.floor(exact).astype(np.int64)
-    short = n - quota.sum()
-    # hand the remaining slots to empty classes first, then to the largest remainders
-    priority = np.lexsort((-(exact - quota), quota > 0))
-    quota[priority[:short]] += 1
+    if n >= len(classes):
+        quota = np.maximum(quota, 1)
+    while quota.sum() > n:  # too many after the floor of 1: trim the most over-served classes
+        excess = int(quota.sum() - n)
+        over = np.argsort(-(quota - exact) + (quota <= 1) * 1e9, kind="stable")[:excess]
+        quota[over[quota[over] > 1]] -= 1
+    short = int(n - quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1  # largest remainders
     rank = _rank_within_class(inverse, _rng(seed, 4).random(len(labels)))
     return np.flatnonzero(rank < quota[inverse])
 

@@ -121,8 +121,8 @@ CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 def read_cifar10(root: str | None = None) -> DatasetRecords:
     """CIFAR-10 from ``cifar-10-batches-py`` (python pickles): 50,000 train, 10,000 test, 32x32 RGB."""
-    how = ("Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (sha256 "
-           "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce) and extract it.")
+    how = ("Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (md5 "
+           "c58f30108f718f92721af3b95e74349a) and extract it.")
     folder = find_dataset(
         "cifar10", root, lambda d: all((d / f).is_file() for f in CIFAR_FILES),
         ("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"), how,
