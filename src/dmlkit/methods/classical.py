@@ -57,6 +57,8 @@ class _StochasticBaseline(Method):
         "optimizer": "sgd",  # Algorithm 1: "learn θ by backpropagation using SGD"
         "scheduler": "constant",
     }
+    #: whether the method builds a graph on the partition (SERAPH does not)
+    builds_graph: ClassVar[bool] = True
     #: whether the M-step needs the whole partition re-embedded every epoch (APLLR, APIT)
     epoch_metric_step: ClassVar[bool] = False
 
@@ -117,19 +119,19 @@ class _StochasticBaseline(Method):
             self._lookup = torch.full((len(labels),), -1, dtype=torch.long)
             self._lookup[torch.as_tensor(self._nodes)] = torch.arange(len(self._nodes))
             self._partition_id = partition
-        if not (fresh or self.epoch_metric_step):
+        if not ((fresh and self.builds_graph) or self.epoch_metric_step):
             return
         z = context.embed(self.features, context.train.subset(self._nodes)).float()
-        if fresh:
+        if fresh and self.builds_graph:
             self._neighbours, self._edges, self._edge_weights = self.build_graph(z.to(context.device), self._node_labels, context)
             self.start_partition()
         if self.epoch_metric_step:
             with torch.no_grad():
                 self.partition_metric_step(z.to(self.metric.device), self._node_labels.to(self.metric.device))
 
-    def build_graph(self, z: Tensor, labels: Tensor, context: RefreshContext) -> tuple[Tensor | None, Tensor, Tensor]:
-        """``(neighbours [n, k] or None, edges [E, 2] i < j, weights [E])`` of the partition (CPU)."""
-        return None, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)
+    def build_graph(self, z: Tensor, labels: Tensor, context: RefreshContext) -> tuple[Tensor, Tensor, Tensor]:
+        """``(neighbours [n, k], edges [E, 2] i < j, weights [E])`` of the partition (CPU)."""
+        raise NotImplementedError
 
     def start_partition(self) -> None:
         """Reset per-partition M-step state."""
@@ -266,6 +268,7 @@ class DeepLRML(_StochasticBaseline):
 
     name = "deep-lrml"
     Config = LRMLConfig
+    _scatter: Tensor | None = None  # EMA of the batch scatter C, reset per partition
 
     def build_graph(self, z, labels, context):
         from dmlkit.targets.propagation import knn_graph
@@ -275,12 +278,12 @@ class DeepLRML(_StochasticBaseline):
         return graph.neighbours, edges, weights
 
     def start_partition(self) -> None:
-        self._scatter: Tensor | None = None
+        self._scatter = None
 
     def batch_metric_step(self, z, labels, edges, weights) -> None:
         c = self.config
         batch = C.lrml_scatter(z.double(), labels, edges, weights.double(), c.gamma_s, c.gamma_d)
-        prev = getattr(self, "_scatter", None)
+        prev = self._scatter
         self._scatter = batch if prev is None else c.scatter_momentum * prev + (1 - c.scatter_momentum) * batch
         self.set_metric(C.lrml_metric_step(self._scatter, c.eigen_floor))
 
@@ -321,6 +324,7 @@ class DeepSERAPH(_StochasticBaseline):
 
     name = "deep-seraph"
     Config = SERAPHConfig
+    builds_graph = False
 
     def batch_metric_step(self, z, labels, edges, weights) -> None:
         c = self.config
