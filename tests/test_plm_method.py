@@ -216,3 +216,20 @@ def test_embed_is_unit_norm_network_output():
     out = method.embed(_batch()["image"])
     assert out.shape == (6, D)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(6))
+
+
+def test_pseudo_supervision_feeds_quality_table():
+    from dmlkit.evaluation.quality import quality_table
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, D, generator=gen), dim=1)
+    labels = torch.arange(4).repeat_interleave(30)
+    x = centres[labels] + 0.05 * torch.randn(120, D, generator=gen)
+    method = _tiny()
+    out = method.pseudo_supervision(x[:40])
+    assert out["groups"].shape == (40, 5) and (out["groups"][:, 0] == torch.arange(40)).all()
+    assert out["similarity"].shape == (40, 40)
+    rows = {r["method"]: r for r in quality_table(x, labels, {"plm": method.pseudo_supervision}, batch_size=60,
+                                                  baselines=("kmeans",))}
+    assert rows["plm"]["purity"] > 0.95 and rows["plm"]["correlation"] > 0.5
+    assert 2 <= rows["plm"]["mean_group_size"] <= 5

@@ -19,7 +19,13 @@ from dmlkit.data.views import Views
 from dmlkit.losses.manifold import ManifoldProxies, point_point_loss, proxy_neighbourhood_loss, proxy_point_loss
 from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_generator
 from dmlkit.models import EmbeddingHead, build_backbone, ema_update, l2_normalize
-from dmlkit.targets.manifold import basis_angle_cosine, batch_pieces, point_similarity, proxy_similarity
+from dmlkit.targets.manifold import (
+    basis_angle_cosine,
+    batch_pieces,
+    manifold_estimate,
+    point_similarity,
+    proxy_similarity,
+)
 
 
 @dataclass
@@ -87,7 +93,7 @@ class PLM(Method):
         self.network = network if network is not None else _embedding_network(config, info)
         self.momentum_encoder = copy.deepcopy(self.network).requires_grad_(False).eval()  # f_φ (Sec. 3.1.2)
         self.proxies = ManifoldProxies(config.n_proxies, config.embedding_dim, config.piece_dim, config.proxy_param,
-                                       config.proxy_normalize, generator=seeded_generator(0, config.n_proxies))
+                                       config.proxy_normalize)
         self.register_buffer("proxies_initialised", torch.tensor(config.proxy_init == "random"))
         self.neighbours: Tensor | None = None
 
@@ -150,6 +156,14 @@ class PLM(Method):
 
     def embed(self, images: Tensor) -> Tensor:
         return l2_normalize(self.network(self.views.eval_transform(images)))
+
+    def pseudo_supervision(self, embeddings: Tensor) -> dict[str, Tensor]:
+        """Table 2 hook: the pieces ``X_i`` (groups) and Eq. 5 similarity of ``embeddings`` ``[b, D]`` under
+        this method's options; an estimator for :func:`dmlkit.evaluation.quality.quality_table`."""
+        cfg = self.config
+        return manifold_estimate(embeddings, cfg.piece_neighbours, cfg.piece_dim, cfg.threshold, cfg.n_alpha,
+                                 cfg.n_beta, cfg.selection, cfg.similarity == "binary", cfg.error_def, cfg.check,
+                                 cfg.center)
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """The network at ``lr``; proxies and their bases at ``proxy_lr_mult * lr`` (Sec. 4.1)."""

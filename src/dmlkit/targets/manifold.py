@@ -312,6 +312,36 @@ def basis_angle_cosine(bases: Tensor, proxy_bases: Tensor, squared: bool = False
     return sq if squared else (sq + 1e-12).sqrt()
 
 
+def manifold_estimate(
+    embeddings: Tensor,
+    k: int = 10,
+    m: int = 3,
+    threshold: float = 0.9,
+    n_alpha: float = 4.0,
+    n_beta: float = 0.5,
+    selection: bool = True,
+    binary: bool = False,
+    error_def: str = "absolute",
+    check: str = "all",
+    center: str = "mean",
+) -> dict[str, Tensor]:
+    """PLM's pseudo-supervision of a batch-sized set, in the form
+    :func:`dmlkit.evaluation.quality.quality_table` reads (Table 2).
+
+    Args:
+        embeddings: ``[b, D]``; L2-normalised here, as PLM's momentum encoder outputs are.
+
+    Returns:
+        ``{"groups": [b, k+1] long (row i = i then its selected neighbours X_i, -1 padded),
+        "similarity": [b, b] Eq. 5 (or the binary ablation)}``.
+    """
+    x = torch.nn.functional.normalize(embeddings.detach().float(), dim=1)
+    pieces = batch_pieces(x, m, k, threshold, selection, error_def, check, center)
+    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    groups = torch.cat([rows, torch.where(pieces.selected, pieces.neighbours, torch.full_like(pieces.neighbours, -1))], 1)
+    return {"groups": groups, "similarity": point_similarity(pieces, n_alpha, n_beta, binary)}
+
+
 @dataclass
 class ManifoldSupervision:
     """PLM's pseudo-supervision over a whole set (Table 2): overlapping groups and a pairwise similarity.
