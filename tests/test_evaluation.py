@@ -287,3 +287,15 @@ def test_knn_search_rejects_bad_k_and_dimension_mismatch():
         knn_search(torch.zeros(5, 2), 5)
     with pytest.raises(ValueError, match="dimension"):
         knn_search(torch.zeros(5, 2), 1, gallery=torch.zeros(5, 3))
+
+
+def test_neighbour_table_starts_with_self_even_with_lower_index_duplicate():
+    from dmlkit.evaluation import neighbour_table
+
+    x = torch.tensor([[1.0], [1.0], [3.0], [0.0]])
+    table = neighbour_table(x, 3)
+    assert table[:, 0].tolist() == [0, 1, 2, 3]
+    assert table[1].tolist() == [1, 0, 3]  # the duplicate 0 comes right after, not before, item 1
+    assert neighbour_table(x, 1).tolist() == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="k=5"):
+        neighbour_table(x, 5)

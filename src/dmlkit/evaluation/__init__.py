@@ -1,11 +1,17 @@
 """Evaluation: one kNN search, every metric (EVALUATION.md).
 
-``evaluate`` returns Recall@K, P@1, R-Precision, MAP@R and NMI; ``knn_search`` is the exact chunked
-kNN the engine also uses for neighbour tables; ``protocols`` holds the MLRC and zero-shot helpers and
-``quality`` the pseudo-supervision quality report.
+* ``evaluate`` — Recall@K, P@K, R-Precision, MAP@R, NMI (+ ``num_lone_queries``);
+* ``knn_search`` / ``neighbour_table`` — the exact chunked kNN the engine also uses;
+* ``protocols`` — ``zero_shot_evaluate``, ``mlrc_aggregate``, ``mlrc_from_embeddings``;
+* ``quality`` — pseudo-supervision purity / correlation (``quality_table``, ``format_quality_table``).
 """
 from dmlkit.evaluation.clustering import kmeans, nmi_score
-from dmlkit.evaluation.knn import knn_search
+from dmlkit.evaluation.knn import knn_search, neighbour_table
 from dmlkit.evaluation.metrics import evaluate, retrieval_scores
+from dmlkit.evaluation.protocols import mlrc_aggregate, mlrc_from_embeddings, zero_shot_evaluate
+from dmlkit.evaluation.quality import format_quality_table, quality_table
 
-__all__ = ["evaluate", "knn_search", "kmeans", "nmi_score", "retrieval_scores"]
+__all__ = [
+    "evaluate", "knn_search", "neighbour_table", "kmeans", "nmi_score", "retrieval_scores",
+    "mlrc_aggregate", "mlrc_from_embeddings", "zero_shot_evaluate", "quality_table", "format_quality_table",
+]

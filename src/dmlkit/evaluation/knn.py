@@ -13,8 +13,8 @@ Conventions shared by every metric in :mod:`dmlkit.evaluation`:
   its distances, whose columns are in index order. faiss gives no order among equal distances; the
   faiss backend re-sorts each returned list by (distance, index), so it agrees with torch whenever no
   tie straddles the k-th position — always on tie-free data.
-* **Memory.** One block of ``rows × M`` distances at a time, with ``rows = min(chunk, 2**25 // M)``
-  (≤ 128 MiB in float32); never the full N×M matrix.
+* **Memory.** One block of ``rows × M`` distances at a time, with ``rows = min(chunk, 2**23 // M)``
+  (≤ 32 MiB in float32); never the full N×M matrix.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 METRICS = ("euclidean", "cosine")
 BACKENDS = ("torch", "faiss")
-MAX_BLOCK_ELEMENTS = 2**25
+MAX_BLOCK_ELEMENTS = 2**23
 
 
 def as_embeddings(x: torch.Tensor | np.ndarray, name: str = "embeddings") -> torch.Tensor:
@@ -55,7 +55,7 @@ def _check_options(metric: str, backend: str) -> None:
 
 
 def block_rows(chunk: int, num_gallery: int) -> int:
-    """Query rows per distance block: ``min(chunk, 2**25 // num_gallery)``, at least 1."""
+    """Query rows per distance block: ``min(chunk, 2**23 // num_gallery)``, at least 1."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     return max(1, min(chunk, MAX_BLOCK_ELEMENTS // max(num_gallery, 1)))
@@ -179,3 +179,24 @@ def knn_search(
         out_d[start : start + d.shape[0]] = d
         out_i[start : start + i.shape[0]] = i
     return out_d, out_i
+
+
+def neighbour_table(
+    embeddings: torch.Tensor | np.ndarray,
+    k: int,
+    metric: str = "euclidean",
+    backend: str = "torch",
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """``[N, k]`` int64 table whose row ``i`` is ``i`` followed by its ``k - 1`` nearest other items.
+
+    Unlike ``knn_search(x, k, exclude_self=False)``, item ``i`` always comes first even when an exact
+    duplicate with a lower index exists (the search runs with the self-match removed by index).
+    """
+    x = as_embeddings(embeddings)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k={k} must be in [1, N={x.shape[0]}] (the row holds the item itself)")
+    own = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    if k == 1:
+        return own
+    return torch.cat([own, knn_search(x, k - 1, None, True, metric, backend, chunk)[1]], dim=1)

@@ -60,14 +60,15 @@ def retrieval_scores(
     Returns:
         float64 ``[B]`` tensors keyed ``recall@K``, ``precision@K``, ``r_precision``, ``map@r``.
     """
-    rel = relevant.to(torch.float64)
-    out = {f"recall@{k}": rel[:, :k].amax(dim=1) for k in recall_at}
-    out.update({f"precision@{k}": rel[:, :k].sum(dim=1) / k for k in precision_at})
-    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
-    within_r = (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1)).to(torch.float64)
+    hits = relevant.to(torch.int32).cumsum(dim=1)  # hits[:, i-1] = Σ_{t<=i} rel_t
+    out = {f"recall@{k}": (hits[:, k - 1] > 0).to(torch.float64) for k in recall_at}
+    out.update({f"precision@{k}": hits[:, k - 1].to(torch.float64) / k for k in precision_at})
+    ranks = torch.arange(1, relevant.shape[1] + 1, device=relevant.device)
+    counted = relevant & (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1))  # rel_i for i <= R
     r = num_relevant.to(torch.float64).clamp_min(1)
-    out["r_precision"] = (rel * within_r).sum(dim=1) / r
-    out["map@r"] = (rel.cumsum(dim=1) / ranks * rel * within_r).sum(dim=1) / r
+    out["r_precision"] = counted.sum(dim=1).to(torch.float64) / r
+    precision_at_i = hits.to(torch.float64) / ranks
+    out["map@r"] = torch.where(counted, precision_at_i, 0.0).sum(dim=1) / r
     return out
 
 

@@ -1,0 +1,163 @@
+"""Evaluation speed: dmlkit.evaluation.evaluate vs pytorch-metric-learning's AccuracyCalculator.
+
+Both evaluate the same seeded synthetic embeddings, compared to self (Q = G, self removed):
+
+* ``10k``: N = 10,000, 10 classes, 128-d (MNIST-sized);
+* ``60k``: N = 60,000, 11,000 classes, 512-d (SOP-sized).
+
+dmlkit computes the full set (Recall@1/10/100/1000, NMI, P@1, RP, MAP@R) with its defaults (torch
+kNN in blocks, torch Lloyd k-means: random init, 20 iterations, seed 0). AccuracyCalculator runs with
+the settings its documentation recommends for R-Precision / MAP@R, ``k="max_bin_count"``, and its
+default faiss kNN (IndexFlatL2) and faiss k-means; it has no Recall@K for K > 1, so it computes NMI,
+P@1, RP and MAP@R.
+
+Every measurement runs in a fresh subprocess (tracemalloc cannot see torch/faiss buffers): the worker
+builds the data, reads ``ru_maxrss`` (the peak resident set so far), runs the evaluation, and reads
+``ru_maxrss`` again. ``peak_rss_mb`` is the process's peak; ``extra_rss_mb`` the growth of that peak
+during the evaluation (data, imports and interpreter excluded). Seconds are wall time of the call.
+
+    python benchmarks/evaluation_speed.py [--quick] [--threads 2] [--sizes 10k 60k]
+
+``--quick`` shrinks the 60k case to N = 6,000 with 1,100 classes (same 512-d, same class sizes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import ROOT, markdown_table, save_rows  # noqa: E402
+
+SIZES = {  # name -> (N, classes, dim, noise, recall_at); noise chosen so the metrics are far from 0 and 1
+    "10k": (10_000, 10, 128, 2.5, (1, 10, 100, 1000)),
+    "60k": (60_000, 11_000, 512, 2.4, (1, 10, 100, 1000)),
+}
+QUICK_SIZES = {"10k": SIZES["10k"], "60k": (6_000, 1_100, 512, 2.4, (1, 10, 100, 1000))}
+TOOLS = ("dmlkit", "pml")
+SEED = 0
+
+
+def make_data(n: int, classes: int, dim: int, noise: float, seed: int = SEED):
+    """Class centres ~ N(0, I), items = centre + N(0, noise² I); labels a seeded shuffle of i mod classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % classes)
+    centres = rng.standard_normal((classes, dim), dtype=np.float32)
+    x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32)
+    return x, labels
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def worker(tool: str, size: str, quick: bool, threads: int) -> dict:
+    """One timed evaluation in this (fresh) process; returns the row as a dict."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    n, classes, dim, noise, recall_at = (QUICK_SIZES if quick else SIZES)[size]
+    x_np, y_np = make_data(n, classes, dim, noise)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    if tool == "dmlkit":
+        from dmlkit.evaluation import evaluate, kmeans, nmi_score
+
+        evaluate(x[:50], y[:50] % 5, recall_at=(1,), nmi=False)  # warm-up: imports, thread pools
+        base = peak_mb()
+        t0 = time.perf_counter()
+        metrics = evaluate(x, y, recall_at=recall_at, nmi=False)
+        t1 = time.perf_counter()
+        metrics["nmi"] = nmi_score(y, kmeans(x, classes, iters=20, seed=0))  # what evaluate(nmi=True) runs
+        t2 = time.perf_counter()
+        metrics.pop("num_lone_queries")
+    else:
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+        retrieval = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                                       k="max_bin_count")
+        clustering = AccuracyCalculator(include=("NMI",), k="max_bin_count")
+        retrieval.get_accuracy(x[:50], y[:50] % 5)  # warm-up
+        base = peak_mb()
+        t0 = time.perf_counter()
+        out = retrieval.get_accuracy(x, y)  # reference = query, ref_includes_query=True
+        t1 = time.perf_counter()
+        out.update(clustering.get_accuracy(x, y))
+        t2 = time.perf_counter()
+        metrics = {"precision@1": out["precision_at_1"], "r_precision": out["r_precision"],
+                   "map@r": out["mean_average_precision_at_r"], "nmi": out["NMI"]}
+    peak = peak_mb()
+    return {
+        "method": "dmlkit.evaluate" if tool == "dmlkit" else "pml.AccuracyCalculator",
+        "dataset": f"synthetic-{n}x{dim}-{classes}c",
+        "protocol": "compared-to-self",
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "seconds": t2 - t0,
+        "retrieval_seconds": t1 - t0,
+        "nmi_seconds": t2 - t1,
+        "peak_rss_mb": round(peak, 1),
+        "extra_rss_mb": round(peak - base, 1),
+        "seed": SEED,
+        "noise": noise,
+        "threads": threads,
+        "size": size,
+        "quick": quick,
+        "notes": ("full set: R@1/10/100/1000, NMI, P@1, RP, MAP@R; torch kNN + torch k-means"
+                  if tool == "dmlkit" else "k='max_bin_count'; faiss IndexFlatL2 kNN + faiss k-means; "
+                  "NMI, P@1, RP, MAP@R (no Recall@K>1)"),
+    }
+
+
+def measure(tool: str, size: str, quick: bool, threads: int, timeout: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, size, "--threads", str(threads)]
+    cmd += ["--quick"] if quick else []
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tool} {size} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shrink the SOP-sized case to N=6,000")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+    parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.quick, args.threads)))
+        return 0
+    rows = []
+    for size in args.sizes:
+        pair = {tool: measure(tool, size, args.quick, args.threads, args.timeout) for tool in TOOLS}
+        ours, ref = pair["dmlkit"], pair["pml"]
+        ours["seconds_ratio_vs_pml"] = round(ours["seconds"] / ref["seconds"], 3)
+        ours["peak_rss_ratio_vs_pml"] = round(ours["peak_rss_mb"] / ref["peak_rss_mb"], 3)
+        ours["max_abs_diff_vs_pml"] = max(abs(ours["metrics"][k] - ref["metrics"][k])
+                                          for k in ("precision@1", "r_precision", "map@r"))
+        rows += [ours, ref]
+        print(f"[{size}] dmlkit {ours['seconds']:.1f}s vs pml {ref['seconds']:.1f}s", file=sys.stderr, flush=True)
+    save_rows("evaluation_speed", rows, key=("method", "dataset", "protocol", "seed", "threads"))
+    m = lambda key: (key, lambda r: r["metrics"].get(key))  # noqa: E731
+    print(markdown_table(rows, [
+        "method", "dataset", ("seconds", lambda r: round(r["seconds"], 1)),
+        ("kNN+retrieval s", lambda r: round(r["retrieval_seconds"], 1)), ("NMI s", lambda r: round(r["nmi_seconds"], 1)),
+        ("peak RSS MB", "peak_rss_mb"), ("extra RSS MB", "extra_rss_mb"), ("time ratio", "seconds_ratio_vs_pml"),
+        m("recall@1"), m("recall@1000"), m("nmi"), m("precision@1"), m("r_precision"), m("map@r"),
+    ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
