@@ -212,3 +212,19 @@ def test_zero_unlabeled_per_partition_takes_the_whole_split():
     method = _refreshed("deep-lrml", data, n_unlabeled_partition=0)
     assert len(method._nodes) == 60
     assert len(method.batch_sampler(data, BATCH, 0, 0)) == 60 // BATCH
+
+
+def test_batch_edges_are_exactly_the_partition_edges_among_batch_members():
+    data = _dataset()
+    method = _refreshed("deep-isdml", data)
+    graph = {tuple(e): w for e, w in zip(method._edges.tolist(), method._edge_weights.tolist())}
+    for neighbours_row, i in zip(method._neighbours.tolist(), range(len(method._nodes))):
+        assert all((min(i, j), max(i, j)) in graph for j in neighbours_row)  # every kNN pair is an edge
+    batch = next(iter(method.batch_sampler(data, BATCH, 0, 0)))
+    local = method._lookup[torch.tensor(batch)]
+    edges, weights = method._batch_edges(local)
+    expected = {(a, b): graph[(min(la, lb), max(la, lb))]
+                for a, la in enumerate(local.tolist()) for b, lb in enumerate(local.tolist())
+                if a < b and (min(la, lb), max(la, lb)) in graph}
+    assert {tuple(e): pytest.approx(w) for e, w in zip(edges.tolist(), weights.tolist())} == expected
+    assert len(expected) >= 3 * 3  # each group brings its seed's edges
