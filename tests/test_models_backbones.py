@@ -123,11 +123,29 @@ def test_registry_and_errors() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None or importlib.util.find_spec("timm") is not None,
                     reason="torchvision/timm installed: the wrappers build")
-@pytest.mark.parametrize("name", ["googlenet", "resnet50"])
-def test_vision_wrappers_need_the_extra(name: str) -> None:
+def test_vision_wrapper_needs_the_extra() -> None:
     with pytest.raises(ImportError) as info:
-        build_backbone(name, in_channels=3, image_size=224)
-    assert str(info.value) == f"backbone '{name}' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
+        build_backbone("resnet50", in_channels=3, image_size=224)
+    assert str(info.value) == "backbone 'resnet50' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
+
+
+def test_googlenet_plain_torch_with_torchvision_layout(tmp_path) -> None:
+    source = build_backbone("googlenet", in_channels=3, image_size=32)
+    assert source.input_norm == "centered" and source.pooling == "avg+max"
+    out = source(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 1024)
+    (out @ torch.randn(1024)).pow(2).sum().backward()
+    assert all(p.grad is not None for p in source.parameters())
+    # torchvision's GoogLeNet has 6,624,904 parameters, 1,025,000 of them in the fc classifier
+    assert sum(p.numel() for p in source.parameters()) == 6_624_904 - 1_025_000
+    state = dict(source.trunk.state_dict())
+    assert state["inception3a.branch3.1.conv.weight"].shape == (32, 16, 3, 3)  # torchvision's 3x3 "5x5" branch
+    state.update({"fc.weight": torch.zeros(1000, 1024), "fc.bias": torch.zeros(1000),
+                  "aux1.conv.conv.weight": torch.zeros(128, 512, 1, 1), "aux2.fc2.bias": torch.zeros(1000)})
+    torch.save(state, tmp_path / "googlenet.pth")
+    loaded = build_backbone("googlenet", in_channels=1, image_size=28, pretrained=tmp_path / "googlenet.pth").eval()
+    grey = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded.feature_map(grey), source.eval().trunk(2 * grey.expand(-1, 3, -1, -1) - 1))
 
 
 def test_bn_inception_plain_torch() -> None:
@@ -265,20 +283,13 @@ def test_vision_wrapper_keeps_the_trunk_and_loads_published_keys(tmp_path, monke
         calls["resnet50"] = weights
         return _fake_classifier(2048)
 
-    def googlenet(**kwargs):
-        calls["googlenet"] = kwargs
-        return _fake_classifier(1024)
-
-    fake.resnet50, fake.googlenet = resnet50, googlenet
+    fake.resnet50 = resnet50
     monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
     monkeypatch.setitem(sys.modules, "torchvision.models", fake)
     backbone = build_backbone("resnet50", in_channels=1, image_size=32)
     assert calls["resnet50"] is None  # never asks torchvision for weights (no download)
     assert backbone.trunk.stage_names == ["conv1", "relu", "conv2"]
     assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 2048)
-    google = build_backbone("googlenet", in_channels=3, image_size=32)
-    assert calls["googlenet"]["weights"] is None and calls["googlenet"]["aux_logits"] is False
-    assert google.input_norm == "centered" and google.out_dim == 1024
     published = _fake_classifier(2048).state_dict()  # torchvision layout, classifier included
     torch.save(published, tmp_path / "r50.pth")
     loaded = build_backbone("resnet50", 3, 32, pretrained=tmp_path / "r50.pth")

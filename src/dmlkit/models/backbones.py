@@ -9,7 +9,7 @@ name               out     default input      pooling   notes
 ``cifar-net``      64      none               avg       SSDML's CIFAR-10 net, plain torch
 ``resnet18-small`` 512     none               avg       ResNet-18, 3×3 stem, no max-pool, plain torch
 ``resnet18``       512     imagenet           avg+max   standard ResNet-18, plain torch, random init
-``googlenet``      1024    centered           avg+max   torchvision GoogLeNet (needs ``dmlkit[vision]``)
+``googlenet``      1024    centered           avg+max   GoogLeNet, plain torch (torchvision's weight names)
 ``bn-inception``   1024    caffe              avg+max   BN-Inception, plain torch (Cadene's weight names)
 ``resnet50``       2048    imagenet           avg+max   torchvision or timm (needs ``dmlkit[vision]``)
 =================  ======  =================  ========  ============================================
@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from dmlkit.models.batchnorm import frozen_batchnorm
 from dmlkit.models.bninception import BNInceptionTrunk, supports_size
+from dmlkit.models.googlenet import GoogLeNetTrunk
 from dmlkit.models.resnet import ResNet18Trunk
 
 INPUT_NORMS = ("none", "imagenet", "centered", "caffe")
@@ -208,8 +209,8 @@ _REGISTRY: dict[str, _Spec] = {
                             "ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
     "resnet18": _Spec(lambda c: ResNet18Trunk(c, stem="imagenet"), 512, "imagenet", "avg+max", 28, False,
                       _TORCHVISION + "resnet18-f37072fd.pth", "standard ResNet-18 (plain torch), GAP+GMP, 512-d"),
-    "googlenet": _Spec(_vision("googlenet"), 1024, "centered", "avg+max", 32, True,
-                       _TORCHVISION + "googlenet-1378be20.pth", "torchvision GoogLeNet, GAP+GMP, 1024-d [vision extra]"),
+    "googlenet": _Spec(GoogLeNetTrunk, 1024, "centered", "avg+max", 15, True, _TORCHVISION + "googlenet-1378be20.pth",
+                       "GoogLeNet (plain torch, torchvision's weight names), GAP+GMP, 1024-d"),
     "bn-inception": _Spec(BNInceptionTrunk, 1024, "caffe", "avg+max", 32, True, _CADENE + "bn_inception-52deb4733.pth",
                           "BN-Inception (plain torch, Cadene's weight names), GAP+GMP, 1024-d", supports_size),
     "resnet50": _Spec(_vision("resnet50"), 2048, "imagenet", "avg+max", 32, True,

@@ -1,4 +1,7 @@
-"""ImageNet trunks from torchvision or timm, imported lazily (the optional ``vision`` extra).
+"""ImageNet trunks from torchvision or timm, imported lazily (the optional ``vision`` extra): ResNet-50.
+
+(GoogLeNet, BN-Inception and ResNet-18 are plain torch: :mod:`dmlkit.models.googlenet`,
+:mod:`dmlkit.models.bninception`, :mod:`dmlkit.models.resnet`.)
 
 Each trunk keeps the library's own module names, so the published state dicts load unchanged through
 :func:`dmlkit.models.backbones.load_trunk_weights`; the classifier is removed and its keys ignored.
@@ -40,12 +43,7 @@ def _import(backbone: str, module: str) -> ModuleType:
 
 
 def build_trunk(name: str) -> nn.Module:
-    """The randomly initialised trunk of ``name`` (``googlenet`` or ``resnet50``)."""
-    if name == "googlenet":
-        models = _import(name, "torchvision.models")
-        # transform_input is False: the backbone's "centered" input_norm does the same affine map
-        model = models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
-        return StagedTrunk(model, 1024)
+    """The randomly initialised trunk of ``name`` (``resnet50``)."""
     if name == "resnet50":
         try:
             models = importlib.import_module("torchvision.models")
