@@ -240,6 +240,19 @@ def test_corrupt_image_names_the_file(tmp_path):
     assert ImageLoader(16, 1)(str(good)).shape == (1, 16, 16)
 
 
+def test_full_size_counts_are_checked(tmp_path):
+    from dmlkit.data.readers.benchmarks import check_counts
+    from dmlkit.data import DatasetRecords
+
+    labels = np.arange(200)
+    splits = np.where(labels < 100, "train", "test")
+    wrong = DatasetRecords("cub200", [f"{i}.jpg" for i in labels], labels, splits)
+    with pytest.raises(DatasetError, match=r"split sizes \{'test': 100, 'train': 100\}, expected \{'train': 5864"):
+        check_counts(wrong, tmp_path)
+    partial = DatasetRecords("cub200", ["a.jpg", "b.jpg"], [0, 1], ["train", "test"])
+    assert check_counts(partial, tmp_path) is partial  # a subset of the classes is not checked
+
+
 def test_list_datasets():
     names = list_datasets()
     for key in ("fashion-mnist", "mnist", "cifar10", "digits", "cub200", "cars196", "sop", "inshop", "folder:PATH", "csv:PATH"):

@@ -28,7 +28,7 @@ def test_views_are_ordered_view_major():
     # constant images with distinct grey levels: every augmentation that keeps the content inside
     # the frame (no padding or zero fill) keeps the level, so row v*B+i must carry image i's level
     levels = torch.tensor([0.2, 0.5, 0.8])
-    images = levels[:, None, None, None].expand(3, 3, 256, 256).contiguous()
+    images = levels[:, None, None, None].expand(3, 1, 64, 64).contiguous()
     v = Views("imagenet224", n_views=3)(images)
     assert v.shape[0] == 9
     centre = v[:, 0, 100:120, 100:120].mean(dim=(1, 2))
