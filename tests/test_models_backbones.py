@@ -34,6 +34,14 @@ def test_gradient_reaches_every_parameter(name: str) -> None:
         assert param.grad.abs().sum() > 0, pname
 
 
+def test_resnet18_matches_torchvision_size() -> None:
+    # torchvision's resnet18 has 11,689,512 parameters, 513,000 of them in the fc classifier; the small
+    # variant swaps the 7x7x3x64 stem for a 3x3x3x64 one
+    assert sum(p.numel() for p in build_backbone("resnet18", 3, 32).parameters()) == 11_689_512 - 513_000
+    small = build_backbone("resnet18-small", 3, 32)
+    assert sum(p.numel() for p in small.parameters()) == 11_689_512 - 513_000 - 64 * 3 * (49 - 9)
+
+
 def test_mnist_net_sizes_follow_the_spec() -> None:
     # 28 -> 24 -> 12 -> 8 -> 4 -> 1 (specs/SSDML.md §2): conv3 sees 4x4 and leaves 1x1x500
     backbone = build_backbone("mnist-net", 1, 28)
