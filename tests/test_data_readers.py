@@ -126,6 +126,13 @@ def test_cars_devkit_halves_are_merged(tmp_path):
     assert r.class_names[2] == "Car 3"
 
 
+def test_corrupt_annotation_file(tmp_path):
+    folder = fx.write_cars(tmp_path)
+    (folder / "cars_annos.mat").write_bytes(b"not a mat file" * 20)
+    with pytest.raises(DatasetError, match=r"cannot read .*cars_annos.mat .*re-download it"):
+        load_records("cars196", root=str(folder))
+
+
 def test_sop(tmp_path):
     fx.write_sop(tmp_path, train_classes=3, test_classes=2, per_class=2)
     r = load_records("sop", root=str(tmp_path))
@@ -206,8 +213,8 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
     assert str(tmp_path / "cache" / "dmlkit" / "cub200") in msg and "CUB_200_2011.tgz" in msg
     assert "--data-root" in msg
     with pytest.raises(DatasetError, match="dataset-fashion-mnist"):
-        from dmlkit.data.readers.arrays import read_mnist_like
         from dmlkit.data import roots
+        from dmlkit.data.readers.arrays import read_mnist_like
 
         old = roots.DEBIAN
         roots.DEBIAN = {"fashion-mnist": ("dataset-fashion-mnist", str(tmp_path / "no-debian"))}
@@ -241,8 +248,8 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 def test_full_size_counts_are_checked(tmp_path):
-    from dmlkit.data.readers.benchmarks import check_counts
     from dmlkit.data import DatasetRecords
+    from dmlkit.data.readers.benchmarks import check_counts
 
     labels = np.arange(200)
     splits = np.where(labels < 100, "train", "test")
@@ -256,4 +263,4 @@ def test_full_size_counts_are_checked(tmp_path):
 def test_list_datasets():
     names = list_datasets()
     for key in ("fashion-mnist", "mnist", "cifar10", "digits", "cub200", "cars196", "sop", "inshop", "folder:PATH", "csv:PATH"):
-        assert key in names and names[key]
+        assert names.get(key)

@@ -16,11 +16,11 @@ def test_random_batch_sampler_is_a_seeded_permutation():
     s = RandomBatchSampler(10, 3, seed=1, epoch=2)
     batches = list(s)
     assert len(s) == len(batches) == 3 and all(len(b) == 3 for b in batches)
-    flat = sum(batches, [])
+    flat = [i for b in batches for i in b]
     assert len(set(flat)) == 9 and set(flat) <= set(range(10))
     assert batches == list(RandomBatchSampler(10, 3, seed=1, epoch=2))
     assert batches != list(RandomBatchSampler(10, 3, seed=1, epoch=3))
-    assert sorted(sum(RandomBatchSampler(10, 3, drop_last=False), [])) == list(range(10))
+    assert sorted(i for b in RandomBatchSampler(10, 3, drop_last=False) for i in b) == list(range(10))
     assert len(RandomBatchSampler(10, 3, drop_last=False)) == 4
     assert len(RandomBatchSampler(2, 8)) == 1 and sorted(next(iter(RandomBatchSampler(2, 8)))) == [0, 1]
 
@@ -116,12 +116,12 @@ def test_neighbour_batch_not_multiple_of_k_is_an_error():
 def test_partition_holds_all_labeled_and_a_seeded_unlabeled_subset():
     labels = np.array([0, -1, 1, -1, -1, 2, -1, -1, -1, -1])
     p = make_partition(labels, 3, seed=0)
-    assert set([0, 2, 5]) <= set(p.tolist()) and len(p) == 6
+    assert {0, 2, 5} <= set(p.tolist()) and len(p) == 6
     assert (labels[p] < 0).sum() == 3
     np.testing.assert_array_equal(p, make_partition(labels, 3, seed=0))
     assert any(not np.array_equal(p, make_partition(labels, 3, seed=s)) for s in range(1, 5))
     assert len(make_partition(labels, 100, seed=0)) == 10
     s = PartitionSampler(labels, 3, batch_size=2, seed=0, epoch=0, partition=1)
-    flat = sum(list(s), [])
+    flat = [i for b in s for i in b]
     assert len(s) == 3 and sorted(flat) == sorted(s.indices.tolist())
     np.testing.assert_array_equal(s.indices, make_partition(labels, 3, seed=(0, 1)))

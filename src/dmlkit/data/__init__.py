@@ -11,7 +11,17 @@ from dmlkit.data.registry import list_datasets, load_records
 from dmlkit.data.splits import kfold_classes, make_split, mlrc_folds, stratified_indices, stratified_subset
 
 __all__ = [
-    "DatasetError", "DatasetRecords", "DMLDataset", "SplitData", "ImageLoader", "stored_size",
-    "list_datasets", "load_records", "make_split", "mlrc_folds", "kfold_classes", "stratified_indices",
+    "DMLDataset",
+    "DatasetError",
+    "DatasetRecords",
+    "ImageLoader",
+    "SplitData",
+    "kfold_classes",
+    "list_datasets",
+    "load_records",
+    "make_split",
+    "mlrc_folds",
+    "stored_size",
+    "stratified_indices",
     "stratified_subset",
 ]

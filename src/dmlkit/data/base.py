@@ -6,8 +6,8 @@ items are dicts ``{"image": FloatTensor[C,H,W] in [0,1], "label": int (-1 = unla
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -125,7 +125,7 @@ class DMLDataset(Dataset):
     def labeled_mask(self) -> np.ndarray:
         return self.labels >= 0
 
-    def subset(self, indices: np.ndarray, name: str | None = None) -> "DMLDataset":
+    def subset(self, indices: np.ndarray, name: str | None = None) -> DMLDataset:
         """A new dataset holding ``indices`` of this one (re-indexed from 0)."""
         indices = np.asarray(indices, dtype=np.int64)
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
@@ -134,7 +134,7 @@ class DMLDataset(Dataset):
             name or self.name, self.recall_at, self.channels, self.image_size, self.class_names,
         )
 
-    def with_labels(self, labels: np.ndarray) -> "DMLDataset":
+    def with_labels(self, labels: np.ndarray) -> DMLDataset:
         """Same images, different visible labels (e.g. all -1 for label-free methods)."""
         return DMLDataset(
             self.images, labels, self.true_labels, self.loader, self.name, self.recall_at,

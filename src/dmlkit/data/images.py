@@ -8,7 +8,7 @@ random-resize-crop and the eval transform can center-crop 224 from 256).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,10 +1,10 @@
 """Dataset names as the CLI spells them, and :func:`load_records`."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from dmlkit.data.base import DatasetError, DatasetRecords
 from dmlkit.data import readers
+from dmlkit.data.base import DatasetError, DatasetRecords
 
 _READERS: dict[str, tuple[Callable[[str | None], DatasetRecords], str]] = {
     "fashion-mnist": (lambda root: readers.read_mnist_like("fashion-mnist", root),

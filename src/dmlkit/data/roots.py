@@ -6,8 +6,8 @@ finds ``~/data/CUB_200_2011`` as well as a root that *is* the dataset folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dmlkit.data.base import DatasetError
 

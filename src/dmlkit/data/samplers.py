@@ -12,7 +12,7 @@ same batches. Randomness comes from a private ``torch.Generator``; the global RN
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

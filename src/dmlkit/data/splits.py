@@ -19,7 +19,7 @@ splits keep the dataset's class ids.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -225,7 +225,7 @@ def make_split(
 
     q_labels = labels[query_idx]
     if gallery_idx is None:
-        q_classes, q_counts = np.unique(q_labels, return_counts=True)
+        _, q_counts = np.unique(q_labels, return_counts=True)
         lone = int((q_counts == 1).sum())
     else:
         lone = int((~np.isin(q_labels, labels[gallery_idx])).sum())

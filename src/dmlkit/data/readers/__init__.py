@@ -4,6 +4,14 @@ from dmlkit.data.readers.benchmarks import read_cars196, read_cub200, read_insho
 from dmlkit.data.readers.custom import read_csv, read_folder
 
 __all__ = [
-    "read_cifar10", "read_digits", "read_idx", "read_mnist_like", "read_cars196", "read_cub200",
-    "read_inshop", "read_sop", "read_csv", "read_folder",
+    "read_cars196",
+    "read_cifar10",
+    "read_csv",
+    "read_cub200",
+    "read_digits",
+    "read_folder",
+    "read_idx",
+    "read_inshop",
+    "read_mnist_like",
+    "read_sop",
 ]

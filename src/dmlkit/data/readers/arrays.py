@@ -9,6 +9,7 @@ import gzip
 import io
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -90,15 +91,15 @@ def read_mnist_like(name: str, root: str | None = None) -> DatasetRecords:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays (and the built-in containers pickle encodes itself)."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
-    }
+    })
 
-    def find_class(self, module: str, name: str):  # noqa: D102
+    def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
         return super().find_class(module, name)

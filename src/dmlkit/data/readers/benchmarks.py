@@ -93,10 +93,11 @@ def read_cub200(root: str | None = None) -> DatasetRecords:
 
 def _mat_annotations(path: Path) -> np.ndarray:
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True)
-    except Exception as err:  # scipy raises several types for a bad file
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as err:  # scipy's errors for a bad file
         raise DatasetError(f"cannot read {path} ({type(err).__name__}: {err}); re-download it") from None
     if "annotations" not in mat:
         raise DatasetError(f"{path} has no 'annotations' struct (keys: {sorted(k for k in mat if not k.startswith('__'))})")
