@@ -109,9 +109,9 @@ def test_distance_weighted_probabilities_follow_inverse_q():
     assert distance_weights(dist_2, labels, dim=4)[0].tolist() == [0.0, 0.0, 1.0, 0.0]
     # the draws follow the weights
     torch.manual_seed(0)
-    draws = torch.stack([distance_weighted_triplets(dist, labels, dim=4)[2][0] for _ in range(400)])
-    expect = inv_q(0.8) / (inv_q(0.8) + inv_q(1.6))
-    assert (draws == 2).float().mean().item() == pytest.approx(expect, abs=0.07)
+    draws = torch.stack([distance_weighted_triplets(dist, labels, dim=4)[2][0] for _ in range(100)])
+    expect = inv_q(0.8) / (inv_q(0.8) + inv_q(1.6))  # 0.724; 100 draws: sd 0.045
+    assert (draws == 2).float().mean().item() == pytest.approx(expect, abs=0.15)
 
 
 def test_distance_weighted_unmasked_keeps_positive_candidates_like_gedml():
