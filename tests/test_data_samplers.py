@@ -125,3 +125,12 @@ def test_partition_holds_all_labeled_and_a_seeded_unlabeled_subset():
     flat = [i for b in s for i in b]
     assert len(s) == 3 and sorted(flat) == sorted(s.indices.tolist())
     np.testing.assert_array_equal(s.indices, make_partition(labels, 3, seed=(0, 1)))
+
+
+def test_samplers_leave_the_global_rng_alone():
+    state = torch.get_rng_state()
+    list(RandomBatchSampler(20, 4, seed=1))
+    list(MPerClassBatchSampler(_labels(), 2, 2, seed=1))
+    list(NeighbourGroupSampler(_table(), 6, seed=1))
+    make_partition(_labels(), 2, seed=1)
+    assert torch.equal(state, torch.get_rng_state())

@@ -41,7 +41,7 @@ class ImageLoader:
         try:
             with Image.open(path) as im:
                 im = im.convert("L" if self.channels == 1 else "RGB")
-                im = im.resize((self.size, self.size), Image.BILINEAR)
+                im = im.resize((self.size, self.size), Image.Resampling.BILINEAR)
                 array = np.asarray(im, dtype=np.uint8)
         except FileNotFoundError:
             raise DatasetError(f"image file {path} does not exist; check the dataset folder") from None
