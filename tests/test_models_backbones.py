@@ -34,12 +34,14 @@ def test_gradient_reaches_every_parameter(name: str) -> None:
         assert param.grad.abs().sum() > 0, pname
 
 
-def test_resnet18_matches_torchvision_size() -> None:
+def test_resnets_match_torchvision_sizes() -> None:
     # torchvision's resnet18 has 11,689,512 parameters, 513,000 of them in the fc classifier; the small
     # variant swaps the 7x7x3x64 stem for a 3x3x3x64 one
     assert sum(p.numel() for p in build_backbone("resnet18", 3, 32).parameters()) == 11_689_512 - 513_000
     small = build_backbone("resnet18-small", 3, 32)
     assert sum(p.numel() for p in small.parameters()) == 11_689_512 - 513_000 - 64 * 3 * (49 - 9)
+    # torchvision's resnet50: 25,557,032 parameters, 2,049,000 in fc
+    assert sum(p.numel() for p in build_backbone("resnet50", 3, 32).parameters()) == 25_557_032 - 2_049_000
 
 
 def test_mnist_net_sizes_follow_the_spec() -> None:
@@ -121,20 +123,24 @@ def test_wrong_channel_count_is_a_clear_error() -> None:
 
 def test_registry_and_errors() -> None:
     names = list_backbones()
-    assert set(names) == {"mnist-net", "cifar-net", "resnet18-small", "resnet18", "googlenet", "bn-inception", "resnet50"}
+    assert set(names) == {"mnist-net", "cifar-net", "resnet18-small", "resnet18", "googlenet", "bn-inception", "resnet50",
+                          "timm:<model>", "torchvision:<model>"}
     assert all(isinstance(text, str) and text for text in names.values())
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
         build_backbone("vgg")
     with pytest.raises(ValueError, match="in_channels"):
         build_backbone("mnist-net", in_channels=2)
+    with pytest.raises(ValueError, match="timm:<model> or torchvision:<model>"):
+        build_backbone("keras:resnet50", in_channels=3, image_size=224)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None or importlib.util.find_spec("timm") is not None,
-                    reason="torchvision/timm installed: the wrappers build")
-def test_vision_wrapper_needs_the_extra() -> None:
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_library_backbones_need_the_extra(library: str) -> None:
+    if importlib.util.find_spec(library) is not None:
+        pytest.skip(f"{library} is installed")
     with pytest.raises(ImportError) as info:
-        build_backbone("resnet50", in_channels=3, image_size=224)
-    assert str(info.value) == "backbone 'resnet50' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
+        build_backbone(f"{library}:resnet50", in_channels=3, image_size=224)
+    assert str(info.value) == f"backbone '{library}:resnet50' needs the optional 'vision' extra: pip install 'dmlkit[vision]'"
 
 
 def test_googlenet_plain_torch_with_torchvision_layout(tmp_path) -> None:
@@ -269,7 +275,7 @@ def test_bn_freeze_backbone() -> None:
 
 
 def _fake_classifier(out_channels: int) -> nn.Module:
-    """A stand-in for a torchvision classifier: trunk children, then avgpool / fc (and disabled aux heads)."""
+    """A stand-in for a torchvision classifier: trunk children, then avgpool / fc (and a disabled aux head)."""
     model = nn.Module()
     model.conv1 = nn.Conv2d(3, 8, 3, stride=2)
     model.relu = nn.ReLU()
@@ -280,25 +286,38 @@ def _fake_classifier(out_channels: int) -> nn.Module:
     return model
 
 
-def test_vision_wrapper_keeps_the_trunk_and_loads_published_keys(tmp_path, monkeypatch) -> None:
+def test_library_wrappers_keep_the_trunk_and_load_published_keys(tmp_path, monkeypatch) -> None:
     import sys
     import types
 
-    fake = types.ModuleType("torchvision.models")
     calls = {}
 
-    def resnet50(weights=None):
-        calls["resnet50"] = weights
-        return _fake_classifier(2048)
+    def get_model(name, weights=None, **kwargs):
+        calls["torchvision"] = (name, weights)
+        return _fake_classifier(48)
 
-    fake.resnet50 = resnet50
+    def create_model(name, pretrained=True, num_classes=1000, global_pool="avg"):
+        calls["timm"] = (name, pretrained, num_classes, global_pool)
+        return nn.Sequential(nn.Conv2d(3, 40, 3, stride=2), nn.ReLU())  # unpooled features, like timm's
+
+    tv_models = types.ModuleType("torchvision.models")
+    tv_models.get_model = get_model
+    timm = types.ModuleType("timm")
+    timm.create_model = create_model
     monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
-    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
-    backbone = build_backbone("resnet50", in_channels=1, image_size=32)
-    assert calls["resnet50"] is None  # never asks torchvision for weights (no download)
-    assert backbone.trunk.stage_names == ["conv1", "relu", "conv2"]
-    assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 2048)
-    published = _fake_classifier(2048).state_dict()  # torchvision layout, classifier included
-    torch.save(published, tmp_path / "r50.pth")
-    loaded = build_backbone("resnet50", 3, 32, pretrained=tmp_path / "r50.pth")
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv_models)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+
+    backbone = build_backbone("torchvision:fakenet", in_channels=1, image_size=32)
+    assert calls["torchvision"] == ("fakenet", None)  # never asks for weights (no download)
+    assert backbone.trunk.stage_names == ["conv1", "relu", "conv2"]  # classifier children dropped
+    assert backbone.out_dim == 48 and backbone.input_norm == "imagenet"
+    assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 48)
+    published = _fake_classifier(48).state_dict()  # the library's layout, classifier included
+    torch.save(published, tmp_path / "fake.pth")
+    loaded = build_backbone("torchvision:fakenet", 3, 32, pretrained=tmp_path / "fake.pth")
     torch.testing.assert_close(loaded.trunk.conv2.weight, published["conv2.weight"])
+
+    from_timm = build_backbone("timm:fakenet", in_channels=3, image_size=32)
+    assert calls["timm"] == ("fakenet", False, 0, "")
+    assert from_timm.out_dim == 40 and from_timm(torch.rand(2, 3, 32, 32)).shape == (2, 40)

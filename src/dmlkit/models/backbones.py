@@ -1,33 +1,36 @@
 """Backbones: images ``[B, C, H, W]`` in [0, 1] -> features ``[B, out_dim]``.
 
 Every backbone is a :class:`Backbone`: input normalisation -> trunk (a feature map) -> global pooling.
+All of the named ones are plain torch:
 
-=================  ======  =================  ========  ============================================
-name               out     default input      pooling   notes
-=================  ======  =================  ========  ============================================
-``mnist-net``      500     none               avg       SSDML's MNIST/Fashion net, plain torch
-``cifar-net``      64      none               avg       SSDML's CIFAR-10 net, plain torch
-``resnet18-small`` 512     none               avg       ResNet-18, 3×3 stem, no max-pool, plain torch
-``resnet18``       512     imagenet           avg+max   standard ResNet-18, plain torch, random init
-``googlenet``      1024    centered           avg+max   GoogLeNet, plain torch (torchvision's weight names)
-``bn-inception``   1024    caffe              avg+max   BN-Inception, plain torch (Cadene's weight names)
-``resnet50``       2048    imagenet           avg+max   torchvision or timm (needs ``dmlkit[vision]``)
-=================  ======  =================  ========  ============================================
+=======================  ======  ==========  ========  =================================================
+name                     out     input_norm  pooling   notes
+=======================  ======  ==========  ========  =================================================
+``mnist-net``            500     none        avg       SSDML's MNIST/Fashion-MNIST net (≥ 28 px)
+``cifar-net``            64      none        avg       SSDML's CIFAR-10 net (≥ 25 px)
+``resnet18-small``       512     none        avg       ResNet-18, 3×3 stem, no max-pool
+``resnet18``             512     imagenet    avg+max   ResNet-18, torchvision's weight names
+``resnet50``             2048    imagenet    avg+max   ResNet-50 (v1.5), torchvision's weight names
+``googlenet``            1024    centered    avg+max   GoogLeNet, torchvision's weight names (≥ 15 px)
+``bn-inception``         1024    caffe       avg+max   BN-Inception, Cadene's weight names (224/227/256 px)
+``timm:<model>``         any     imagenet    avg+max   lazily imported; needs ``dmlkit[vision]``
+``torchvision:<model>``  any     imagenet    avg+max   lazily imported; needs ``dmlkit[vision]``
+=======================  ======  ==========  ========  =================================================
 
 Input normalisation (``input_norm``) is part of the backbone because it belongs to the weights:
 ``none``; ``imagenet`` (RGB mean/std); ``centered`` (2x − 1: what torchvision's GoogLeNet weights see
 through its ``transform_input``); ``caffe`` (BGR, 0–255, minus the means [104, 117, 128]: the Caffe
 GoogLeNet / Cadene BN-Inception convention of STML and DRML). Any normalisation other than ``none``
-works on RGB, so grey input (``in_channels=1``) is repeated to three channels first; the ImageNet
-wrappers always take three channels.
+works on RGB, so grey input (``in_channels=1``) is repeated to three channels first; GoogLeNet,
+BN-Inception and the library models always take three channels.
 
 Pooling ``avg+max`` is GAP + GMP **summed**, as in the STML, PLM and DRML code.
 
 ``pretrained`` is ``None`` (random init), a local file (a state dict loaded with
 ``torch.load(weights_only=True)``: published keys such as torchvision's, or a dmlkit backbone's own
-``state_dict()``), or ``"imagenet"``: torchvision's ImageNet file looked up in the torch hub cache
-(``torch.hub.get_dir()/checkpoints``). Nothing is ever downloaded; a missing file is an error that says
-where to put it.
+``state_dict()``), or ``"imagenet"``: the published ImageNet file (torchvision's; Cadene's for
+BN-Inception) looked up in the torch hub cache (``torch.hub.get_dir()/checkpoints``). Nothing is ever
+downloaded; a missing file is an error that says where to fetch it and where to put it.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from torch import Tensor, nn
 from dmlkit.models.batchnorm import frozen_batchnorm
 from dmlkit.models.bninception import BNInceptionTrunk, supports_size
 from dmlkit.models.googlenet import GoogLeNetTrunk
-from dmlkit.models.resnet import ResNet18Trunk
+from dmlkit.models.resnet import ResNetTrunk
 
 INPUT_NORMS = ("none", "imagenet", "centered", "caffe")
 POOLINGS = ("avg", "max", "avg+max")
@@ -177,7 +180,6 @@ class CifarNet(nn.Sequential):
 @dataclass(frozen=True)
 class _Spec:
     build: Callable[[int], nn.Module]  # trunk channels in -> trunk (with out_channels, ignored_weight_prefixes)
-    out_dim: int
     input_norm: str
     pooling: str
     min_size: int
@@ -190,37 +192,43 @@ class _Spec:
 _TORCHVISION = "https://download.pytorch.org/models/"
 _CADENE = "http://data.lip6.fr/cadene/pretrainedmodels/"
 
-
-def _vision(name: str) -> Callable[[int], nn.Module]:
-    def build(in_channels: int) -> nn.Module:
-        from dmlkit.models import vision
-
-        return vision.build_trunk(name)
-
-    return build
-
-
 _REGISTRY: dict[str, _Spec] = {
-    "mnist-net": _Spec(MnistNet, 500, "none", "avg", MnistNet.min_size, False, None,
+    "mnist-net": _Spec(MnistNet, "none", "avg", MnistNet.min_size, False, None,
                        "SSDML's MNIST/Fashion-MNIST conv net up to Conv3+ReLU, 500-d"),
-    "cifar-net": _Spec(CifarNet, 64, "none", "avg", CifarNet.min_size, False, None,
+    "cifar-net": _Spec(CifarNet, "none", "avg", CifarNet.min_size, False, None,
                        "SSDML's CIFAR-10 conv net up to Conv4+ReLU, 64-d"),
-    "resnet18-small": _Spec(lambda c: ResNet18Trunk(c, stem="small"), 512, "none", "avg", 8, False, None,
+    "resnet18-small": _Spec(lambda c: ResNetTrunk(18, c, stem="small"), "none", "avg", 8, False, None,
                             "ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
-    "resnet18": _Spec(lambda c: ResNet18Trunk(c, stem="imagenet"), 512, "imagenet", "avg+max", 28, False,
-                      _TORCHVISION + "resnet18-f37072fd.pth", "standard ResNet-18 (plain torch), GAP+GMP, 512-d"),
-    "googlenet": _Spec(GoogLeNetTrunk, 1024, "centered", "avg+max", 15, True, _TORCHVISION + "googlenet-1378be20.pth",
-                       "GoogLeNet (plain torch, torchvision's weight names), GAP+GMP, 1024-d"),
-    "bn-inception": _Spec(BNInceptionTrunk, 1024, "caffe", "avg+max", 32, True, _CADENE + "bn_inception-52deb4733.pth",
-                          "BN-Inception (plain torch, Cadene's weight names), GAP+GMP, 1024-d", supports_size),
-    "resnet50": _Spec(_vision("resnet50"), 2048, "imagenet", "avg+max", 32, True,
-                      _TORCHVISION + "resnet50-0676ba61.pth", "torchvision/timm ResNet-50, GAP+GMP, 2048-d [vision extra]"),
+    "resnet18": _Spec(lambda c: ResNetTrunk(18, c), "imagenet", "avg+max", 28, False,
+                      _TORCHVISION + "resnet18-f37072fd.pth", "ResNet-18 (torchvision's weight names), GAP+GMP, 512-d"),
+    "resnet50": _Spec(lambda c: ResNetTrunk(50, c), "imagenet", "avg+max", 28, False,
+                      _TORCHVISION + "resnet50-0676ba61.pth", "ResNet-50 (torchvision's weight names), GAP+GMP, 2048-d"),
+    "googlenet": _Spec(GoogLeNetTrunk, "centered", "avg+max", 15, True, _TORCHVISION + "googlenet-1378be20.pth",
+                       "GoogLeNet (torchvision's weight names), GAP+GMP, 1024-d"),
+    "bn-inception": _Spec(BNInceptionTrunk, "caffe", "avg+max", 32, True, _CADENE + "bn_inception-52deb4733.pth",
+                          "BN-Inception (Cadene's weight names), GAP+GMP, 1024-d", supports_size),
+}
+
+#: ``<library>:<model>`` names: any convolutional timm / torchvision model (the optional vision extra)
+_LIBRARY_PATTERNS = {
+    "timm:<model>": "any convolutional timm model, e.g. timm:resnet50, GAP+GMP [needs dmlkit[vision]]",
+    "torchvision:<model>": "any convolutional torchvision model, e.g. torchvision:vgg16_bn, GAP+GMP [needs dmlkit[vision]]",
 }
 
 
+def _library_spec(name: str) -> _Spec:
+    from dmlkit.models import vision
+
+    library, model_name = name.split(":", 1)
+    if library not in vision.LIBRARIES or not model_name:
+        raise ValueError(f"unknown backbone {name!r}; library backbones are spelled timm:<model> or torchvision:<model>")
+    return _Spec(lambda c: vision.build_trunk(library, model_name), "imagenet", "avg+max", 32, True, None, name)
+
+
 def list_backbones() -> dict[str, str]:
-    """``name -> one-line description`` of every backbone :func:`build_backbone` knows."""
-    return {name: spec.description for name, spec in _REGISTRY.items()}
+    """``name -> one-line description`` of every backbone :func:`build_backbone` knows (all plain torch),
+    plus the ``timm:<model>`` / ``torchvision:<model>`` patterns."""
+    return {**{name: spec.description for name, spec in _REGISTRY.items()}, **_LIBRARY_PATTERNS}
 
 
 def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretrained: str | os.PathLike | None = None,
@@ -228,7 +236,7 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
     """Build a backbone ``[B, in_channels, H, W]`` in [0, 1] -> ``[B, out_dim]``.
 
     Args:
-        name: one of :func:`list_backbones`.
+        name: one of :func:`list_backbones`, or ``timm:<model>`` / ``torchvision:<model>``.
         in_channels: 1 (grey) or 3 (colour).
         image_size: side of the input images; checked against the smallest size the net accepts.
         pretrained: ``None`` (random init), a local state-dict file, or ``"imagenet"`` (the torch hub
@@ -237,9 +245,12 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
         input_norm: ``none``, ``imagenet``, ``centered`` or ``caffe``; default per backbone.
         bn_freeze: replace every BatchNorm by a frozen copy (after loading the weights).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}")
-    spec = _REGISTRY[name]
+    if ":" in name:
+        spec = _library_spec(name)
+    elif name in _REGISTRY:
+        spec = _REGISTRY[name]
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 (grey) or 3 (colour), got {in_channels}")
     if image_size < spec.min_size:
@@ -260,7 +271,7 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
         load_trunk_weights(trunk, _weights_path(name, spec, pretrained))
     if bn_freeze:
         trunk = frozen_batchnorm(trunk)
-    return Backbone(name, trunk, spec.out_dim, in_channels=in_channels, input_norm=input_norm, pooling=pooling, rgb=rgb)
+    return Backbone(name, trunk, int(trunk.out_channels), in_channels=in_channels, input_norm=input_norm, pooling=pooling, rgb=rgb)
 
 
 def _weights_path(name: str, spec: _Spec, pretrained: str | os.PathLike) -> Path:
