@@ -69,8 +69,9 @@ def test_worked_example_2_ranked_lists(backend):
     assert idx.tolist() == expected  # query 1 keeps index 5, its duplicate at distance 0
 
 
-def test_worked_example_2_means_and_per_query_map():
-    out = evaluate(EX2_X, EX2_Y, recall_at=(1, 2, 4), precision_at=(2,), nmi=False)
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_worked_example_2_means_and_per_query_map(backend):
+    out = evaluate(EX2_X, EX2_Y, recall_at=(1, 2, 4), precision_at=(2,), nmi=False, backend=backend)
     assert out["recall@1"] == pytest.approx(0.166667, abs=1e-6)
     assert out["recall@2"] == pytest.approx(0.666667, abs=1e-6)
     assert out["recall@4"] == 1.0
@@ -202,6 +203,25 @@ def test_separate_query_gallery_equals_slow_loop():
 
 
 # --- kNN back-ends and ties ------------------------------------------------------------------
+def test_evaluate_backends_agree_including_recall_beyond_the_ranked_list():
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(400, 10, generator=g), torch.randint(0, 60, (400,), generator=g)
+    ks = (1, 10, 100, 399)  # largest R is ~15, so Recall@100/399 come from the first-relevant rank
+    torch_out = evaluate(x, y, recall_at=ks, nmi=False, chunk=50)
+    assert torch_out == pytest.approx(evaluate(x, y, recall_at=ks, nmi=False, backend="faiss"), abs=1e-12)
+    ref = slow_metrics(x.double().numpy(), y.numpy(), x.double().numpy(), y.numpy(), True, ks)
+    assert {k: torch_out[k] for k in ref} == pytest.approx(ref, abs=1e-12)
+
+
+def test_first_relevant_rank_breaks_ties_by_index():
+    from dmlkit.evaluation.metrics import first_relevant_rank
+
+    d = torch.tensor([[1.0, 0.5, 0.5, 0.5, float("inf")], [2.0, 2.0, 2.0, 2.0, 2.0]])
+    relevant = torch.tensor([[True, False, False, True, True], [False, False, False, False, True]])
+    assert first_relevant_rank(d, relevant).tolist() == [3, 5]
+    assert first_relevant_rank(d[:1], torch.tensor([[False, False, False, False, True]])).tolist() == [6]
+
+
 def test_faiss_and_torch_agree_on_tie_free_data_and_cosine_matches_normalised_euclidean():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(500, 24, generator=g)

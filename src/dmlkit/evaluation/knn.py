@@ -47,7 +47,7 @@ def as_embeddings(x: torch.Tensor | np.ndarray, name: str = "embeddings") -> tor
     return t
 
 
-def _check_options(metric: str, backend: str) -> None:
+def check_options(metric: str, backend: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if backend not in BACKENDS:
@@ -69,19 +69,44 @@ def _sort_by_distance_then_index(d: torch.Tensor, i: torch.Tensor) -> tuple[torc
     return d.gather(1, order), i.gather(1, order)
 
 
-def _torch_block(
-    q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, start: int, k: int, exclude_self: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared-Euclidean (g_sq given) or cosine distances of one query block, top-k with exact ties."""
-    if g_sq is not None:
-        d = torch.addmm(g_sq.unsqueeze(0), q, g.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True)).clamp_min_(0)
-    else:
-        d = torch.mm(q, g.T).neg_().add_(1.0).clamp_min_(0)
-    rows = torch.arange(q.shape[0], device=q.device)
-    if exclude_self:
-        d[rows, rows + start] = float("inf")
+def distance_blocks(
+    query: torch.Tensor,
+    gallery: torch.Tensor | None = None,
+    exclude_self: bool = True,
+    metric: str = "euclidean",
+    chunk: int = 4096,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, d)`` with ``d [b, M]`` the *ranking* distances of queries ``start..start+b``:
+    squared Euclidean (expansion, clamped at 0) or ``1 - cos``; the self-match, when excluded, is +inf.
+
+    The torch path of every search: ranking by ``d`` equals ranking by the true distance.
+    """
+    same = gallery is None
+    g = query if same else gallery
+    if metric == "cosine":
+        query, g = F.normalize(query, dim=1), F.normalize(g, dim=1)
+    g_sq = (g * g).sum(1) if metric == "euclidean" else None
+    rows = block_rows(chunk, g.shape[0])
+    for start in range(0, query.shape[0], rows):
+        q = query[start : start + rows]
+        if g_sq is not None:
+            d = torch.addmm(g_sq.unsqueeze(0), q, g.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True)).clamp_min_(0)
+        else:
+            d = torch.mm(q, g.T).neg_().add_(1.0).clamp_min_(0)
+        if same and exclude_self:
+            r = torch.arange(q.shape[0], device=q.device)
+            d[r, r + start] = float("inf")
+        yield start, d
+
+
+def topk_block(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest entries of each row of ``d`` sorted by (value, column), exactly.
+
+    ``topk(k + 1)`` re-sorted by (value, column); rows where a tie straddles the cut (k-th value ==
+    (k+1)-th value) are redone with a full stable sort of the row.
+    """
     kk = min(k + 1, d.shape[1])
-    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=False)
     vals, idx = _sort_by_distance_then_index(vals, idx)
     if kk > k:
         straddle = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
@@ -105,19 +130,18 @@ def iter_knn(
     Inputs must already be validated 2-D float tensors (see :func:`as_embeddings`); ``k`` must not
     exceed the gallery size (minus one when the self-match is excluded).
     """
-    _check_options(metric, backend)
+    check_options(metric, backend)
     same = gallery is None
     g = query if same else gallery
     drop_self = same and exclude_self
+    if backend == "torch":
+        for start, d in distance_blocks(query, gallery, exclude_self, metric, chunk):
+            vals, idx = topk_block(d, k)
+            yield start, (vals.sqrt_() if metric == "euclidean" else vals), idx
+        return
     if metric == "cosine":
         query, g = F.normalize(query, dim=1), F.normalize(g, dim=1)
     rows = block_rows(chunk, g.shape[0])
-    if backend == "torch":
-        g_sq = (g * g).sum(1) if metric == "euclidean" else None
-        for start in range(0, query.shape[0], rows):
-            d, i = _torch_block(query[start : start + rows], g, g_sq, start, k, drop_self)
-            yield start, (d.sqrt_() if metric == "euclidean" else d), i
-        return
     import faiss
 
     gn = g.detach().cpu().float().numpy()

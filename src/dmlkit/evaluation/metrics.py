@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dmlkit.evaluation.clustering import kmeans, nmi_score
-from dmlkit.evaluation.knn import as_embeddings, iter_knn
+from dmlkit.evaluation.knn import check_options, as_embeddings, distance_blocks, iter_knn, topk_block
 
 LONE_QUERY = ("exclude", "zero")
 AVERAGES = ("micro", "class")
@@ -47,21 +47,50 @@ def _check_ks(ks: Sequence[int], name: str, available: int) -> tuple[int, ...]:
     return ks
 
 
+def first_relevant_rank(d: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row's first relevant column under the (distance, column) order.
+
+    Args:
+        d: ``[B, M]`` ranking distances (+inf marks the removed self-match).
+        relevant: bool ``[B, M]`` same-class mask.
+
+    Returns:
+        int64 ``[B]``; ``M + 1`` for rows without a relevant item at finite distance. Recall@K is
+        ``rank <= K`` for every K at once, with no top-K list (three passes over the block).
+    """
+    best = torch.where(relevant, d, float("inf")).amin(dim=1, keepdim=True)
+    cols = torch.arange(d.shape[1], device=d.device)
+    at_best = d == best
+    first_col = torch.where(relevant & at_best, cols, d.shape[1]).amin(dim=1, keepdim=True)
+    rank = (d < best).sum(dim=1) + (at_best & (cols < first_col)).sum(dim=1) + 1
+    return torch.where(torch.isinf(best.squeeze(1)), d.shape[1] + 1, rank)
+
+
 def retrieval_scores(
-    relevant: torch.Tensor, num_relevant: torch.Tensor, recall_at: Sequence[int], precision_at: Sequence[int]
+    relevant: torch.Tensor,
+    num_relevant: torch.Tensor,
+    recall_at: Sequence[int],
+    precision_at: Sequence[int],
+    first_rank: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-query scores from ranked relevance.
 
     Args:
         relevant: bool ``[B, k]``, ``relevant[q, i]`` = rank ``i+1`` of query ``q`` is relevant;
-            ``k`` must be at least ``max(recall_at, precision_at, num_relevant)``.
+            ``k`` must be at least ``max(precision_at, num_relevant)`` and, without ``first_rank``,
+            ``max(recall_at)``.
         num_relevant: ``[B]`` R(q); rows with R = 0 score 0 on RP and MAP@R.
+        first_rank: optional ``[B]`` rank of the first relevant item (:func:`first_relevant_rank`);
+            Recall@K is then ``first_rank <= K`` for K beyond the list.
 
     Returns:
         float64 ``[B]`` tensors keyed ``recall@K``, ``precision@K``, ``r_precision``, ``map@r``.
     """
     hits = relevant.to(torch.int32).cumsum(dim=1)  # hits[:, i-1] = Σ_{t<=i} rel_t
-    out = {f"recall@{k}": (hits[:, k - 1] > 0).to(torch.float64) for k in recall_at}
+    if first_rank is None:
+        out = {f"recall@{k}": (hits[:, k - 1] > 0).to(torch.float64) for k in recall_at}
+    else:
+        out = {f"recall@{k}": (first_rank <= k).to(torch.float64) for k in recall_at}
     out.update({f"precision@{k}": hits[:, k - 1].to(torch.float64) / k for k in precision_at})
     ranks = torch.arange(1, relevant.shape[1] + 1, device=relevant.device)
     counted = relevant & (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1))  # rel_i for i <= R
@@ -124,7 +153,10 @@ def evaluate(
     Returns:
         ``recall@K`` for each K, ``precision@K``, ``r_precision``, ``map@r``, ``nmi`` (when asked) and
         ``num_lone_queries``. Retrieval metrics are NaN (with a warning) when every query is lone.
-        The search uses k = max(K values, largest R(q)) neighbours, so RP and MAP@R are exact.
+        The ranked list has k = max(P@K values, largest R(q)) entries, so RP and MAP@R are exact.
+        Recall@K: the torch back-end reads the rank of the first relevant item off each distance
+        block (exact for every K, no top-max(K) list); the faiss back-end searches
+        k = max(K values, largest R(q)) neighbours instead.
     """
     if lone_query not in LONE_QUERY:
         raise ValueError(f"lone_query must be one of {LONE_QUERY}, got {lone_query!r}")
@@ -155,15 +187,28 @@ def evaluate(
     classes, inverse = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
     q_class, g_class = inverse[: len(q_labels)], inverse[len(q_labels) :]
     num_relevant = torch.bincount(g_class, minlength=len(classes))[q_class] - int(same)
-    k = max(max(recall_at, default=1), max(precision_at), int(num_relevant.max()))
-
     per_query: dict[str, torch.Tensor] = {}
-    for start, _, idx in iter_knn(query, k, None if same else gallery, True, metric, backend, chunk):
-        stop = start + idx.shape[0]
-        relevant = g_class[idx] == q_class[start:stop].unsqueeze(1)
-        scores = retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at)
+
+    def record(start: int, scores: dict[str, torch.Tensor]) -> None:
         for name, value in scores.items():
+            stop = start + value.shape[0]
             per_query.setdefault(name, torch.empty(query.shape[0], dtype=torch.float64))[start:stop] = value.cpu()
+
+    list_k = max(max(precision_at), int(num_relevant.max()))  # the list RP, MAP@R and P@K read
+    if backend == "torch":  # Recall@K from the first relevant rank: no top-max(K) list needed
+        check_options(metric, backend)
+        for start, d in distance_blocks(query, None if same else gallery, True, metric, chunk):
+            stop = start + d.shape[0]
+            same_class = g_class.unsqueeze(0) == q_class[start:stop].unsqueeze(1)
+            _, idx = topk_block(d, list_k)
+            record(start, retrieval_scores(same_class.gather(1, idx), num_relevant[start:stop], recall_at,
+                                           precision_at, first_relevant_rank(d, same_class)))
+    else:
+        k = max(max(recall_at, default=1), list_k)
+        for start, _, idx in iter_knn(query, k, None if same else gallery, True, metric, backend, chunk):
+            stop = start + idx.shape[0]
+            relevant = g_class[idx] == q_class[start:stop].unsqueeze(1)
+            record(start, retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at))
 
     lone = (num_relevant == 0).cpu()
     keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
