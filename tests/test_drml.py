@@ -319,7 +319,9 @@ def test_batch_sampler_choice_and_labels():
         counts = np.bincount(labels[batch], minlength=3)
         assert sorted(counts[counts > 0].tolist()) == [4, 4, 4]
     with pytest.raises(ValueError, match="samples_per_class"):
-        _method(base_loss="triplet").batch_sampler(data, 20, 0, 0)
+        _method(base_loss="triplet").batch_sampler(data, 18, 0, 0)
+    few = _method(base_loss="triplet").batch_sampler(data, 24, 0, 0)  # 6 classes asked, 3 exist: 3 x 8
+    assert (few.P, few.K) == (3, 8)
 
 
 def test_bad_options_and_labels_raise():

@@ -64,7 +64,7 @@ class Config:
     warmup_epochs: int = 1  # §5: first epoch steps only the head and the proxy groups
     grad_clip: float = 10.0  # §5: gradient-norm clipping per module (0 = off)
     sampler: str = "auto"  # §5: random batches for proxy losses, m-per-class for Triplet / Margin
-    samples_per_class: int = 4  # §5: m = 4 (2 in MLRC mode)
+    samples_per_class: int = 4  # §5: m = 4 (2 in MLRC mode); with < batch/m classes: all classes, batch/C each
 
 
 class DRML(Method):
@@ -122,10 +122,8 @@ class DRML(Method):
         if batch_size % m:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {m}")
         classes = len(np.unique(dataset.labels[dataset.labels >= 0]))
-        if batch_size // m > classes:
-            raise ValueError(f"batch_size {batch_size} / samples_per_class {m} asks for {batch_size // m} classes per "
-                             f"batch but the training split has {classes}; raise samples_per_class to "
-                             f"{-(-batch_size // classes)} or lower batch_size")
+        if batch_size // m > classes:  # fewer classes than batch_size / m: every class, batch_size // C each
+            return MPerClassBatchSampler(dataset.labels, classes, batch_size // classes, seed=seed, epoch=epoch)
         return MPerClassBatchSampler(dataset.labels, batch_size // m, m, seed=seed, epoch=epoch)
 
     def refresh(self, context: RefreshContext) -> None:
