@@ -30,6 +30,7 @@ Usage (from the repository root)::
 Each run replaces its own rows (same method, dataset, protocol) in ``benchmarks/results/plm.json`` and
 prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import dmlkit  # noqa: E402
+import dmlkit
 
 RESULTS = ROOT / "benchmarks" / "results" / "plm.json"
 DATASET = "fashion-mnist"
@@ -70,8 +71,9 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -89,10 +91,19 @@ def base_settings(quick: bool, protocol: str) -> dict:
     return settings
 
 
-def row(method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, **extra) -> dict:
-    out = {"method": method, "dataset": DATASET, "protocol": protocol_name,
-           "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
-           "seconds": round(float(seconds), 2), "seed": 0, "notes": notes, **extra}
+def row(
+    method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, **extra
+) -> dict:
+    out = {
+        "method": method,
+        "dataset": DATASET,
+        "protocol": protocol_name,
+        "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
+        "seconds": round(float(seconds), 2),
+        "seed": 0,
+        "notes": notes,
+        **extra,
+    }
     if quick:
         out["quick"] = True
     return out
@@ -103,13 +114,18 @@ def piece_overhead(options: dict, iterations: int = 5) -> dict:
     import dmlkit.methods.plm as plm_module
     from dmlkit.methods.base import BuildInfo
 
-    info = BuildInfo(channels=1, image_size=28, num_train=60000, num_classes=0, dataset=DATASET, views_preset="grey28")
+    info = BuildInfo(
+        channels=1, image_size=28, num_train=60000, num_classes=0, dataset=DATASET, views_preset="grey28"
+    )
     method = plm_module.PLM.from_options({**preset_options(), **options}, info)
     method.train()
     optimizer = torch.optim.Adam(method.parameter_groups(5e-4, 0.0))
     gen = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(100, 1, 28, 28, generator=gen), "index": torch.arange(100),
-             "label": torch.full((100,), -1)}
+    batch = {
+        "image": torch.rand(100, 1, 28, 28, generator=gen),
+        "index": torch.arange(100),
+        "label": torch.full((100,), -1),
+    }
     real, spent = plm_module.batch_pieces, []
 
     def timed(*args, **kwargs):
@@ -131,20 +147,37 @@ def piece_overhead(options: dict, iterations: int = 5) -> dict:
     finally:
         plm_module.batch_pieces = real
     iteration, pieces = float(np.median(times[1:])), float(np.median(spent[1:]))
-    return {"iteration_seconds": round(iteration, 5), "pieces_seconds": round(pieces, 5),
-            "pieces_fraction": round(pieces / iteration, 4)}
+    return {
+        "iteration_seconds": round(iteration, 5),
+        "pieces_seconds": round(pieces, 5),
+        "pieces_fraction": round(pieces / iteration, 4),
+    }
 
 
-def run_plm_variant(name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str) -> dict:
+def run_plm_variant(
+    name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str
+) -> dict:
     overhead = piece_overhead(options)
-    settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": PRESET,
-                "options": {**preset_options(), **options}}
+    settings = {
+        **base_settings(quick, PROTOCOLS[protocol_name]),
+        "preset": PRESET,
+        "options": {**preset_options(), **options},
+    }
     result = dmlkit.train("plm", DATASET, str(out_root / f"{name}-{protocol_name}"), **settings)
     epochs = result["config"]["epochs"]
-    return row(name, protocol_name, result["test"], result["seconds"], f"preset {PRESET}{note}, {epochs} epoch(s); "
-               f"{PAPER_NOTE}", quick, epochs=epochs, options=options,
-               images_per_second=round(result.get("images_per_second", float("nan")), 1),
-               best_epoch=result.get("best", {}).get("epoch"), **overhead)
+    return row(
+        name,
+        protocol_name,
+        result["test"],
+        result["seconds"],
+        f"preset {PRESET}{note}, {epochs} epoch(s); {PAPER_NOTE}",
+        quick,
+        epochs=epochs,
+        options=options,
+        images_per_second=round(result.get("images_per_second", float("nan")), 1),
+        best_epoch=result.get("best", {}).get("epoch"),
+        **overhead,
+    )
 
 
 def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
@@ -154,8 +187,14 @@ def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
         raise SystemExit(f"preset {STML_PRESET} is missing; the stml row needs the STML Fashion-MNIST preset")
     settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": STML_PRESET}
     result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"), **settings)
-    return row("stml", protocol_name, result["test"], result["seconds"],
-               f"preset {STML_PRESET}, {result['config']['epochs']} epoch(s)", quick)
+    return row(
+        "stml",
+        protocol_name,
+        result["test"],
+        result["seconds"],
+        f"preset {STML_PRESET}, {result['config']['epochs']} epoch(s)",
+        quick,
+    )
 
 
 def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
@@ -163,8 +202,14 @@ def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
     settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "options": options}
     settings.pop("epochs", None)
     result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), **settings)
-    return row("initial", protocol_name, result["test"], result["seconds"],
-               f"untrained {options.get('backbone')} + linear {options.get('embedding_dim')}-d head", quick)
+    return row(
+        "initial",
+        protocol_name,
+        result["test"],
+        result["seconds"],
+        f"untrained {options.get('backbone')} + linear {options.get('embedding_dim')}-d head",
+        quick,
+    )
 
 
 def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
@@ -177,10 +222,17 @@ def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
         settings["test_subset"] = QUICK["test_subset"]
     query = prepare_data(resolve_config(settings), "none").query
     pixels = torch.from_numpy(np.asarray(query.images, dtype=np.float32).reshape(len(query), -1) / 255.0)
-    metrics = dmlkit.evaluate(torch.nn.functional.normalize(pixels, dim=1), query.true_labels,
-                              recall_at=query.recall_at, seed=0)
-    return row("raw-pixels", protocol_name, metrics, time.perf_counter() - start,
-               "L2-normalised 784-d pixels, Euclidean kNN", quick)
+    metrics = dmlkit.evaluate(
+        torch.nn.functional.normalize(pixels, dim=1), query.true_labels, recall_at=query.recall_at, seed=0
+    )
+    return row(
+        "raw-pixels",
+        protocol_name,
+        metrics,
+        time.perf_counter() - start,
+        "L2-normalised 784-d pixels, Euclidean kNN",
+        quick,
+    )
 
 
 def runner(name: str):
@@ -195,8 +247,15 @@ def save(rows: list[dict]) -> dict:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "plm", "rows": []}
     keys = {(r["method"], r["dataset"], r["protocol"]) for r in rows}
     kept = [r for r in data.get("rows", []) if (r["method"], r["dataset"], r["protocol"]) not in keys]
-    data.update({"benchmark": "plm", "machine": machine(), "commit": commit(),
-                 "date": datetime.date.today().isoformat(), "rows": kept + rows})
+    data.update(
+        {
+            "benchmark": "plm",
+            "machine": machine(),
+            "commit": commit(),
+            "date": datetime.date.today().isoformat(),
+            "rows": kept + rows,
+        }
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -207,10 +266,17 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         m = r["metrics"]
-        fraction = f"{r['pieces_fraction']:.1%} ({r['pieces_seconds'] * 1e3:.0f} ms)" if "pieces_fraction" in r else ""
+        fraction = (
+            f"{r['pieces_fraction']:.1%} ({r['pieces_seconds'] * 1e3:.0f} ms)"
+            if "pieces_fraction" in r
+            else ""
+        )
         lines.append(
             f"| {r['method']}{' (quick)' if r.get('quick') else ''} | {r['protocol']} | "
-            + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r"))
+            + " | ".join(
+                f"{m.get(k, float('nan')):.4f}"
+                for k in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
+            )
             + f" | {r['seconds']:.0f} | {fraction} |"
         )
     return "\n".join(lines)
@@ -218,21 +284,38 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 epoch on a 3,000-image subset, 1,000 test images")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 epoch on a 3,000-image subset, 1,000 test images"
+    )
     parser.add_argument("--only", choices=ROWS, action="append", help="run only this row (repeatable)")
-    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), action="append", help="only this protocol (repeatable)")
-    parser.add_argument("--sweep", action="store_true", help="Figure 3 one-at-a-time sweeps on the zero-shot protocol")
+    parser.add_argument(
+        "--protocol", choices=tuple(PROTOCOLS), action="append", help="only this protocol (repeatable)"
+    )
+    parser.add_argument(
+        "--sweep", action="store_true", help="Figure 3 one-at-a-time sweeps on the zero-shot protocol"
+    )
     parser.add_argument("--out", default="runs/benchmarks/plm", help="where the run directories go")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
     rows = []
-    jobs = [(name, protocol, runner(name)) for protocol in args.protocol or PROTOCOLS for name in args.only or ROWS]
+    jobs = [
+        (name, protocol, runner(name))
+        for protocol in args.protocol or PROTOCOLS
+        for name in args.only or ROWS
+    ]
     if args.sweep:
         for option, values in SWEEP.items():
             for value in values:
                 name = f"plm[{option}={value}]"
-                jobs.append((name, "zero-shot", lambda p, q, o, n=name, opt={option: value}:
-                             run_plm_variant(n, opt, p, q, o, f" + {opt}")))
+                jobs.append(
+                    (
+                        name,
+                        "zero-shot",
+                        lambda p, q, o, n=name, opt={option: value}: run_plm_variant(
+                            n, opt, p, q, o, f" + {opt}"
+                        ),
+                    )
+                )
     for name, protocol_name, run in jobs:
         print(f"[plm benchmark] {name} / {protocol_name}{' (quick)' if args.quick else ''}", flush=True)
         rows.append(run(protocol_name, args.quick, out_root))

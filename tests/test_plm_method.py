@@ -1,4 +1,5 @@
 """PLM losses (Eqs. 6-9), proxies, gradient routing (Sec. 3.6.4) and the method with a tiny stand-in network."""
+
 import math
 
 import numpy as np
@@ -6,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from dmlkit.losses.manifold import ManifoldProxies, point_point_loss, proxy_neighbourhood_loss, proxy_point_loss
+from dmlkit.losses.manifold import (
+    ManifoldProxies,
+    point_point_loss,
+    proxy_neighbourhood_loss,
+    proxy_point_loss,
+)
 from dmlkit.methods.base import BuildInfo, RefreshContext
 from dmlkit.methods.plm import PLM, PLMConfig
 
@@ -14,7 +20,14 @@ D = 8
 
 
 def _tiny(**options):
-    options = {"embedding_dim": D, "n_proxies": 5, "piece_dim": 2, "piece_neighbours": 4, "group_size": 3, **options}
+    options = {
+        "embedding_dim": D,
+        "n_proxies": 5,
+        "piece_dim": 2,
+        "piece_neighbours": 4,
+        "group_size": 3,
+        **options,
+    }
     info = BuildInfo(channels=1, image_size=12, num_train=30, dataset="toy", views_preset="grey28")
     network = nn.Sequential(nn.Flatten(), nn.Linear(144, 16), nn.ReLU(), nn.Linear(16, D))
     return PLM(PLMConfig(**options), info, network=network)
@@ -22,7 +35,11 @@ def _tiny(**options):
 
 def _batch(n=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(n, 1, 12, 12, generator=gen), "label": torch.full((n,), -1), "index": torch.arange(n)}
+    return {
+        "image": torch.rand(n, 1, 12, 12, generator=gen),
+        "label": torch.full((n,), -1),
+        "index": torch.arange(n),
+    }
 
 
 def _grads(method):
@@ -85,8 +102,15 @@ def test_proxy_bases_stay_orthonormal_after_100_steps(param):
 # -- method ------------------------------------------------------------------------------------
 def test_config_defaults_are_section_4_1():
     cfg = PLMConfig()
-    assert (cfg.n_alpha, cfg.n_beta, cfg.n_proxies, cfg.delta, cfg.piece_dim, cfg.threshold, cfg.momentum) == (
-        4.0, 0.5, 100, 2.0, 3, 0.9, 0.999)
+    assert (
+        cfg.n_alpha,
+        cfg.n_beta,
+        cfg.n_proxies,
+        cfg.delta,
+        cfg.piece_dim,
+        cfg.threshold,
+        cfg.momentum,
+    ) == (4.0, 0.5, 100, 2.0, 3, 0.9, 0.999)
     assert PLM.defaults["batch_size"] == 100 and PLM.defaults["lr"] == 5e-4 and PLM.defaults["epochs"] == 200
     assert PLM.uses_labels == "none"
     with pytest.raises(ValueError, match="similarity"):
@@ -124,7 +148,9 @@ def test_proxy_similarity_gradient_option_reaches_bases_from_proxy_loss():
 
 def test_momentum_encoder_follows_only_eq1():
     method = _tiny(momentum=0.0)
-    optimizer = torch.optim.SGD([g for group in method.parameter_groups(0.1, 0.0) for g in group["params"]], lr=0.1)
+    optimizer = torch.optim.SGD(
+        [g for group in method.parameter_groups(0.1, 0.0) for g in group["params"]], lr=0.1
+    )
     method.training_loss(_batch())["loss"].backward()
     optimizer.step()
     assert all(p.grad is None for p in method.momentum_encoder.parameters())
@@ -176,7 +202,9 @@ def _context(n=30, seed=0):
         dist, idx = d.topk(k, largest=False)
         return dist, idx
 
-    return data, RefreshContext(epoch=0, train=data, embed=embed, knn=knn, device=torch.device("cpu"), seed=seed)
+    return data, RefreshContext(
+        epoch=0, train=data, embed=embed, knn=knn, device=torch.device("cpu"), seed=seed
+    )
 
 
 def test_refresh_builds_neighbour_batches_and_initialises_proxies_from_data():
@@ -198,11 +226,21 @@ def test_refresh_builds_neighbour_batches_and_initialises_proxies_from_data():
     assert torch.cdist(method.proxies.location.detach(), embeddings).min(1).values.min() > 1e-3
     halved = _tiny(batch_unit="embeddings")
     halved.refresh(context)
-    assert all(len(b) == 6 for b in halved.batch_sampler(data, 12, 0, 0))  # 12 embeddings = 6 images x 2 views
+    assert all(
+        len(b) == 6 for b in halved.batch_sampler(data, 12, 0, 0)
+    )  # 12 embeddings = 6 images x 2 views
 
 
-@pytest.mark.parametrize("options", [{"selection": False}, {"similarity": "binary"}, {"same_image": True},
-                                     {"cos_def": "sq", "reduction": "mean"}, {"proxy_param": "orthogonal"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"selection": False},
+        {"similarity": "binary"},
+        {"same_image": True},
+        {"cos_def": "sq", "reduction": "mean"},
+        {"proxy_param": "orthogonal"},
+    ],
+)
 def test_ablations_and_options_train(options):
     method = _tiny(**options)
     losses = method.training_loss(_batch())
@@ -229,7 +267,11 @@ def test_pseudo_supervision_feeds_quality_table():
     out = method.pseudo_supervision(x[:40])
     assert out["groups"].shape == (40, 5) and (out["groups"][:, 0] == torch.arange(40)).all()
     assert out["similarity"].shape == (40, 40)
-    rows = {r["method"]: r for r in quality_table(x, labels, {"plm": method.pseudo_supervision}, batch_size=60,
-                                                  baselines=("kmeans",))}
+    rows = {
+        r["method"]: r
+        for r in quality_table(
+            x, labels, {"plm": method.pseudo_supervision}, batch_size=60, baselines=("kmeans",)
+        )
+    }
     assert rows["plm"]["purity"] > 0.95 and rows["plm"]["correlation"] > 0.5
     assert 2 <= rows["plm"]["mean_group_size"] <= 5

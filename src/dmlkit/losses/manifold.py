@@ -5,6 +5,7 @@ proxy-point losses, the proxies ρ and their bases Ψ only by the proxy-point an
 losses. The method realises this by passing the similarities as detached targets: then ρ gets gradient
 only through the distance of Eq. 7 and Ψ only through cos θ of Eq. 8.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ def point_point_loss(z: Tensor, similarity: Tensor, delta: float = 2.0, reductio
     return _reduce(terms[off], reduction)
 
 
-def proxy_point_loss(z: Tensor, proxies: Tensor, similarity: Tensor, delta: float = 2.0, reduction: str = "sum") -> Tensor:
+def proxy_point_loss(
+    z: Tensor, proxies: Tensor, similarity: Tensor, delta: float = 2.0, reduction: str = "sum"
+) -> Tensor:
     """Eq. 7: ``Σ_i Σ_j (δ (1 - s(x_i, ρ_j)) - ||z_i - ρ_j||)²``.
 
     Args:
@@ -47,7 +50,9 @@ def proxy_point_loss(z: Tensor, proxies: Tensor, similarity: Tensor, delta: floa
         similarity: ``[B, N_rho]`` proxy-point similarity.
     """
     if similarity.shape != (z.shape[0], proxies.shape[0]):
-        raise ValueError(f"similarity must be [B, N_rho] = {[z.shape[0], proxies.shape[0]]}, got {list(similarity.shape)}")
+        raise ValueError(
+            f"similarity must be [B, N_rho] = {[z.shape[0], proxies.shape[0]]}, got {list(similarity.shape)}"
+        )
     return _reduce((delta * (1.0 - similarity) - _distances(z, proxies)).square(), reduction)
 
 
@@ -59,7 +64,9 @@ def proxy_neighbourhood_loss(similarity: Tensor, cosines: Tensor, reduction: str
             :func:`dmlkit.targets.manifold.basis_angle_cosine`.
     """
     if cosines.shape[:2] != similarity.shape:
-        raise ValueError(f"cosines must be [B, N_rho, m] matching similarity {list(similarity.shape)}, got {list(cosines.shape)}")
+        raise ValueError(
+            f"cosines must be [B, N_rho, m] matching similarity {list(similarity.shape)}, got {list(cosines.shape)}"
+        )
     return _reduce((similarity.unsqueeze(-1) - cosines).square(), reduction)
 
 
@@ -84,16 +91,27 @@ class ManifoldProxies(nn.Module):
         normalize: return ``ρ̂_j = ρ_j / ||ρ_j||`` from :meth:`locations` (spec §5 default).
     """
 
-    def __init__(self, n_proxies: int, dim: int, m: int, parametrisation: str = "qr", normalize: bool = True,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        n_proxies: int,
+        dim: int,
+        m: int,
+        parametrisation: str = "qr",
+        normalize: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:
-            raise ValueError(f"proxy parametrisation '{parametrisation}' is not one of {', '.join(PARAMETRISATIONS)}")
+            raise ValueError(
+                f"proxy parametrisation '{parametrisation}' is not one of {', '.join(PARAMETRISATIONS)}"
+            )
         if m > dim:
             raise ValueError(f"proxy basis dimension m={m} exceeds the embedding dimension {dim}")
         self.parametrisation = parametrisation
         self.normalize = normalize
-        self.location = nn.Parameter(torch.nn.functional.normalize(torch.randn(n_proxies, dim, generator=generator), dim=1))
+        self.location = nn.Parameter(
+            torch.nn.functional.normalize(torch.randn(n_proxies, dim, generator=generator), dim=1)
+        )
         init = torch.linalg.qr(torch.randn(n_proxies, dim, m, generator=generator)).Q
         if parametrisation == "orthogonal":
             self.stiefel = _Orthonormal(init)
@@ -127,5 +145,7 @@ class ManifoldProxies(nn.Module):
     def initialise(self, locations: Tensor) -> None:
         """Set ``ρ`` to given points (spec §5 default: momentum embeddings of N_rho random training images)."""
         if locations.shape != self.location.shape:
-            raise ValueError(f"proxy locations must be {list(self.location.shape)}, got {list(locations.shape)}")
+            raise ValueError(
+                f"proxy locations must be {list(self.location.shape)}, got {list(locations.shape)}"
+            )
         self.location.copy_(locations)

@@ -6,17 +6,24 @@ point-point and proxy-point similarities (Eqs. 2-5); the network f_θ is trained
 match δ(1 - s) (Eqs. 6-7) while proxies and their bases follow the data (Eqs. 7-8); then φ moves
 towards θ (Eq. 1).
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from dmlkit.data.views import Views
-from dmlkit.losses.manifold import ManifoldProxies, point_point_loss, proxy_neighbourhood_loss, proxy_point_loss
+from dmlkit.losses.manifold import (
+    ManifoldProxies,
+    point_point_loss,
+    proxy_neighbourhood_loss,
+    proxy_point_loss,
+)
 from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_generator
 from dmlkit.models import EmbeddingHead, build_backbone, ema_update, l2_normalize
 from dmlkit.targets.manifold import (
@@ -40,17 +47,29 @@ class PLMConfig:
     threshold: float = 0.9  # Sec. 4.1: reconstruction quality T = 90 %
     momentum: float = 0.999  # Sec. 4.1: γ = 0.999 (Eq. 1)
     group_size: int = 10  # Sec. 3.1.1 k = |B|/N; spec §2: k = 10 (10 groups of 10 images per batch of 100)
-    piece_neighbours: int = 10  # Sec. 3.2: each piece is grown over the k nearest other batch points (spec §3)
+    piece_neighbours: int = (
+        10  # Sec. 3.2: each piece is grown over the k nearest other batch points (spec §3)
+    )
     views: int = 2  # Sec. 4.1: two random augmentations of each image, as in STML [19]
-    batch_unit: str = "images"  # spec §2: batch size counts images (100 images = 200 embeddings) | "embeddings"
-    nn_space: str = "momentum"  # spec §2: neighbour table from f_φ over the training split, every epoch | "network"
+    batch_unit: str = (
+        "images"  # spec §2: batch size counts images (100 images = 200 embeddings) | "embeddings"
+    )
+    nn_space: str = (
+        "momentum"  # spec §2: neighbour table from f_φ over the training split, every epoch | "network"
+    )
     proxy_lr_mult: float = 100.0  # Sec. 4.1: proxies (and bases) learn 100x faster
-    backbone: str = "auto"  # Sec. 4.1: GoogLeNet; "auto" = googlenet for ImageNet-size data, SSDML nets for small images
-    pretrained: str | None = "auto"  # Sec. 4.1: ImageNet init; "auto" = "imagenet" for googlenet, none otherwise
+    backbone: str = (
+        "auto"  # Sec. 4.1: GoogLeNet; "auto" = googlenet for ImageNet-size data, SSDML nets for small images
+    )
+    pretrained: str | None = (
+        "auto"  # Sec. 4.1: ImageNet init; "auto" = "imagenet" for googlenet, none otherwise
+    )
     embedding_dim: int = 128  # Sec. 4.1: 128 (or 512)
     crop_size: int = 227  # Sec. 4.1: 227x227 crops (imagenet224 preset only)
     selection: bool = True  # Sec. 3.2 subset selection; False = Table 3 ablation (1), all k neighbours
-    similarity: str = "manifold"  # Eqs. 2-5; "binary" = Table 3 ablation (2), 1 inside a neighbourhood, else 0
+    similarity: str = (
+        "manifold"  # Eqs. 2-5; "binary" = Table 3 ablation (2), 1 inside a neighbourhood, else 0
+    )
     error_def: str = "absolute"  # spec §3: residual ||x - x̂|| <= 1 - T | point_norm | literal | energy
     check: str = "all"  # spec §3: test every point of X' | "previous" (the text's X_i)
     center: str = "mean"  # spec §3: PCA centred at the mean | anchor | none
@@ -63,15 +82,24 @@ class PLMConfig:
     reduction: str = "sum"  # spec §6: the sums of Eqs. 6-8 as printed | "mean"
 
     def __post_init__(self) -> None:
-        choices = {"batch_unit": ("images", "embeddings"), "nn_space": ("momentum", "network"),
-                   "similarity": ("manifold", "binary"), "proxy_init": ("data", "random"), "cos_def": ("norm", "sq")}
+        choices = {
+            "batch_unit": ("images", "embeddings"),
+            "nn_space": ("momentum", "network"),
+            "similarity": ("manifold", "binary"),
+            "proxy_init": ("data", "random"),
+            "cos_def": ("norm", "sq"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"PLM option {name}='{getattr(self, name)}' is not one of {', '.join(allowed)}")
+                raise ValueError(
+                    f"PLM option {name}='{getattr(self, name)}' is not one of {', '.join(allowed)}"
+                )
         if self.n_alpha <= self.n_beta:
             import warnings
 
-            warnings.warn(f"PLM: N_alpha={self.n_alpha} <= N_beta={self.n_beta}; the paper needs N_alpha > N_beta (Sec. 4.4.3)")
+            warnings.warn(
+                f"PLM: N_alpha={self.n_alpha} <= N_beta={self.n_beta}; the paper needs N_alpha > N_beta (Sec. 4.4.3)"
+            )
 
 
 class PLM(Method):
@@ -81,8 +109,14 @@ class PLM(Method):
     uses_labels = "none"
     Config = PLMConfig
     # Sec. 4.1: Adam, lr 5e-4, 200 epochs, batch of 100 images; spec §2: no weight decay, constant schedule
-    defaults: ClassVar[dict[str, Any]] = {"epochs": 200, "batch_size": 100, "lr": 5e-4, "weight_decay": 0.0,
-                                          "optimizer": "adam", "scheduler": "constant"}
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 200,
+        "batch_size": 100,
+        "lr": 5e-4,
+        "weight_decay": 0.0,
+        "optimizer": "adam",
+        "scheduler": "constant",
+    }
 
     def __init__(self, config: PLMConfig, info: BuildInfo, network: nn.Module | None = None) -> None:
         """``network`` replaces the backbone + embedding head (images -> ``[B, embedding_dim]``), e.g. in tests."""
@@ -92,12 +126,17 @@ class PLM(Method):
         self.views = Views(info.views_preset, config.views, **crop)
         self.network = network if network is not None else _embedding_network(config, info)
         self.momentum_encoder = copy.deepcopy(self.network).requires_grad_(False).eval()  # f_φ (Sec. 3.1.2)
-        self.proxies = ManifoldProxies(config.n_proxies, config.embedding_dim, config.piece_dim, config.proxy_param,
-                                       config.proxy_normalize)
+        self.proxies = ManifoldProxies(
+            config.n_proxies,
+            config.embedding_dim,
+            config.piece_dim,
+            config.proxy_param,
+            config.proxy_normalize,
+        )
         self.register_buffer("proxies_initialised", torch.tensor(config.proxy_init == "random"))
         self.neighbours: Tensor | None = None
 
-    def train(self, mode: bool = True) -> "PLM":
+    def train(self, mode: bool = True) -> PLM:
         super().train(mode)
         self.momentum_encoder.eval()  # f_φ only follows θ through Eq. 1
         return self
@@ -111,8 +150,11 @@ class PLM(Method):
         if not bool(self.proxies_initialised):
             gen = seeded_generator(context.seed, context.epoch, 3)
             n = embeddings.shape[0]
-            pick = (torch.randperm(n, generator=gen)[: self.config.n_proxies] if n >= self.config.n_proxies
-                    else torch.randint(n, (self.config.n_proxies,), generator=gen))
+            pick = (
+                torch.randperm(n, generator=gen)[: self.config.n_proxies]
+                if n >= self.config.n_proxies
+                else torch.randint(n, (self.config.n_proxies,), generator=gen)
+            )
             self.proxies.initialise(embeddings[pick].to(self.proxies.location))
             self.proxies_initialised.fill_(True)
 
@@ -132,13 +174,23 @@ class PLM(Method):
         z = l2_normalize(self.network(views))  # f_θ
         with torch.no_grad():
             x = l2_normalize(self.momentum_encoder(views))  # f_φ builds the manifold (Sec. 3.1.2)
-        pieces = batch_pieces(x, cfg.piece_dim, cfg.piece_neighbours, cfg.threshold, cfg.selection,
-                              cfg.error_def, cfg.check, cfg.center)  # Sec. 3.2
+        pieces = batch_pieces(
+            x,
+            cfg.piece_dim,
+            cfg.piece_neighbours,
+            cfg.threshold,
+            cfg.selection,
+            cfg.error_def,
+            cfg.check,
+            cfg.center,
+        )  # Sec. 3.2
         same = torch.arange(images.shape[0], device=x.device).repeat(cfg.views) if cfg.same_image else None
         binary = cfg.similarity == "binary"
         s = point_similarity(pieces, cfg.n_alpha, cfg.n_beta, binary, same)  # Eqs. 2-5
         rho, psi = self.proxies.locations(), self.proxies.bases()
-        s_proxy = proxy_similarity(pieces, rho, psi, cfg.n_alpha, cfg.n_beta, binary, cfg.threshold)  # Sec. 3.5
+        s_proxy = proxy_similarity(
+            pieces, rho, psi, cfg.n_alpha, cfg.n_beta, binary, cfg.threshold
+        )  # Sec. 3.5
         if not cfg.proxy_sim_grad:
             s_proxy = s_proxy.detach()  # a target: ρ learns from distances (Eq. 7), Ψ from angles (Eq. 8)
         cosines = basis_angle_cosine(pieces.bases, psi, squared=cfg.cos_def == "sq")
@@ -161,15 +213,33 @@ class PLM(Method):
         """Table 2 hook: the pieces ``X_i`` (groups) and Eq. 5 similarity of ``embeddings`` ``[b, D]`` under
         this method's options; an estimator for :func:`dmlkit.evaluation.quality.quality_table`."""
         cfg = self.config
-        return manifold_estimate(embeddings, cfg.piece_neighbours, cfg.piece_dim, cfg.threshold, cfg.n_alpha,
-                                 cfg.n_beta, cfg.selection, cfg.similarity == "binary", cfg.error_def, cfg.check,
-                                 cfg.center)
+        return manifold_estimate(
+            embeddings,
+            cfg.piece_neighbours,
+            cfg.piece_dim,
+            cfg.threshold,
+            cfg.n_alpha,
+            cfg.n_beta,
+            cfg.selection,
+            cfg.similarity == "binary",
+            cfg.error_def,
+            cfg.check,
+            cfg.center,
+        )
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """The network at ``lr``; proxies and their bases at ``proxy_lr_mult * lr`` (Sec. 4.1)."""
         return [
-            {"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay},
-            {"params": list(self.proxies.parameters()), "lr": lr * self.config.proxy_lr_mult, "weight_decay": 0.0},
+            {
+                "params": [p for p in self.network.parameters() if p.requires_grad],
+                "lr": lr,
+                "weight_decay": weight_decay,
+            },
+            {
+                "params": list(self.proxies.parameters()),
+                "lr": lr * self.config.proxy_lr_mult,
+                "weight_decay": 0.0,
+            },
         ]
 
 
@@ -177,8 +247,11 @@ def _embedding_network(config: PLMConfig, info: BuildInfo) -> nn.Module:
     """Backbone + linear embedding head (Sec. 4.1); the method L2-normalises the output."""
     name = config.backbone
     if name == "auto":
-        name = "googlenet" if info.views_preset == "imagenet224" or info.image_size > 64 else (
-            "mnist-net" if info.channels == 1 else "cifar-net")
+        name = (
+            "googlenet"
+            if info.views_preset == "imagenet224" or info.image_size > 64
+            else ("mnist-net" if info.channels == 1 else "cifar-net")
+        )
     pretrained = config.pretrained
     if pretrained == "auto":
         pretrained = "imagenet" if name in ("googlenet", "bn-inception", "resnet50", "resnet18") else None

@@ -9,10 +9,11 @@ symmetrised over the two pieces (Eq. 5). Proxies ``(rho_j, Psi_j)`` play the rol
 Everything here runs without gradients on the pieces; the selection is batched over anchors and
 loops only over the k candidates.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -58,7 +59,11 @@ def _check_options(m: int, threshold: float, error_def: str, check: str, center:
         raise ValueError(f"piece dimension m must be >= 1, got {m}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold T is a fraction in [0, 1] (0.9 for 90%), got {threshold}")
-    for name, value, allowed in (("error_def", error_def, ERROR_DEFS), ("check", check, CHECKS), ("center", center, CENTERS)):
+    for name, value, allowed in (
+        ("error_def", error_def, ERROR_DEFS),
+        ("check", check, CHECKS),
+        ("center", center, CENTERS),
+    ):
         if value not in allowed:
             raise ValueError(f"{name}='{value}' is not one of {', '.join(allowed)}")
 
@@ -97,7 +102,9 @@ def _top_eig(gram: Tensor, m: int) -> tuple[Tensor, Tensor]:
     return lam.flip(-1)[:, :m].clamp_min(0.0), vec.flip(-1)[:, :, :m]
 
 
-def _passes(sq_point_norm: Tensor, gram: Tensor, lam: Tensor, vec: Tensor, threshold: float, error_def: str) -> Tensor:
+def _passes(
+    sq_point_norm: Tensor, gram: Tensor, lam: Tensor, vec: Tensor, threshold: float, error_def: str
+) -> Tensor:
     """Whether each row passes the reconstruction test ``[B, S]`` (Sec. 3.2 step 3, spec §3)."""
     sq_norm = torch.diagonal(gram, dim1=1, dim2=2)
     residual_sq = (sq_norm - (lam.unsqueeze(1) * vec.square()).sum(-1)).clamp_min(0.0)
@@ -142,8 +149,15 @@ def fit_pieces(
         the eigenvalue is below 1e-10.
     """
     _check_options(m, threshold, error_def, check, center)
-    if anchors.ndim != 2 or candidates.ndim != 3 or candidates.shape[0] != anchors.shape[0] or candidates.shape[2] != anchors.shape[1]:
-        raise ValueError(f"anchors must be [B, D] and candidates [B, k, D]; got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
+    if (
+        anchors.ndim != 2
+        or candidates.ndim != 3
+        or candidates.shape[0] != anchors.shape[0]
+        or candidates.shape[2] != anchors.shape[1]
+    ):
+        raise ValueError(
+            f"anchors must be [B, D] and candidates [B, k, D]; got {tuple(anchors.shape)} and {tuple(candidates.shape)}"
+        )
     b, k, d = candidates.shape
     points = torch.cat([anchors.unsqueeze(1), candidates], 1).detach().double()
     raw = points @ points.transpose(1, 2)  # K = N Nᵀ, [B, k+1, k+1]
@@ -338,7 +352,9 @@ def manifold_estimate(
     x = torch.nn.functional.normalize(embeddings.detach().float(), dim=1)
     pieces = batch_pieces(x, m, k, threshold, selection, error_def, check, center)
     rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-    groups = torch.cat([rows, torch.where(pieces.selected, pieces.neighbours, torch.full_like(pieces.neighbours, -1))], 1)
+    groups = torch.cat(
+        [rows, torch.where(pieces.selected, pieces.neighbours, torch.full_like(pieces.neighbours, -1))], 1
+    )
     return {"groups": groups, "similarity": point_similarity(pieces, n_alpha, n_beta, binary)}
 
 
@@ -395,8 +411,12 @@ def manifold_supervision(
     selected = torch.zeros(n, k, dtype=torch.bool)
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
-        bases[rows], selected[rows] = fit_pieces(x[rows], x[neighbours[rows]], m, threshold, selection, error_def, check, center)
-    groups = torch.cat([torch.arange(n).unsqueeze(1), torch.where(selected, neighbours, torch.full_like(neighbours, -1))], 1)
+        bases[rows], selected[rows] = fit_pieces(
+            x[rows], x[neighbours[rows]], m, threshold, selection, error_def, check, center
+        )
+    groups = torch.cat(
+        [torch.arange(n).unsqueeze(1), torch.where(selected, neighbours, torch.full_like(neighbours, -1))], 1
+    )
 
     def similarity_rows(rows: Tensor) -> Tensor:
         rows = torch.as_tensor(rows, dtype=torch.long)
