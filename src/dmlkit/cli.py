@@ -92,9 +92,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.engine.config import resolve_config
     from dmlkit.engine.run import run
 
-    config = resolve_config(_train_settings(args))
-    if args.resume and not (Path(config.out) / "checkpoints" / "last.ckpt").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {config.out}/checkpoints/last.ckpt; start without --resume")
+    settings = _train_settings(args)
+    if args.resume:
+        from dmlkit.engine.run import resume_config
+
+        config = resume_config(settings.get("out") or "runs/latest")
+    else:
+        config = resolve_config(settings)
     result = run(config, resume=bool(args.resume))
     if result:
         print(format_metrics(result["test"], title=f"{config.method} on {config.dataset} ({config.protocol}), "
@@ -144,11 +148,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config, method, _ = load_run(_checkpoint(args.runs[0], args.checkpoint))
         data = prepare_data(config, method_class(config.method).uses_labels)
         query = embed_dataset(method.embed, data.query, modules=(method,))
-        kwargs = {}
-        if data.gallery is not None:
-            kwargs = {"gallery_embeddings": embed_dataset(method.embed, data.gallery, modules=(method,)),
-                      "gallery_labels": data.gallery.true_labels}
-        result = evaluate(query, data.query.true_labels, recall_at=data.query.recall_at, seed=config.seed, **kwargs)
+        if data.gallery is None:
+            result = evaluate(query, data.query.true_labels, recall_at=data.query.recall_at, seed=config.seed)
+        else:
+            gallery = embed_dataset(method.embed, data.gallery, modules=(method,))
+            result = evaluate(gallery, data.gallery.true_labels, recall_at=data.query.recall_at, seed=config.seed,
+                              query_embeddings=query, query_labels=data.query.true_labels)
         print(format_metrics(result, title=f"{config.method} on {config.dataset} — test split"))
     if args.json_out:
         atomic_write_json(args.json_out, result)
@@ -261,7 +266,7 @@ def _add_quality(sub) -> None:
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from dmlkit.evaluation.quality_cli import run_quality
+    from dmlkit.engine.quality import run_quality
 
     print(run_quality(args))
     return 0

@@ -114,6 +114,10 @@ class MethodModule(L.LightningModule):
         return embed_dataset(fn, dataset or self.train_set, self.device, modules=(self.method,))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        # Randomness (views, dropout) is a function of (seed, epoch, step, rank) alone, so a resumed
+        # run draws exactly what an uninterrupted one draws.
+        torch.manual_seed(int(seeded_generator(self.settings["seed"], self.current_epoch, batch_idx,
+                                               self.global_rank).initial_seed()))
         losses = self.method.training_loss(batch)
         bad = [key for key, value in losses.items() if not torch.isfinite(value).all()]
         if bad:
@@ -167,8 +171,8 @@ class MethodModule(L.LightningModule):
         if self.gallery is None:
             return _floats(evaluate(query, self.query.true_labels, recall_at=self.recall_at, seed=self.settings["seed"]))
         gallery = self.embed(self.gallery)
-        return _floats(evaluate(query, self.query.true_labels, recall_at=self.recall_at,
-                                gallery_embeddings=gallery, gallery_labels=self.gallery.true_labels,
+        return _floats(evaluate(gallery, self.gallery.true_labels, recall_at=self.recall_at,
+                                query_embeddings=query, query_labels=self.query.true_labels,
                                 seed=self.settings["seed"]))
 
     def embed(self, dataset: DMLDataset) -> torch.Tensor:

@@ -34,8 +34,9 @@ def train(method: str | None = None, dataset: str | None = None, out: str | None
     for key, value in (("method", method), ("dataset", dataset), ("out", out)):
         if value is not None:
             settings[key] = value
-    resume = settings.pop("resume", False)
-    return run(resolve_config(settings), resume=resume)
+    if settings.pop("resume", False):
+        return run(resume_config(settings.get("out", RunConfig.out)), resume=True)
+    return run(resolve_config(settings))
 
 
 def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
@@ -47,9 +48,13 @@ def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
     split = make_split(records, protocol=config.protocol, labels_per_class=config.labels_per_class,
                        seed=config.seed, fold=config.fold, val_fraction=config.val_fraction)
     train_set, query = split.train, split.query
-    if config.train_subset:
-        train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
-    if config.test_subset and split.gallery is None:
+    if config.train_subset and config.train_subset < len(train_set):
+        if uses_labels == "none":  # label-free methods never read labels, not even to draw a subset
+            rng = np.random.default_rng(config.seed)
+            train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.train_subset, replace=False)))
+        else:
+            train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
+    if config.test_subset and config.test_subset < len(query) and split.gallery is None:
         query = stratified_subset(query, config.test_subset, seed=config.seed + 1)
     train_set = visible_labels(train_set, uses_labels)
     return SplitData(train=train_set, query=query, gallery=split.gallery, val=split.val, info=split.info)
@@ -128,6 +133,8 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer = L.Trainer(
             max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices, strategy=strategy,
             logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tb")],
@@ -135,11 +142,20 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
             enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
             limit_val_batches=0, log_every_n_steps=10, deterministic=False,
         )
-        trainer.fit(module, ckpt_path=str(resume_path) if resume_path else None)
+        trainer.fit(module, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
     if trainer.global_rank != 0:
         return {}
     result = _finish(module, config, out, time.perf_counter() - start)
     return result
+
+
+def resume_config(out: str | Path) -> RunConfig:
+    """The configuration a run in ``out`` was started with (resuming never changes the recipe)."""
+    out = Path(out)
+    if not (out / "checkpoints" / LAST).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out}/checkpoints/{LAST}; start without --resume")
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    return RunConfig(**raw)
 
 
 def _resume_path(out: Path, resume: bool | str) -> Path | None:
@@ -244,9 +260,7 @@ def load_run(path: str | Path) -> tuple[RunConfig, Method, dict]:
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.yaml beside {ckpt_path}; pass a run directory written by `dmlkit train`")
     checkpoint = safe_torch_load(ckpt_path)
-    raw = yaml.safe_load(config_path.read_text())
-    raw.pop("preset", None)
-    config = RunConfig(**raw)
+    config = RunConfig(**yaml.safe_load(config_path.read_text()))
     cls = method_class(config.method)
     data = prepare_data(config, cls.uses_labels)
     method = build_method(config, data.train)

@@ -155,9 +155,12 @@ class Method(nn.Module):
 
 def default_backbone(info: BuildInfo) -> str:
     """The backbone a preset uses when it names none: the SSDML nets for small images
-    (``mnist-net`` for 28-px grey, ``cifar-net`` for 32-px colour), ``resnet50`` for ImageNet-size input."""
+    (``mnist-net`` for 28-px grey, ``cifar-net`` for 32-px colour), ``resnet18-small`` for images
+    too small for those (8-px digits), ``resnet50`` for ImageNet-size input."""
     if info.views_preset == "imagenet224" or info.image_size > 64:
         return "resnet50"
+    if info.image_size < 28:
+        return "resnet18-small"
     return "mnist-net" if info.channels == 1 else "cifar-net"
 
 

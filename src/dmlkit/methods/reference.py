@@ -26,6 +26,22 @@ def build_embedder(backbone: str, embedding_dim: int, info: BuildInfo, pretraine
     return net, head
 
 
+def build_loss(name: str, num_classes: int, embedding_dim: int) -> nn.Module:
+    """The base losses DRML wraps (``triplet``, ``margin``, ``proxy_anchor``, ``cosface``, with their
+    miners: :func:`dmlkit.losses.supervised.build_metric_loss`), else any pytorch-metric-learning loss
+    class by name with its defaults."""
+    from pytorch_metric_learning import losses
+
+    from dmlkit.losses.supervised import LOSS_ALIASES, build_metric_loss
+
+    if name.lower().replace("-", "_") in LOSS_ALIASES:
+        return build_metric_loss(name, num_classes, embedding_dim)
+    if not hasattr(losses, name):
+        raise ValueError(f"unknown loss '{name}': use triplet, margin, proxy_anchor, cosface or a "
+                         "pytorch-metric-learning loss class name (e.g. MultiSimilarityLoss)")
+    return getattr(losses, name)()
+
+
 @dataclass
 class InitialConfig:
     backbone: str = "auto"  # the network the method under comparison starts from
@@ -60,12 +76,12 @@ class InitialMethod(Method):
 
 @dataclass
 class SupervisedConfig:
-    loss: str = "MultiSimilarityLoss"  # any pytorch-metric-learning loss class name
+    loss: str = "MultiSimilarityLoss"  # triplet, margin, proxy_anchor, cosface, or a pytorch-metric-learning loss
     miner: str | None = None  # optional pytorch-metric-learning miner class name
     backbone: str = "auto"
     embedding_dim: int = 128
     pretrained: str | None = None
-    samples_per_class: int = 4  # m of m-per-class batches (P = batch_size / m classes)
+    samples_per_class: int | None = None  # m of m-per-class batches; None: P = min(classes, batch/4), m = batch/P
     normalize: bool = True  # L2-normalise the embedding
     proxy_lr_multiplier: float = 100.0  # learning-rate multiplier of the loss's own parameters (proxies)
 
@@ -81,7 +97,7 @@ class SupervisedMethod(Method):
 
     def __init__(self, config: SupervisedConfig, info: BuildInfo) -> None:
         super().__init__()
-        from pytorch_metric_learning import losses, miners
+        from pytorch_metric_learning import miners
 
         from dmlkit.data.views import Views
 
@@ -89,20 +105,7 @@ class SupervisedMethod(Method):
         self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
                                                   normalize=config.normalize)
         self.views = Views(info.views_preset, 1)
-        if not hasattr(losses, config.loss):
-            raise ValueError(f"pytorch-metric-learning has no loss '{config.loss}'")
-        loss_cls = getattr(losses, config.loss)
-        kwargs: dict[str, Any] = {}
-        import inspect
-
-        params = inspect.signature(loss_cls.__init__).parameters
-        if "num_classes" in params:
-            if info.num_classes < 2:
-                raise ValueError(f"{config.loss} needs the number of classes; the training split has {info.num_classes}")
-            kwargs["num_classes"] = info.num_classes
-        if "embedding_size" in params:
-            kwargs["embedding_size"] = config.embedding_dim
-        self.loss_fn = loss_cls(**kwargs)
+        self.loss_fn = build_loss(config.loss, info.num_classes, config.embedding_dim)
         self.miner = getattr(miners, config.miner)() if config.miner else None
         self._label_map: Tensor | None = None
 
@@ -110,7 +113,10 @@ class SupervisedMethod(Method):
         from dmlkit.data.samplers import MPerClassBatchSampler
 
         m = self.config.samples_per_class
-        if batch_size % m:
+        if m is None:
+            classes = len(set(dataset.labels.tolist()) - {-1})
+            m = batch_size // max(1, min(classes, batch_size // 4))
+        elif batch_size % m:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {m}")
         return MPerClassBatchSampler(dataset.labels, batch_size // m, m, seed=seed, epoch=epoch)
 
@@ -118,9 +124,9 @@ class SupervisedMethod(Method):
         images, labels = self.views(batch["image"]), batch["label"]
         embeddings = self.head(self.backbone(images))
         labels = self._contiguous(labels)
-        pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        loss = self.loss_fn(embeddings, labels, pairs)
-        return {"loss": loss}
+        if self.miner is not None:
+            return {"loss": self.loss_fn(embeddings, labels, self.miner(embeddings, labels))}
+        return {"loss": self.loss_fn(embeddings, labels)}
 
     def _contiguous(self, labels: Tensor) -> Tensor:
         """Class ids 0..C-1 for losses with a proxy/weight table."""

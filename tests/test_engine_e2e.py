@@ -1,0 +1,151 @@
+"""The engine end to end through the CLI on a small Fashion-MNIST subset (Debian's package)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmlkit.cli import main
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+pytestmark = pytest.mark.skipif(not FMNIST.exists() and not os.environ.get("DMLKIT_DATA"),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SMALL = ["--dataset", "fashion-mnist", "--train-subset", "480", "--test-subset", "300", "--batch-size", "60",
+         "--no-progress", "--threads", "1", "--set", "backbone=mnist-net"]
+METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r"}
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "dmlkit", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "supervised", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| R@1 | R@2 | R@4 | R@8 | NMI | P@1 | RP | MAP@R |" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics["test"])
+    assert all(0.0 <= metrics["test"][k] <= 1.0 for k in METRIC_KEYS)
+    assert metrics["test"]["recall@1"] > 0.5  # far above chance (0.1) after two epochs
+    assert metrics["seconds"] > 0 and len(metrics["history"]) == 2
+    for name in ("config.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "checkpoints/latest.json",
+                 "logs/metrics.csv", "pictures/embedding_map.png", "pictures/retrieval_grid.png", "report.md"):
+        assert (out / name).exists(), name
+
+    # eval reproduces the final metrics from the checkpoint; embed writes the test embeddings
+    assert main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    for key in METRIC_KEYS:
+        assert evaluated[key] == pytest.approx(metrics["test"][key], abs=1e-9)
+    assert main(["embed", str(out), "--out", str(tmp_path / "e.npy")]) == 0
+    embeddings = np.load(tmp_path / "e.npy")
+    assert embeddings.shape == (300, 128)
+    assert np.load(tmp_path / "e.labels.npy").shape == (300,)
+
+
+def test_initial_method_evaluates_without_training(tmp_path):
+    out = tmp_path / "initial"
+    assert main(["train", "--method", "initial", *SMALL, "--no-pictures", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics["test"]) and not (out / "checkpoints").exists()
+
+
+def test_label_free_methods_never_read_training_labels(tmp_path, monkeypatch):
+    """Permuting the training labels leaves an STML run unchanged."""
+    import dmlkit.data as data_module
+
+    original = data_module.load_records
+
+    def permuted(name, root=None):
+        records = original(name, root)
+        train = np.flatnonzero(records.splits == "train")
+        records.labels[train] = np.random.default_rng(1).permutation(records.labels[train])
+        return records
+
+    args = ["train", "--method", "stml", *SMALL, "--epochs", "1", "--no-pictures"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    monkeypatch.setattr(data_module, "load_records", permuted)
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["test"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["test"]
+    assert a == b
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+    args = ["train", "--method", "supervised", *SMALL, "--epochs", "4", "--no-pictures"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    env = dict(os.environ, PYTHONPATH=SRC, PYTHONWARNINGS="ignore")
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "dmlkit", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists(), "killed before the end, the run must not look complete"
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
+    for a, b in zip(resumed["history"], whole["history"]):
+        assert a["recall@1"] == b["recall@1"] and a["map@r"] == b["map@r"], (a, b)
+    assert resumed["test"] == whole["test"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    result = _cli("train", "--method", "supervised", *SMALL, "--epochs", "1", "--no-pictures",
+                  "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["recall@1"] > 0.4
+
+
+def test_missing_dataset_exits_2_with_one_clear_line(tmp_path):
+    out = tmp_path / "cub"
+    result = _cli("train", "--method", "supervised", "--dataset", "cub200", "--data-root", str(tmp_path / "nowhere"),
+                  "--out", str(out))
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("dmlkit: error:")]
+    assert len(error_lines) == 1 and "cub200" in error_lines[0].lower() or "CUB" in error_lines[0]
+    assert not (out / "metrics.json").exists()
+
+
+def test_non_finite_loss_stops_with_exit_3(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from dmlkit.methods.reference import SupervisedMethod
+
+    original = SupervisedMethod.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        losses = original(self, batch)
+        if calls["n"] > 10:
+            losses["loss"] = losses["loss"] * torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(SupervisedMethod, "training_loss", poisoned)
+    out = tmp_path / "nan"
+    code = main(["train", "--method", "supervised", *SMALL, "--epochs", "3", "--no-pictures", "--out", str(out)])
+    assert code == 3
+    message = capsys.readouterr().err
+    assert "non-finite loss" in message and "supervised" in message and "step" in message
+    assert "last.ckpt (epoch 1)" in message
+    assert not (out / "metrics.json").exists()
