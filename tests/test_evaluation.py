@@ -110,16 +110,16 @@ def clustered(n_classes=8, per_class=25, dim=16, spread=0.35, seed=0):
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_kmeans_is_seeded_and_finds_separated_clusters(backend):
     x, y = clustered(spread=0.05)
-    c1 = kmeans(x, 8, seed=3, n_init=3, backend=backend)
-    assert torch.equal(c1, kmeans(x, 8, seed=3, n_init=3, backend=backend))
+    c1 = kmeans(x, 8, seed=3, n_init=3, init="random", backend=backend)
+    assert torch.equal(c1, kmeans(x, 8, seed=3, n_init=3, init="random", backend=backend))
     assert nmi_score(y, c1) > 0.8  # random init may merge two clusters
-    if backend == "torch":
-        assert nmi_score(y, kmeans(x, 8, init="k-means++", n_init=3)) == pytest.approx(1.0)
+    assert nmi_score(y, kmeans(x, 8, init="k-means++", n_init=3, backend=backend)) == pytest.approx(1.0)
+    assert torch.equal(kmeans(x, 8, backend=backend), kmeans(x, 8, init="k-means++", backend=backend))  # auto
 
 
 def test_evaluate_nmi_uses_one_cluster_per_class():
     x, y = clustered(spread=0.05)
-    assert evaluate(x, y, kmeans_init="k-means++", kmeans_n_init=3)["nmi"] == pytest.approx(1.0)
+    assert evaluate(x, y, kmeans_n_init=3)["nmi"] == pytest.approx(1.0)
 
 
 # --- §8.4 invariants ---------------------------------------------------------------------------
@@ -217,9 +217,12 @@ def test_first_relevant_rank_breaks_ties_by_index():
     from dmlkit.evaluation.metrics import first_relevant_rank
 
     d = torch.tensor([[1.0, 0.5, 0.5, 0.5, float("inf")], [2.0, 2.0, 2.0, 2.0, 2.0]])
-    relevant = torch.tensor([[True, False, False, True, True], [False, False, False, False, True]])
-    assert first_relevant_rank(d, relevant).tolist() == [3, 5]
-    assert first_relevant_rank(d[:1], torch.tensor([[False, False, False, False, True]])).tolist() == [6]
+    members = torch.tensor([[0, 3, 4], [4, 0, 0]])  # row 1 has a single member, padded
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    assert first_relevant_rank(d, members, valid).tolist() == [3, 5]
+    assert first_relevant_rank(d[:1], torch.tensor([[4]]), torch.tensor([[True]])).tolist() == [6]
+    no_tie = torch.tensor([[0.3, 0.1, 0.2, 0.9]])
+    assert first_relevant_rank(no_tie, torch.tensor([[0, 3]]), torch.ones(1, 2, dtype=torch.bool)).tolist() == [3]
 
 
 def test_faiss_and_torch_agree_on_tie_free_data_and_cosine_matches_normalised_euclidean():

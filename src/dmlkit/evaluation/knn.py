@@ -102,12 +102,15 @@ def distance_blocks(
 def topk_block(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` smallest entries of each row of ``d`` sorted by (value, column), exactly.
 
-    ``topk(k + 1)`` re-sorted by (value, column); rows where a tie straddles the cut (k-th value ==
-    (k+1)-th value) are redone with a full stable sort of the row.
+    ``topk(k + 1)`` (sorted by value); rows holding equal values are re-sorted by (value, column), and
+    rows where a tie straddles the cut (k-th value == (k+1)-th value) are redone with a full stable
+    sort of the row.
     """
     kk = min(k + 1, d.shape[1])
-    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=False)
-    vals, idx = _sort_by_distance_then_index(vals, idx)
+    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+    tied = torch.nonzero((vals[:, 1:] == vals[:, :-1]).any(dim=1)).flatten()
+    if tied.numel():  # only rows with equal values need the (value, index) re-sort
+        vals[tied], idx[tied] = _sort_by_distance_then_index(vals[tied], idx[tied])
     if kk > k:
         straddle = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
         if straddle.numel():

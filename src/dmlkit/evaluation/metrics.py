@@ -47,22 +47,37 @@ def _check_ks(ks: Sequence[int], name: str, available: int) -> tuple[int, ...]:
     return ks
 
 
-def first_relevant_rank(d: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+def class_members(g_class: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gallery indices grouped by class: ``(order, start, count)`` with class ``c``'s members
+    ``order[start[c] : start[c] + count[c]]`` in ascending index order."""
+    order = torch.argsort(g_class, stable=True)
+    count = torch.bincount(g_class, minlength=num_classes)
+    return order, torch.cumsum(count, 0) - count, count
+
+
+def first_relevant_rank(d: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """1-based rank of each row's first relevant column under the (distance, column) order.
 
     Args:
         d: ``[B, M]`` ranking distances (+inf marks the removed self-match).
-        relevant: bool ``[B, M]`` same-class mask.
+        members: ``[B, m]`` gallery columns of each row's class; ``valid`` ``[B, m]`` marks real entries.
 
     Returns:
         int64 ``[B]``; ``M + 1`` for rows without a relevant item at finite distance. Recall@K is
-        ``rank <= K`` for every K at once, with no top-K list (three passes over the block).
+        ``rank <= K`` for every K at once, with no top-K list: rank = #{d < d*} + 1, plus, in the
+        rare rows where other columns tie with d*, those of them with a lower index.
     """
-    best = torch.where(relevant, d, float("inf")).amin(dim=1, keepdim=True)
-    cols = torch.arange(d.shape[1], device=d.device)
-    at_best = d == best
-    first_col = torch.where(relevant & at_best, cols, d.shape[1]).amin(dim=1, keepdim=True)
-    rank = (d < best).sum(dim=1) + (at_best & (cols < first_col)).sum(dim=1) + 1
+    member_d = torch.where(valid, d.gather(1, members), float("inf"))
+    best = member_d.amin(dim=1, keepdim=True)
+    first_col = torch.where(valid & (member_d == best), members, d.shape[1]).amin(dim=1, keepdim=True)
+    n_lt = (d < best).to(torch.float32).sum(dim=1).long()
+    n_le = (d <= best).to(torch.float32).sum(dim=1).long()
+    rank = n_lt + 1
+    tied = torch.nonzero(n_le - n_lt > 1).flatten()
+    if tied.numel():
+        cols = torch.arange(d.shape[1], device=d.device)
+        ties_before = ((d[tied] == best[tied]) & (cols < first_col[tied])).sum(dim=1)
+        rank[tied] += ties_before
     return torch.where(torch.isinf(best.squeeze(1)), d.shape[1] + 1, rank)
 
 
@@ -127,7 +142,7 @@ def evaluate(
     chunk: int = 4096,
     kmeans_iters: int = 20,
     kmeans_n_init: int = 1,
-    kmeans_init: str = "random",
+    kmeans_init: str = "auto",
     kmeans_backend: str = "torch",
     seed: int = 0,
 ) -> dict[str, float]:
@@ -197,12 +212,21 @@ def evaluate(
     list_k = max(max(precision_at), int(num_relevant.max()))  # the list RP, MAP@R and P@K read
     if backend == "torch":  # Recall@K from the first relevant rank: no top-max(K) list needed
         check_options(metric, backend)
+        order, first, count = class_members(g_class, len(classes))
+        width = torch.arange(max(int(count.max()), 1), device=order.device)
         for start, d in distance_blocks(query, None if same else gallery, True, metric, chunk):
             stop = start + d.shape[0]
-            same_class = g_class.unsqueeze(0) == q_class[start:stop].unsqueeze(1)
+            c = q_class[start:stop].unsqueeze(1)
+            valid = width < count[c]
+            members = order[(first[c] + width).clamp_max(len(order) - 1)]  # [b, largest class]
             _, idx = topk_block(d, list_k)
-            record(start, retrieval_scores(same_class.gather(1, idx), num_relevant[start:stop], recall_at,
-                                           precision_at, first_relevant_rank(d, same_class)))
+            relevant = g_class[idx] == c
+            found = relevant.any(dim=1)  # first relevant inside the list: its position is its rank
+            rank = torch.where(found, relevant.to(torch.int8).argmax(dim=1) + 1, 0)
+            beyond = torch.nonzero(~found).flatten()
+            if beyond.numel():
+                rank[beyond] = first_relevant_rank(d[beyond], members[beyond], valid[beyond])
+            record(start, retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at, rank))
     else:
         k = max(max(recall_at, default=1), list_k)
         for start, _, idx in iter_knn(query, k, None if same else gallery, True, metric, backend, chunk):
