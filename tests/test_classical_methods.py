@@ -14,6 +14,7 @@ NAMES = ["deep-lrml", "deep-seraph", "deep-isdml", "deep-apllr", "deep-apit"]
 OPTIONS = dict(k=4, n_unlabeled_partition=30, epochs_per_partition=2, group_size=4, labeled_per_batch=6,
                labeled_per_class=2)
 BATCH = 18  # (18 - 6 labeled) // 4 = 3 groups
+REAL_BUILD = M._build_network
 
 
 class TinyNet(nn.Module):
@@ -228,3 +229,12 @@ def test_batch_edges_are_exactly_the_partition_edges_among_batch_members():
                 if a < b and (min(la, lb), max(la, lb)) in graph}
     assert {tuple(e): pytest.approx(w) for e, w in zip(edges.tolist(), weights.tolist())} == expected
     assert len(expected) >= 3 * 3  # each group brings its seed's edges
+
+
+def test_real_network_is_the_ssdml_mnist_net_with_an_l2_head():
+    backbone, head = REAL_BUILD(M.ClassicalConfig(), BuildInfo(channels=1, image_size=28))
+    assert backbone.out_dim == 500 and head.out_dim == 128
+    z = head(backbone(torch.rand(2, 1, 28, 28)))
+    assert torch.allclose(z.norm(dim=1), torch.ones(2), atol=1e-5)
+    _, none = REAL_BUILD(M.ClassicalConfig(embedding_dim=None), BuildInfo(channels=1, image_size=28))
+    assert none is None  # CIFAR-10 style: l2 straight after the backbone
