@@ -104,6 +104,7 @@ class MethodModule(L.LightningModule):
         context = RefreshContext(
             epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=neighbour_table,
             device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
+            extra={"run_dir": self.settings.get("run_dir"), "epochs": self.settings["epochs"]},
         )
         self.method.refresh(context)
         self.method.train()

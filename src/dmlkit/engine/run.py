@@ -90,7 +90,7 @@ def _settings(config: RunConfig) -> dict[str, Any]:
     return {"batch_size": config.batch_size, "seed": config.seed, "num_workers": config.num_workers,
             "lr": config.lr, "weight_decay": config.weight_decay or 0.0, "optimizer": config.optimizer,
             "scheduler": config.scheduler, "epochs": config.epochs, "eval_every": config.eval_every,
-            "on_nan": config.on_nan}
+            "on_nan": config.on_nan, "run_dir": config.out}
 
 
 def run(config: RunConfig, resume: bool | str = False) -> dict:
