@@ -34,15 +34,13 @@ prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, save_rows
+
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np
@@ -50,7 +48,6 @@ import torch
 
 import dmlkit
 
-RESULTS = ROOT / "benchmarks" / "results" / "plm.json"
 DATASET = "fashion-mnist"
 PRESET = "plm-fashion-mnist"
 STML_PRESET = "stml-fashion-mnist"
@@ -61,21 +58,6 @@ SWEEP = {"n_alpha": (1.0, 2.0, 6.0), "piece_dim": (2, 5), "n_proxies": (10, 300)
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
 PAPER_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()}-core CPU, no GPU (torch threads: {torch.get_num_threads()})"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def preset_options() -> dict:
@@ -181,10 +163,6 @@ def run_plm_variant(
 
 
 def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
-    from dmlkit.engine.config import PRESET_DIR
-
-    if not (PRESET_DIR / f"{STML_PRESET}.yaml").is_file():
-        raise SystemExit(f"preset {STML_PRESET} is missing; the stml row needs the STML Fashion-MNIST preset")
     settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": STML_PRESET}
     result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"), **settings)
     return row(
@@ -243,22 +221,8 @@ def runner(name: str):
 
 
 def save(rows: list[dict]) -> dict:
-    """Replace the rows with the same (method, dataset, protocol) in the results file."""
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "plm", "rows": []}
-    keys = {(r["method"], r["dataset"], r["protocol"]) for r in rows}
-    kept = [r for r in data.get("rows", []) if (r["method"], r["dataset"], r["protocol"]) not in keys]
-    data.update(
-        {
-            "benchmark": "plm",
-            "machine": machine(),
-            "commit": commit(),
-            "date": datetime.date.today().isoformat(),
-            "rows": kept + rows,
-        }
-    )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    """Replace the rows with the same (method, dataset, protocol, seed) in the results file."""
+    return save_rows("plm", rows)
 
 
 def table(rows: list[dict]) -> str:
