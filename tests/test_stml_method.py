@@ -224,3 +224,38 @@ def test_bn_freeze_freezes_student_batchnorm():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in method.modules())
     method.train()
     method.training_loss(batch())["loss"].backward()
+
+
+
+def load_stml_preset(name: str) -> dict:
+    """A preset's YAML, read directly (importing the engine would pull in Lightning)."""
+    from pathlib import Path
+
+    import yaml
+
+    import dmlkit
+
+    return yaml.safe_load((Path(dmlkit.__file__).parent / "configs" / f"{name}.yaml").read_text())
+
+
+def test_presets_are_valid_stml_settings():
+    from pathlib import Path
+
+    import dmlkit
+
+    names = sorted(path.stem for path in (Path(dmlkit.__file__).parent / "configs").glob("stml-*.yaml"))
+    assert {"stml-fashion-mnist", "stml-digits", "stml-cub200", "stml-cars196", "stml-sop"} <= set(names)
+    for name in names:
+        preset = load_stml_preset(name)
+        assert preset["method"] == "stml", name
+        config = Config(**preset.get("options", {}))
+        assert preset.get("batch_size", STML.defaults["batch_size"]) % config.num_neighbors == 0, name
+    sop = Config(**load_stml_preset("stml-sop")["options"])
+    assert (sop.num_neighbors, sop.delta, sop.ema_m, sop.emb_lr) == (2, 0.9, 0.9, 0.01)
+
+
+def test_fashion_mnist_preset_builds_the_small_network():
+    method = STML.from_options(load_stml_preset("stml-fashion-mnist")["options"],
+                               BuildInfo(1, 28, 100, 0, "fashion-mnist", "grey28"))
+    assert method.backbone_name == "mnist-net"
+    assert method.embed(torch.rand(3, 1, 28, 28)).shape == (3, 128)
