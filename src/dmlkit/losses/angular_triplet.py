@@ -6,7 +6,8 @@
 The L-step of Algorithm 1 minimises J over L on the Stiefel manifold with θ fixed:
 :func:`minimize_stiefel` is Riemannian conjugate gradients (Manopt's ``conjugategradient`` defaults:
 Hestenes–Stiefel β with restarts, Armijo backtracking, ``max_iter`` iterations) with the QR
-retraction and vector transport by tangent projection. With ``orthogonal=False`` the same routine
+retraction and vector transport by tangent projection (both from
+:mod:`dmlkit.models.orthogonal`). With ``orthogonal=False`` the same routine
 runs plain Euclidean CG (Table 4's "w/o orth" ablation).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from dmlkit.models.orthogonal import qr_retraction, tangent_projection
 
 
 def angular_margins(anchor: Tensor, positive: Tensor, negative: Tensor, L: Tensor | None, alpha_deg: float) -> Tensor:
@@ -54,27 +57,6 @@ def angular_triplet_loss(
     return losses.sum() if reduction == "sum" else losses.mean()
 
 
-def stiefel_project(L: Tensor, G: Tensor) -> Tensor:
-    """Tangent projection at L on St(d, l): ``G − L sym(LᵀG)`` (the Riemannian gradient of G)."""
-    LtG = L.T @ G
-    return G - L @ (0.5 * (LtG + LtG.T))
-
-
-def qr_retraction(A: Tensor) -> Tensor:
-    """``qf(A)``: the Q factor of A with the signs fixed so that diag(R) > 0 (computed in float64)."""
-    q, r = torch.linalg.qr(A.double())
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return (q * signs).to(A.dtype)
-
-
-def random_stiefel(d: int, l: int, generator: torch.Generator | None = None) -> Tensor:
-    """A random ``[d, l]`` matrix with orthonormal columns (QR of a Gaussian, sign-fixed; spec §6)."""
-    if l > d:
-        raise ValueError(f"L is d×l with l ≤ d; got d={d}, l={l}")
-    return qr_retraction(torch.randn(d, l, generator=generator, dtype=torch.float64)).float()
-
-
 def minimize_stiefel(
     cost: Callable[[Tensor], Tensor], L: Tensor, max_iter: int = 10, orthogonal: bool = True,
     armijo: float = 1e-4, contraction: float = 0.5, max_backtracks: int = 25, grad_tol: float = 1e-6,
@@ -94,7 +76,7 @@ def minimize_stiefel(
     Returns:
         the new L (a new tensor; orthonormal to float64 QR accuracy when ``orthogonal``).
     """
-    project = stiefel_project if orthogonal else (lambda X, G: G)
+    project = tangent_projection if orthogonal else (lambda X, G: G)
     retract = (lambda X, V: qr_retraction(X + V)) if orthogonal else (lambda X, V: X + V)
 
     def value_and_grad(X: Tensor) -> tuple[Tensor, Tensor]:

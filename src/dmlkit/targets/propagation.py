@@ -23,16 +23,18 @@ rows for unlabeled ones) and ``h = B·1_L``::
     W*_ij = 2 H[i, y_j] − h[i]   for a labeled j        (C + 1 solves in all)
     W*_ij = B[i, j]              for an unlabeled j     (one solve per unlabeled column)
 
-Columns are solved in blocks by the Neumann series ``X = (1−γ) Σ_t γᵗ Qᵗ R``, never forming an n×n
-matrix (memory O(n·block + n·k)). Because ``Q`` is row-stochastic, ``|Qˢ R|`` is entrywise bounded
-by ``max|Q^{T+1} R|`` for s > T, so stopping after T sweeps leaves an entrywise error of at most
-``γ^{T+1} max|Q^{T+1} R|`` per column — an a-posteriori certificate that is usually far below the
-a-priori ``γ^{T+1}``. Every affinity read by the mining is within ``tol`` of the exact value.
+Columns are solved in blocks, never forming an n×n matrix (memory O(n·block + n·k)), either by
+BiCGSTAB (:func:`krylov_solve`, the default) or by the Neumann series ``X = (1−γ) Σ_t γᵗ Qᵗ R``
+(:func:`neumann_solve`). Both are certified: Q is row-stochastic, so ``‖(I−γQ)⁻¹‖_∞ = 1/(1−γ)``
+bounds the error by the residual, and for the series ``|Qˢ R| ≤ max|Q^{T+1} R|`` (s > T) bounds the
+tail by ``γ^{T+1} max|Q^{T+1} R|``. Every affinity read by the mining is within ``tol`` of the exact
+value; the cost is O(iterations · n² k) multiply-adds (every unlabeled column needs its own solve).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor
 
 SYMMETRIZE_MODES = ("transpose", "literal", "none")
-SOLVERS = ("auto", "dense", "sparse")
+SOLVERS = ("auto", "dense", "sparse_krylov", "sparse_neumann")
 
 
 @dataclass
@@ -74,9 +76,9 @@ class Propagation:
         affinity: ``[n, k]`` float64, ``W[a, N_k(a)[m]]`` after symmetrisation.
         forward: ``[n, k]`` ``W*[a, N_k(a)[m]]``; backward: ``[n, k]`` ``W*[N_k(a)[m], a]``.
         diagonal: ``[n]`` ``W*[a, a]`` (used by ``symmetrize="literal"``).
-        solver: ``"dense"`` or ``"sparse"``.
+        solver: ``"dense"``, ``"sparse_krylov"`` or ``"sparse_neumann"``.
         tol: guaranteed entrywise error of ``affinity`` (0 for dense up to rounding).
-        sweeps: the largest number of Neumann sweeps any block needed (0 for dense).
+        sweeps: the largest number of iterations (sweeps) any block needed (0 for dense).
     """
 
     affinity: Tensor
@@ -204,6 +206,67 @@ def neumann_solve(
     return X, max_sweeps
 
 
+def krylov_solve(
+    Q: sp.spmatrix, rhs: np.ndarray | Tensor, gamma: float, tol: float = 1e-6, max_iter: int = 2000,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, int]:
+    """``X = (1−γ)(I−γQ)⁻¹ R`` by BiCGSTAB, run on all columns at once (one sparse product per half-step).
+
+    Certified like :func:`neumann_solve`: since ``‖(I−γQ)⁻¹‖_∞ = 1/(1−γ)`` for row-stochastic Q, the
+    entrywise error of a column is at most ``max|residual| / (1−γ)``; a column stops once its *true*
+    residual (recomputed, not the recurrence's) meets ``tol·(1−γ)``. Columns that stagnate or break
+    down are finished by Neumann sweeps, so the returned X always meets ``tol``.
+
+    Returns:
+        ``(X [n, b] float64 on device, largest number of iterations any column used)``.
+    """
+    _check_gamma(gamma)
+    if tol <= 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    Qt = _torch_csr(Q, device)
+    apply = lambda V: V - gamma * (Qt @ V)  # noqa: E731  (I − γQ)V
+    b = (1.0 - gamma) * torch.as_tensor(rhs, dtype=torch.float64, device=device)
+    X = b.clone()  # the first Neumann term is a good start
+    target = tol * (1.0 - gamma)
+    active = torch.arange(b.shape[1], device=device)
+    iterations = 0
+    for _restart in range(4):
+        R = b[:, active] - apply(X[:, active])
+        keep = R.abs().amax(0) > target
+        active, R = active[keep], R[:, keep]
+        if not len(active):
+            return X, iterations
+        x, r_hat, p, v = X[:, active], R.clone(), torch.zeros_like(R), torch.zeros_like(R)
+        rho = alpha = omega = torch.ones(len(active), dtype=torch.float64, device=device)
+        for it in range(max_iter):
+            rho_new = (r_hat * R).sum(0)
+            beta = (rho_new / _nonzero(rho)) * (alpha / _nonzero(omega))
+            p = R + beta * (p - omega * v)
+            v = apply(p)
+            alpha = rho_new / _nonzero((r_hat * v).sum(0))
+            s_ = R - alpha * v
+            t = apply(s_)
+            omega = (t * s_).sum(0) / _nonzero((t * t).sum(0))
+            x = x + alpha * p + omega * s_
+            R = s_ - omega * t
+            rho = rho_new
+            iterations = max(iterations, it + 1)
+            worst = R.abs().amax(0)
+            if (worst <= 0.5 * target).all() or not torch.isfinite(worst).all():
+                break
+        good = torch.isfinite(x).all(0)
+        X[:, active[good]] = x[:, good]
+    rest = active  # still uncertified after the restarts: finish with the Neumann series
+    residual = b[:, rest] - apply(X[:, rest])
+    correction, _ = neumann_solve(Q, residual / (1.0 - gamma), gamma, tol, device=device)
+    X[:, rest] += correction
+    return X, iterations
+
+
+def _nonzero(values: Tensor) -> Tensor:
+    return torch.where(values.abs() > 1e-300, values, torch.full_like(values, 1e-300))
+
+
 def propagate(
     graph: KnnGraph,
     labels: Tensor,
@@ -222,8 +285,9 @@ def propagate(
         labels: ``[n]`` visible labels of the nodes (−1 = unlabeled).
         gamma: propagation weight (seed: 0.99).
         symmetrize: ``transpose`` | ``literal`` | ``none`` (see :func:`symmetrize`).
-        solver: ``dense`` (closed form), ``sparse`` (block Neumann, O(n·block) memory) or ``auto``
-            (dense when ``n ≤ dense_max``).
+        solver: ``dense`` (closed form), ``sparse_krylov`` (block BiCGSTAB) or ``sparse_neumann``
+            (block Neumann series) — both sparse solvers use O(n·block + n·k) memory and certify
+            every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``sparse_krylov``).
         tol: sparse solver's guaranteed entrywise error on W.
         block_size: unlabeled columns solved together (sparse).
         device: where the solves run.
@@ -236,7 +300,7 @@ def propagate(
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape [{n}] (one per graph node), got {tuple(labels.shape)}")
     if solver == "auto":
-        solver = "dense" if n <= dense_max else "sparse"
+        solver = "dense" if n <= dense_max else "sparse_krylov"
     rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
     cols = graph.neighbours.reshape(-1)
     if solver == "dense":
@@ -244,7 +308,9 @@ def propagate(
         forward, backward, diagonal = w_star[rows, cols], w_star[cols, rows], w_star.diagonal().clone()
         sweeps, bound = 0, 0.0
     else:
-        forward, backward, diagonal, sweeps = _propagate_sparse(graph.Q, labels, rows, cols, gamma, tol, block_size, device)
+        solve = krylov_solve if solver == "sparse_krylov" else neumann_solve
+        forward, backward, diagonal, sweeps = _propagate_sparse(graph.Q, labels, rows, cols, gamma, tol, block_size,
+                                                                device, solve)
         bound = tol
     forward, backward = forward.view(n, k), backward.view(n, k)
     if symmetrize == "transpose":
@@ -256,16 +322,18 @@ def propagate(
     return Propagation(affinity, forward, backward, diagonal, solver, bound, sweeps)
 
 
-def mine_triplets(neighbours: Tensor, affinity: Tensor) -> Tensor:
+def mine_triplets(neighbours: Tensor, affinity: Tensor, tie_tol: float = 1e-12) -> Tensor:
     """Triplets from each anchor's sorted neighbourhood (seed 002, Fig. 1b; spec §4).
 
     ``N_k(a)`` is sorted by ``W[a, ·]`` descending (ties: kNN rank, which already orders by distance
     then index); the first half are positives, the second half negatives, paired by rank:
-    ``(a, z_1, z_{k/2+1}), …, (a, z_{k/2}, z_k)``.
+    ``(a, z_1, z_{k/2+1}), …, (a, z_{k/2}, z_k)``. Affinities are compared on a grid of ``tie_tol``
+    so that values equal in exact arithmetic but a rounding error apart count as ties.
 
     Args:
         neighbours: long ``[n, k]`` (k even), rows ordered by kNN rank.
         affinity: ``[n, k]`` ``W[a, neighbours[a, m]]``.
+        tie_tol: affinities closer than this (on a grid) are ties.
 
     Returns:
         long ``[n·k/2, 3]`` (anchor, positive, negative), anchor-major.
@@ -273,7 +341,10 @@ def mine_triplets(neighbours: Tensor, affinity: Tensor) -> Tensor:
     n, k = neighbours.shape
     if k % 2:
         raise ValueError(f"triplet mining pairs halves of the neighbourhood, so k must be even; got k={k}")
-    order = torch.sort(affinity, dim=1, descending=True, stable=True).indices
+    if tie_tol <= 0:
+        raise ValueError(f"tie_tol must be positive, got {tie_tol}")
+    key = torch.round(affinity.double() / tie_tol)
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
     ranked = neighbours.gather(1, order)
     anchors = torch.arange(n).repeat_interleave(k // 2)
     return torch.stack([anchors, ranked[:, : k // 2].reshape(-1), ranked[:, k // 2 :].reshape(-1)], dim=1)
@@ -290,7 +361,7 @@ def uncertified_pairs(affinity: Tensor, tol: float) -> int:
 
 def _propagate_sparse(
     Q: sp.spmatrix, labels: Tensor, rows: Tensor, cols: Tensor, gamma: float, tol: float, block_size: int,
-    device: str | torch.device,
+    device: str | torch.device, solve: Callable[..., tuple[Tensor, int]],
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """W* on E (forward), on Eᵀ (backward) and its diagonal, each entry within ``tol``."""
     n = Q.shape[0]
@@ -307,7 +378,7 @@ def _propagate_sparse(
         rhs = torch.zeros(n, len(classes) + 1, dtype=torch.float64)
         rhs[labeled.nonzero().squeeze(1), y] = 1.0
         rhs[labeled, -1] = 1.0
-        Hh, sweeps = neumann_solve(Q, rhs, gamma, tol / 3.0, device=device)
+        Hh, sweeps = solve(Q, rhs, gamma, tol / 3.0, device=device)
         Hh = Hh.cpu()
         H, h = Hh[:, :-1], Hh[:, -1]
         f = labeled[cols]
@@ -322,7 +393,7 @@ def _propagate_sparse(
         position[block] = torch.arange(len(block))
         rhs = torch.zeros(n, len(block), dtype=torch.float64)
         rhs[block, torch.arange(len(block))] = 1.0
-        X, used = neumann_solve(Q, rhs, gamma, tol, device=device)
+        X, used = solve(Q, rhs, gamma, tol, device=device)
         sweeps = max(sweeps, used)
         X = X.cpu()
         f = position[cols] >= 0  # forward edges (a, j) with j in the block: W*[a, j] = X[a, pos(j)]
