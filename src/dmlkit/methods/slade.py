@@ -328,7 +328,8 @@ class SLADE(Method):
         """t-SNE of labeled embeddings (coloured by class) and the unlabeled pool (grey)."""
         labels = np.asarray(context.train.labels)
         rng = np.random.default_rng(context.seed)
-        idx = np.sort(rng.choice(len(labels), min(max_points, len(labels)), replace=False))
+        parts = [np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)]  # as many labeled as pool points
+        idx = np.sort(np.concatenate([rng.choice(p, min(max_points // 2, len(p)), replace=False) for p in parts]))
         x = features[idx] if features is not None else context.embed(self.embed, context.train.subset(idx))
         try:
             pool_map(x.numpy(), labels[idx], path, seed=context.seed, title=f"SLADE: {title}")
