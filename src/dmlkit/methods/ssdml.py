@@ -145,11 +145,11 @@ class SSDML(Method):
                          cfg.tol, cfg.dense_max, device=context.device)
         local = mine_triplets(graph.neighbours, prop.affinity)
         self.triplets = torch.as_tensor(nodes)[local]
-        self.stats = {
+        self.stats.update({
             "partition": float(self.partition_number), "nodes": float(len(nodes)), "triplets": float(len(local)),
             "uncertified_pairs": float(uncertified_pairs(prop.affinity, prop.tol)) if prop.solver != "dense" else 0.0,
             "mining_seconds": time.perf_counter() - start,
-        }
+        })
 
     def _softmax_pretraining(self, context: RefreshContext) -> None:
         """CIFAR-10 stage: the L layer replaced by a softmax classifier, trained on the labeled items."""
