@@ -224,7 +224,11 @@ def krylov_solve(
     if tol <= 0:
         raise ValueError(f"tol must be positive, got {tol}")
     Qt = _torch_csr(Q, device)
-    apply = lambda V: V - gamma * (Qt @ V)  # noqa: E731  (I − γQ)V
+
+    def apply(V: Tensor) -> Tensor:  # (I − γQ)V with one temporary
+        return (Qt @ V).mul_(-gamma).add_(V)
+
+    dot = lambda A, B: torch.linalg.vecdot(A, B, dim=0)  # noqa: E731  column-wise inner products
     b = (1.0 - gamma) * torch.as_tensor(rhs, dtype=torch.float64, device=device)
     X = b.clone()  # the first Neumann term is a good start
     target = tol * (1.0 - gamma)
@@ -239,19 +243,19 @@ def krylov_solve(
         x, r_hat, p, v = X[:, active], R.clone(), torch.zeros_like(R), torch.zeros_like(R)
         rho = alpha = omega = torch.ones(len(active), dtype=torch.float64, device=device)
         for it in range(max_iter):
-            rho_new = (r_hat * R).sum(0)
+            rho_new = dot(r_hat, R)
             beta = (rho_new / _nonzero(rho)) * (alpha / _nonzero(omega))
-            p = R + beta * (p - omega * v)
+            p.addcmul_(v, omega, value=-1.0).mul_(beta).add_(R)  # p = r + β(p − ωv)
             v = apply(p)
-            alpha = rho_new / _nonzero((r_hat * v).sum(0))
-            s_ = R - alpha * v
+            alpha = rho_new / _nonzero(dot(r_hat, v))
+            s_ = R.addcmul_(v, alpha, value=-1.0)  # s = r − αv (in place of r)
             t = apply(s_)
-            omega = (t * s_).sum(0) / _nonzero((t * t).sum(0))
-            x = x + alpha * p + omega * s_
-            R = s_ - omega * t
+            omega = dot(t, s_) / _nonzero(dot(t, t))
+            x.addcmul_(p, alpha).addcmul_(s_, omega)
+            R = s_.addcmul_(t, omega, value=-1.0)  # r = s − ωt
             rho = rho_new
             iterations = max(iterations, it + 1)
-            worst = R.abs().amax(0)
+            worst = torch.linalg.vector_norm(R, ord=math.inf, dim=0)
             if (worst <= 0.5 * target).all() or not torch.isfinite(worst).all():
                 break
         good = torch.isfinite(x).all(0)
