@@ -191,7 +191,8 @@ class SLADE(Method):
             t = total_epochs - r * s
         lengths = [s] * r
         if total_epochs is not None:
-            lengths[-1] += total_epochs - t - r * s
+            if c.student_epochs is None:  # the last round takes the remainder of an even split
+                lengths[-1] += total_epochs - t - r * s
             if total_epochs != t + sum(lengths) or min([t, *lengths]) < 1:
                 raise ValueError(f"epochs={total_epochs} does not fit teacher_epochs={c.teacher_epochs} + rounds={r} x "
                                  f"student_epochs={c.student_epochs} (every stage needs >= 1 epoch); set epochs to "
