@@ -117,6 +117,14 @@ def test_kmeans_is_seeded_and_finds_separated_clusters(backend):
     assert torch.equal(kmeans(x, 8, backend=backend), kmeans(x, 8, init="k-means++", backend=backend))  # auto
 
 
+def test_kmeans_torch_and_faiss_run_the_same_lloyd_from_the_same_init():
+    x, _ = clustered(n_classes=6, per_class=30, spread=1.2, seed=4)
+    for init in ("random", "k-means++"):
+        a = kmeans(x, 6, init=init, seed=1)
+        b = kmeans(x, 6, init=init, seed=1, backend="faiss")
+        assert nmi_score(a, b) == pytest.approx(1.0)  # same partition (ids may differ)
+
+
 def test_evaluate_nmi_uses_one_cluster_per_class():
     x, y = clustered(spread=0.05)
     assert evaluate(x, y, kmeans_n_init=3)["nmi"] == pytest.approx(1.0)
@@ -298,6 +306,9 @@ def test_all_lone_gives_nan_with_warning():
         (dict(embeddings=torch.zeros(3, 2), labels=[0, 1, 1], lone_query="drop"), "lone_query"),
         (dict(embeddings=torch.zeros(3), labels=[0, 1, 1]), "2-D"),
         (dict(embeddings=torch.zeros(3, 2), labels=[0.0, 1.0, 1.0]), "integer"),
+        (dict(embeddings=torch.zeros(1, 2), labels=[0]), "at least 2 items"),
+        (dict(embeddings=torch.zeros(3, 2), labels=[0, 1, 1], backend="annoy"), "backend"),
+        (dict(embeddings=torch.zeros(3, 2), labels=[0, 1, 1], query_labels=[0]), "without query_embeddings"),
     ],
 )
 def test_bad_input_raises_clear_value_error(kwargs, match):

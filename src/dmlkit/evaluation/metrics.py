@@ -177,6 +177,7 @@ def evaluate(
         raise ValueError(f"lone_query must be one of {LONE_QUERY}, got {lone_query!r}")
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    check_options(metric, backend)
     gallery = as_embeddings(embeddings, "embeddings")
     g_labels = _as_labels(labels, gallery.shape[0], "labels").to(gallery.device)
     same = query_embeddings is None
@@ -194,10 +195,10 @@ def evaluate(
                 f"query_embeddings have dimension {query.shape[1]} but embeddings have {gallery.shape[1]}"
             )
     available = gallery.shape[0] - int(same)
-    recall_at = _check_ks(recall_at, "recall_at", available)
-    precision_at = tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
     if available < 1:
         raise ValueError("a set compared to itself needs at least 2 items")
+    recall_at = _check_ks(recall_at, "recall_at", available)
+    precision_at = tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
 
     classes, inverse = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
     q_class, g_class = inverse[: len(q_labels)], inverse[len(q_labels) :]
@@ -211,7 +212,6 @@ def evaluate(
 
     list_k = max(max(precision_at), int(num_relevant.max()))  # the list RP, MAP@R and P@K read
     if backend == "torch":  # Recall@K from the first relevant rank: no top-max(K) list needed
-        check_options(metric, backend)
         order, first, count = class_members(g_class, len(classes))
         width = torch.arange(max(int(count.max()), 1), device=order.device)
         for start, d in distance_blocks(query, None if same else gallery, True, metric, chunk):
