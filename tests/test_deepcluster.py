@@ -99,7 +99,7 @@ def test_uniform_sampling_gives_every_cluster_the_same_share():
     labels = torch.tensor([2] * 8 + [0] + [1] * 3)  # clusters of 8, 1 and 3 items; 12 slots, 4 each
     batches = uniform_cluster_batches(labels, 4, torch.Generator().manual_seed(0))
     assert len(batches) == 3 and all(len(b) == 4 for b in batches)
-    items = torch.tensor(sum(batches, []))
+    items = torch.tensor([i for b in batches for i in b])
     assert torch.bincount(labels[items], minlength=3).tolist() == [4, 4, 4]
     assert items[labels[items] == 2].unique().numel() == 4  # a large cluster: no repeats
     assert sorted(set(items[labels[items] == 1].tolist())) == [9, 10, 11]  # a small one: cycled, all members
@@ -116,11 +116,11 @@ def test_batch_sampler_needs_refresh_and_uses_pseudo_labels():
     method.refresh(_context(_blobs()))
     batches = method.batch_sampler(Split(), 8, seed=0, epoch=0)
     assert len(batches) == 5
-    counts = np.bincount(method.pseudo_labels[torch.tensor(sum(batches, []))].numpy(), minlength=4)
+    counts = np.bincount(method.pseudo_labels[torch.tensor([i for b in batches for i in b])].numpy(), minlength=4)
     assert counts.tolist() == [10, 10, 10, 10]
     plain = _method(uniform_sampling=False)
     plain.refresh(_context(_blobs()))
-    assert sorted(sum(list(plain.batch_sampler(Split(), 8, 0, 0)), [])) == list(range(N))
+    assert sorted(i for b in plain.batch_sampler(Split(), 8, 0, 0) for i in b) == list(range(N))
 
 
 def test_normalized_softmax_loss_matches_pytorch_metric_learning_and_gradients_flow():

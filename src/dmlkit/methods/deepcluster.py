@@ -42,12 +42,12 @@ class Config:
     backbone: str = "auto"  # network under comparison; "auto": mnist-net for 28-px grey, cifar-net for 32-px colour
     pretrained: str | None = None  # DeepCluster trains from scratch
     embedding_dim: int = 128  # the linear embedding size of the other baselines on small images (SSDML's MNIST net)
-    n_clusters: int = 100  # DeepCluster Sec. 5.1: over-segmentation wins (k = 10,000 for 1,000 ImageNet classes, 10x)
+    n_clusters: int = 100  # DeepCluster Sec. 4.1 (Fig. 3): over-segmentation wins (k = 10,000 for 1,000 ImageNet classes, 10x)
     kmeans_iters: int = 20  # DeepCluster code: 20 Lloyd iterations (stops earlier once assignments repeat)
     kmeans_backend: str = "faiss"  # DeepCluster clusters with faiss; "torch" gives the same labels without it
     loss: str = "normalized_softmax"  # issue 9: normalized softmax (Zhai & Wu 2019); "softmax" = DeepCluster's linear layer
     temperature: float = 0.05  # normalized softmax temperature (Zhai & Wu 2019: 0.05)
-    uniform_sampling: bool = True  # DeepCluster Sec. 3.4: sample images uniformly over the pseudo classes
+    uniform_sampling: bool = True  # DeepCluster Sec. 3.3 (trivial parametrization): sample uniformly over the pseudo classes
     recluster_every_epochs: int = 1  # DeepCluster re-clusters once per epoch
 
     def __post_init__(self) -> None:
@@ -99,10 +99,10 @@ class DeepCluster(Method):
     uses_labels: ClassVar[str] = "none"
     Config: ClassVar[type] = Config
     defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 500,  # DeepCluster Sec. 4: 500 epochs on ImageNet
-        "batch_size": 256,  # DeepCluster Sec. 4
-        "lr": 0.05,  # DeepCluster Sec. 4: SGD, lr 0.05, momentum 0.9
-        "weight_decay": 1e-5,  # DeepCluster Sec. 4
+        "epochs": 500,  # DeepCluster Sec. 3.4: 500 epochs on ImageNet
+        "batch_size": 256,  # DeepCluster Sec. 3.4
+        "lr": 0.05,  # DeepCluster Sec. 3.4: SGD, lr 0.05, momentum 0.9
+        "weight_decay": 1e-5,  # DeepCluster Sec. 3.4
         "optimizer": "sgd",
         "scheduler": "constant",
     }
@@ -154,7 +154,7 @@ class DeepCluster(Method):
             self.classifier_bias.zero_()
 
     def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int):
-        """Batches uniform over pseudo classes (DeepCluster Sec. 3.4), or a plain random permutation."""
+        """Batches uniform over pseudo classes (DeepCluster Sec. 3.3), or a plain random permutation."""
         if not self.config.uniform_sampling:
             return super().batch_sampler(dataset, batch_size, seed, epoch)
         if len(self.pseudo_labels) != len(dataset) or bool((self.pseudo_labels < 0).any()):
@@ -198,4 +198,4 @@ def _embedding_network(config: Config, info: BuildInfo) -> nn.Module:
     return nn.Sequential(backbone, head)
 
 
-__all__ = ["DeepCluster", "Config", "uniform_cluster_batches"]
+__all__ = ["Config", "DeepCluster", "uniform_cluster_batches"]

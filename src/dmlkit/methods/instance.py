@@ -95,7 +95,7 @@ class InstanceDiscrimination(Method):
                         if config.queue_size > 0 else ntxent)
         self.register_buffer("next_id", torch.tensor(0))  # first instance id of the next batch
 
-    def train(self, mode: bool = True) -> "InstanceDiscrimination":
+    def train(self, mode: bool = True) -> InstanceDiscrimination:
         """The momentum encoder stays in eval mode: it only follows f through the EMA."""
         super().train(mode)
         if self.momentum_encoder is not None:
@@ -166,4 +166,4 @@ def _embedding_network(config: Config, info: BuildInfo) -> nn.Module:
     return nn.Sequential(backbone, head)
 
 
-__all__ = ["InstanceDiscrimination", "Config", "instance_ids"]
+__all__ = ["Config", "InstanceDiscrimination", "instance_ids"]
