@@ -1,0 +1,157 @@
+"""SLADE on Fashion-MNIST with an unlabeled pool that holds unseen classes (a small stand-in for CUB + NABirds).
+
+Data arrangement (``pool_records``; no standard protocol gives it):
+
+- labeled set: ``LABELED_PER_CLASS`` training images of each of classes 0-4, with their labels;
+- unlabeled pool: every other training image (all ten classes), without labels;
+- test: the test images of classes 5-9 (zero-shot retrieval, R@1/2/4/8, NMI, ...).
+
+The arrangement is registered as the dataset ``fashion-mnist-slade`` for the runs of this script only
+(``dmlkit.train`` reads datasets by name; see ``register``).
+
+Rows (seed 0), all from scratch with the same backbone (``mnist-net``), 128-d L2-normalised embedding,
+Multi-Similarity loss (α 2, β 50, λ 0.5, miner ε 0.1), labeled batches of 5 classes x 6, AdamW at lr 1e-3,
+weight decay 1e-4, constant learning rate:
+
+- ``slade-teacher``, ``slade-round-1``, ``slade-round-2``, ``slade``: one SLADE run (2 rounds), read at the
+  end of the teacher stage, of each round, and at the end (= the last round);
+- ``slade-all-pairs``: SLADE with one round and every pseudo-labeled pair in the unlabeled ranking term
+  (no basis selection); compare with ``slade-round-1`` (same teacher, same seed);
+- ``supervised``: the same loss on the labeled set only, for as many epochs as the whole SLADE run.
+
+Usage (from the repository root)::
+
+    python benchmarks/slade.py            # full (about 25 min on 2 CPU cores)
+    python benchmarks/slade.py --quick    # 4,000 training / 1,000 test images, 1 epoch per stage
+    python benchmarks/slade.py --only slade-all-pairs
+
+Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+from _common import markdown_table, save_rows  # noqa: E402
+
+import dmlkit  # noqa: E402
+from dmlkit.data.base import DatasetRecords  # noqa: E402
+
+DATASET, NAME, PROTOCOL = "fashion-mnist", "fashion-mnist-slade", "labeled 0-4 + pool of all other train / test 5-9"
+LABELED_PER_CLASS = 1000
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
+TEACHER_EPOCHS, STUDENT_EPOCHS, ROUNDS = 5, 5, 2
+SHARED = {"lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw", "scheduler": "constant", "progress": False,
+          "pictures": False, "threads": 2}
+QUICK = {"train_subset": 4000, "test_subset": 1000}
+SLADE_OPTIONS = {"backbone": "mnist-net", "embedding_dim": 128, "backbone_lr_multiplier": 1.0, "rank_loss": "ms",
+                 "pictures": False}
+SUPERVISED_OPTIONS = {"loss": "MultiSimilarityLoss", "miner": "MultiSimilarityMiner", "backbone": "mnist-net",
+                      "embedding_dim": 128}
+#: run name -> the rows it produces
+RUNS = {"slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
+        "slade-all-pairs": ("slade-all-pairs",), "supervised": ("supervised",)}
+
+
+def pool_records(base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLASS, seed: int = 0) -> DatasetRecords:
+    """Labeled: ``labeled_per_class`` train images of each class in the first half of the classes; pool: the
+    other train images; test: the test images of the second half of the classes."""
+    classes = np.unique(base.labels)
+    seen = classes[: len(classes) // 2]
+    train = base.splits == "train"
+    keep = np.flatnonzero(train | ((base.splits != "train") & ~np.isin(base.labels, seen)))
+    labels, splits = base.labels[keep], base.splits[keep]
+    rng = np.random.default_rng(seed)
+    labeled = np.zeros(len(keep), dtype=bool)
+    for c in seen:
+        members = np.flatnonzero((splits == "train") & (labels == c))
+        if len(members) < labeled_per_class:
+            raise ValueError(f"class {c} has {len(members)} training images, fewer than labeled_per_class={labeled_per_class}")
+        labeled[rng.choice(members, labeled_per_class, replace=False)] = True
+    images = base.images[keep] if isinstance(base.images, np.ndarray) else [base.images[i] for i in keep]
+    return DatasetRecords(NAME, images, labels, splits, base.class_names, base.recall_at, base.image_size,
+                          base.channels, labeled=labeled)
+
+
+def register() -> None:
+    """Make ``fashion-mnist-slade`` loadable by name in this process (no public registration hook yet)."""
+    from dmlkit.data import registry
+
+    registry._READERS[NAME] = (lambda root: pool_records(registry.load_records(DATASET, root)),
+                               "Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test 5-9")
+
+
+def settings_for(run: str, quick: bool) -> tuple[str, dict]:
+    t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
+    settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
+    if run == "supervised":
+        return "supervised", {**settings, "epochs": t + ROUNDS * s, "batch_size": 32, "eval_every": t + ROUNDS * s,
+                              "options": dict(SUPERVISED_OPTIONS)}
+    rounds = ROUNDS if run == "slade" else 1
+    options = {**SLADE_OPTIONS, "rounds": rounds, "teacher_epochs": t, "student_epochs": s}
+    if quick:
+        options["basis_warmup_iters"] = 3
+    if run == "slade-all-pairs":
+        options["pair_selection"] = "all"
+    return "slade", {**settings, "epochs": t + rounds * s, "batch_size": 64, "eval_every": s if s == t else 1,
+                     "options": options}
+
+
+def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
+    method, settings = settings_for(run, quick)
+    result = dmlkit.train(method, NAME, str(out_root / run), **settings)
+    evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
+    t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
+    at = {"slade-teacher": t, "slade": settings["epochs"], "slade-all-pairs": settings["epochs"],
+          "supervised": settings["epochs"], **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t}}
+    rows = []
+    for name in RUNS[run]:
+        record = evaluated[at[name]]
+        rows.append({
+            "method": name, "dataset": DATASET, "protocol": PROTOCOL,
+            "metrics": {k: float(record[k]) for k in METRICS if k in record},
+            "seconds": round(float(result["seconds"]), 1), "seed": 0, "epochs": at[name],
+            "images_per_second": round(float(result.get("images_per_second", 0.0)), 1),
+            "notes": f"{method} run '{run}', metrics after epoch {at[name]} of {settings['epochs']}; "
+                     f"options {settings['options']}; seconds are the whole run's",
+            **({"quick": True} if quick else {}),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4,000 training / 1,000 test images, 1 epoch per stage")
+    names = sorted({n for rows in RUNS.values() for n in rows})
+    parser.add_argument("--only", choices=names, action="append", help="run only the run giving this row (repeatable)")
+    parser.add_argument("--out", default="runs/benchmarks/slade", help="where the run directories go")
+    args = parser.parse_args(argv)
+    register()
+    runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
+    out_root = Path(args.out) / ("quick" if args.quick else "full")
+    rows, failed = [], []
+    for run in runs:
+        print(f"[slade benchmark] {run}{' (quick)' if args.quick else ''}", flush=True)
+        try:
+            new = run_rows(run, args.quick, out_root)
+        except Exception as error:  # noqa: BLE001 - one broken run must not lose the others; reported below
+            failed.append(f"{run}: {type(error).__name__}: {error}")
+            print(f"[slade benchmark] FAILED {failed[-1]}", flush=True)
+            continue
+        rows += new
+        save_rows("slade", new)
+    print(markdown_table(rows, ["method", *[(k, (lambda key: lambda r: r["metrics"].get(key))(k)) for k in METRICS],
+                                "epochs", "seconds"]))
+    for line in failed:
+        print(f"FAILED {line}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""SLADE's data arrangement (spec SLADE.md §2, test §11.10) and presets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmlkit.data.base import DatasetRecords
+from dmlkit.data.splits import make_split
+from dmlkit.engine.config import load_preset
+from dmlkit.methods import method_class
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import slade as module
+
+    yield module
+    sys.modules.pop("slade", None)
+
+
+def _records() -> DatasetRecords:
+    labels = np.concatenate([np.repeat(np.arange(6), 10), np.repeat(np.arange(6), 4)])
+    splits = np.array(["train"] * 60 + ["test"] * 24)
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None].repeat(28, 2).repeat(28, 3)
+    return DatasetRecords("toy", images, labels, splits, image_size=28, channels=1)
+
+
+def test_pool_arrangement_is_disjoint(bench):
+    """Labeled, unlabeled and test images are pairwise disjoint; labeled and test classes are disjoint;
+    the pool holds every class."""
+    records = bench.pool_records(_records(), labeled_per_class=3, seed=0)
+    split = make_split(records)
+    train, test = split.train, split.query
+    ids = lambda ds, mask: set(np.asarray(ds.images)[mask, 0, 0, 0].tolist())  # noqa: E731 - image id = pixel value
+    labeled = ids(train, train.labels >= 0)
+    pool = ids(train, train.labels < 0)
+    tested = ids(test, np.ones(len(test), dtype=bool))
+    assert len(labeled) == 9 and len(pool) == 51 and len(tested) == 12
+    assert not (labeled & pool) and not (labeled & tested) and not (pool & tested)
+    assert set(train.true_labels[train.labels >= 0]) == {0, 1, 2}
+    assert set(test.true_labels) == {3, 4, 5}
+    assert set(train.true_labels[train.labels < 0]) == set(range(6))
+    with pytest.raises(ValueError, match="labeled_per_class"):
+        bench.pool_records(_records(), labeled_per_class=11)
+
+
+@pytest.mark.parametrize("name", ["slade-fashion-mnist", "slade-fashion-mnist-contrastive"])
+def test_presets_build(name):
+    preset = load_preset(name)
+    cls = method_class(preset["method"])
+    config = cls.Config(**preset["options"])
+    assert preset["batch_size"] == config.batch_labeled + config.batch_unlabeled
+    assert preset["epochs"] == config.teacher_epochs + config.rounds * config.student_epochs
