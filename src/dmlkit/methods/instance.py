@@ -18,8 +18,11 @@ Per iteration (b images, views [view 1 of all b ; view 2 of all b], instance ids
     after optimizer.step():  f_m ← m f_m + (1 - m) f   (MoCo Eq. 2, parameters and BN statistics)
 
 Instance ids grow with every batch (``offset``), so a key in the queue is never a positive of a later
-query, even when it shows the same image (MoCo's queue holds negatives only). At test time the embedding
-is the L2-normalised f.
+query, even when it shows the same image (MoCo's queue holds negatives only). Two departures from MoCo:
+the batch's own keys enter the queue before the loss, so the other images' current keys are negatives
+too (MoCo contrasts with the older queue only), and the momentum encoder runs in eval mode (BN running
+statistics, themselves averaged by the EMA) instead of MoCo's shuffled batch statistics. At test time
+the embedding is the L2-normalised f.
 """
 from __future__ import annotations
 
