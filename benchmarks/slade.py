@@ -27,6 +27,7 @@ Usage (from the repository root)::
 
 Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,29 +38,54 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-from _common import markdown_table, save_rows  # noqa: E402
+import numpy as np
+from _common import markdown_table, save_rows
 
-import dmlkit  # noqa: E402
-from dmlkit.data.base import DatasetRecords  # noqa: E402
+import dmlkit
+from dmlkit.data.base import DatasetRecords
 
-DATASET, NAME, PROTOCOL = "fashion-mnist", "fashion-mnist-slade", "labeled 0-4 + pool of all other train / test 5-9"
+DATASET, NAME, PROTOCOL = (
+    "fashion-mnist",
+    "fashion-mnist-slade",
+    "labeled 0-4 + pool of all other train / test 5-9",
+)
 LABELED_PER_CLASS = 1000
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 TEACHER_EPOCHS, STUDENT_EPOCHS, ROUNDS = 5, 5, 2
-SHARED = {"lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw", "scheduler": "constant", "progress": False,
-          "pictures": False, "threads": 2}
+SHARED = {
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "optimizer": "adamw",
+    "scheduler": "constant",
+    "progress": False,
+    "pictures": False,
+    "threads": 2,
+}
 QUICK = {"train_subset": 4000, "test_subset": 1000}
-SLADE_OPTIONS = {"backbone": "mnist-net", "embedding_dim": 128, "backbone_lr_multiplier": 1.0, "rank_loss": "ms",
-                 "pictures": False}
-SUPERVISED_OPTIONS = {"loss": "MultiSimilarityLoss", "miner": "MultiSimilarityMiner", "backbone": "mnist-net",
-                      "embedding_dim": 128}
+SLADE_OPTIONS = {
+    "backbone": "mnist-net",
+    "embedding_dim": 128,
+    "backbone_lr_multiplier": 1.0,
+    "rank_loss": "ms",
+    "pictures": False,
+}
+SUPERVISED_OPTIONS = {
+    "loss": "MultiSimilarityLoss",
+    "miner": "MultiSimilarityMiner",
+    "backbone": "mnist-net",
+    "embedding_dim": 128,
+}
 #: run name -> the rows it produces
-RUNS = {"slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
-        "slade-all-pairs": ("slade-all-pairs",), "supervised": ("supervised",)}
+RUNS = {
+    "slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
+    "slade-all-pairs": ("slade-all-pairs",),
+    "supervised": ("supervised",),
+}
 
 
-def pool_records(base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLASS, seed: int = 0) -> DatasetRecords:
+def pool_records(
+    base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLASS, seed: int = 0
+) -> DatasetRecords:
     """Labeled: ``labeled_per_class`` train images of each class in the first half of the classes; pool: the
     other train images; test: the test images of the second half of the classes."""
     classes = np.unique(base.labels)
@@ -72,35 +98,58 @@ def pool_records(base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLAS
     for c in seen:
         members = np.flatnonzero((splits == "train") & (labels == c))
         if len(members) < labeled_per_class:
-            raise ValueError(f"class {c} has {len(members)} training images, fewer than labeled_per_class={labeled_per_class}")
+            raise ValueError(
+                f"class {c} has {len(members)} training images, fewer than labeled_per_class={labeled_per_class}"
+            )
         labeled[rng.choice(members, labeled_per_class, replace=False)] = True
     images = base.images[keep] if isinstance(base.images, np.ndarray) else [base.images[i] for i in keep]
-    return DatasetRecords(NAME, images, labels, splits, base.class_names, base.recall_at, base.image_size,
-                          base.channels, labeled=labeled)
+    return DatasetRecords(
+        NAME,
+        images,
+        labels,
+        splits,
+        base.class_names,
+        base.recall_at,
+        base.image_size,
+        base.channels,
+        labeled=labeled,
+    )
 
 
 def register() -> None:
     """Make ``fashion-mnist-slade`` loadable by name in this process (no public registration hook yet)."""
     from dmlkit.data import registry
 
-    registry._READERS[NAME] = (lambda root: pool_records(registry.load_records(DATASET, root)),
-                               "Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test 5-9")
+    registry._READERS[NAME] = (
+        lambda root: pool_records(registry.load_records(DATASET, root)),
+        "Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test 5-9",
+    )
 
 
 def settings_for(run: str, quick: bool) -> tuple[str, dict]:
     t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
     settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
     if run == "supervised":
-        return "supervised", {**settings, "epochs": t + ROUNDS * s, "batch_size": 32, "eval_every": t + ROUNDS * s,
-                              "options": dict(SUPERVISED_OPTIONS)}
+        return "supervised", {
+            **settings,
+            "epochs": t + ROUNDS * s,
+            "batch_size": 32,
+            "eval_every": t + ROUNDS * s,
+            "options": dict(SUPERVISED_OPTIONS),
+        }
     rounds = ROUNDS if run == "slade" else 1
     options = {**SLADE_OPTIONS, "rounds": rounds, "teacher_epochs": t, "student_epochs": s}
     if quick:
         options["basis_warmup_iters"] = 3
     if run == "slade-all-pairs":
         options["pair_selection"] = "all"
-    return "slade", {**settings, "epochs": t + rounds * s, "batch_size": 64, "eval_every": s if s == t else 1,
-                     "options": options}
+    return "slade", {
+        **settings,
+        "epochs": t + rounds * s,
+        "batch_size": 64,
+        "eval_every": s if s == t else 1,
+        "options": options,
+    }
 
 
 def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
@@ -108,28 +157,47 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
     result = dmlkit.train(method, NAME, str(out_root / run), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
-    at = {"slade-teacher": t, "slade": settings["epochs"], "slade-all-pairs": settings["epochs"],
-          "supervised": settings["epochs"], **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t}}
+    at = {
+        "slade-teacher": t,
+        "slade": settings["epochs"],
+        "slade-all-pairs": settings["epochs"],
+        "supervised": settings["epochs"],
+        **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t},
+    }
     rows = []
     for name in RUNS[run]:
         record = evaluated[at[name]]
-        rows.append({
-            "method": name, "dataset": DATASET, "protocol": PROTOCOL,
-            "metrics": {k: float(record[k]) for k in METRICS if k in record},
-            "seconds": round(float(result["seconds"]), 1), "seed": 0, "epochs": at[name],
-            "images_per_second": round(float(result.get("images_per_second", 0.0)), 1),
-            "notes": f"{method} run '{run}', metrics after epoch {at[name]} of {settings['epochs']}; "
-                     f"options {settings['options']}; seconds are the whole run's",
-            **({"quick": True} if quick else {}),
-        })
+        rows.append(
+            {
+                "method": name,
+                "dataset": DATASET,
+                "protocol": PROTOCOL,
+                "metrics": {k: float(record[k]) for k in METRICS if k in record},
+                "seconds": round(float(result["seconds"]), 1),
+                "seed": 0,
+                "epochs": at[name],
+                "images_per_second": round(float(result.get("images_per_second", 0.0)), 1),
+                "notes": f"{method} run '{run}', metrics after epoch {at[name]} of {settings['epochs']}; "
+                f"options {settings['options']}; seconds are the whole run's",
+                **({"quick": True} if quick else {}),
+            }
+        )
     return rows
+
+
+def _metric(key: str):
+    return lambda row: row["metrics"].get(key)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4,000 training / 1,000 test images, 1 epoch per stage")
+    parser.add_argument(
+        "--quick", action="store_true", help="4,000 training / 1,000 test images, 1 epoch per stage"
+    )
     names = sorted({n for rows in RUNS.values() for n in rows})
-    parser.add_argument("--only", choices=names, action="append", help="run only the run giving this row (repeatable)")
+    parser.add_argument(
+        "--only", choices=names, action="append", help="run only the run giving this row (repeatable)"
+    )
     parser.add_argument("--out", default="runs/benchmarks/slade", help="where the run directories go")
     args = parser.parse_args(argv)
     register()
@@ -146,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows += new
         save_rows("slade", new)
-    print(markdown_table(rows, ["method", *[(k, (lambda key: lambda r: r["metrics"].get(key))(k)) for k in METRICS],
-                                "epochs", "seconds"]))
+    columns = ["method", *[(k, _metric(k)) for k in METRICS], "epochs", "seconds"]
+    print(markdown_table(rows, columns))
     for line in failed:
         print(f"FAILED {line}")
     return 1 if failed else 0

@@ -1,4 +1,5 @@
 """k-means pseudo labels (spec SLADE.md §5, tests §11.1-2)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -74,7 +75,8 @@ def test_lloyd_matches_scikit_learn():
     init = points[:6].clone()
     ours, centroids = kmeans_pseudo_labels(points, 6, init=init, iters=100)
     ref = KMeans(6, init=init.double().numpy(), n_init=1, max_iter=100, tol=0.0, algorithm="lloyd").fit(
-        points.double().numpy())
+        points.double().numpy()
+    )
     assert np.array_equal(ours.numpy(), ref.labels_)
     assert np.allclose(centroids.numpy(), ref.cluster_centers_, atol=1e-5)
 
@@ -105,7 +107,7 @@ def test_class_prototypes_by_hand():
     x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 3.0], [9.0, 9.0]])
     y = torch.tensor([0, 0, 1, -1])
     protos = class_prototypes(x, y)
-    assert torch.allclose(protos, torch.tensor([[0.5 ** 0.5, 0.5 ** 0.5], [0.0, 1.0]]))
+    assert torch.allclose(protos, torch.tensor([[0.5**0.5, 0.5**0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="no labeled item"):
         class_prototypes(x, y, num_classes=3)
 

@@ -1,11 +1,18 @@
 """SLADE's feature basis, similarity Gaussians and pair selection (spec SLADE.md §6-§7, tests §11.3-8)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlkit.losses.basis import FeatureBasis, SimilarityGaussians, all_pairs, pair_statistics_inputs, select_pairs
+from dmlkit.losses.basis import (
+    FeatureBasis,
+    SimilarityGaussians,
+    all_pairs,
+    pair_statistics_inputs,
+    select_pairs,
+)
 
 S_POS = torch.tensor([0.9, 0.7])
 S_NEG = torch.tensor([0.1, 0.3, 0.2])

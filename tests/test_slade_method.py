@@ -1,4 +1,5 @@
 """The SLADE method: stage schedule, pseudo labels, rounds, gradient flow, resume (spec SLADE.md §3, §8, §11.8-9)."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from dmlkit.data.base import DMLDataset
+from dmlkit.losses.basis import RankingLoss
 from dmlkit.methods.base import BuildInfo, RefreshContext
-from dmlkit.methods.slade import SLADE, Config, RankingLoss
+from dmlkit.methods.slade import SLADE, Config
 from dmlkit.targets.clusters import class_prototypes, kmeans_pseudo_labels
 
 N_LABELED, N_UNLABELED = 32, 32
@@ -54,12 +56,25 @@ def _tiny_backbone(monkeypatch):
 
 def _method(**options) -> SLADE:
     torch.manual_seed(0)
-    config = Config(**{"backbone": "mnist-net", "embedding_dim": 16, "batch_labeled": 8, "batch_unlabeled": 8,
-                       "basis_warmup_iters": 1, "pictures": False, **options})
-    return SLADE(config, BuildInfo(channels=1, image_size=28, num_train=N_LABELED + N_UNLABELED, num_classes=2))
+    config = Config(
+        **{
+            "backbone": "mnist-net",
+            "embedding_dim": 16,
+            "batch_labeled": 8,
+            "batch_unlabeled": 8,
+            "basis_warmup_iters": 1,
+            "pictures": False,
+            **options,
+        }
+    )
+    return SLADE(
+        config, BuildInfo(channels=1, image_size=28, num_train=N_LABELED + N_UNLABELED, num_classes=2)
+    )
 
 
-def _context(method: SLADE, data: DMLDataset, epoch: int, epochs: int, run_dir: Path | None = None) -> RefreshContext:
+def _context(
+    method: SLADE, data: DMLDataset, epoch: int, epochs: int, run_dir: Path | None = None
+) -> RefreshContext:
     def embed(fn, dataset=None):
         ds = dataset or data
         was_training = method.training
@@ -69,17 +84,29 @@ def _context(method: SLADE, data: DMLDataset, epoch: int, epochs: int, run_dir: 
         method.train(was_training)
         return out.cpu()
 
-    return RefreshContext(epoch=epoch, train=data, embed=embed, knn=None, device=torch.device("cpu"), seed=0,
-                          extra={"run_dir": str(run_dir) if run_dir else None, "epochs": epochs})
+    return RefreshContext(
+        epoch=epoch,
+        train=data,
+        embed=embed,
+        knn=None,
+        device=torch.device("cpu"),
+        seed=0,
+        extra={"run_dir": str(run_dir) if run_dir else None, "epochs": epochs},
+    )
 
 
 def _batch(data: DMLDataset, idx: list[int]) -> dict:
     items = [data[i] for i in idx]
-    return {"image": torch.stack([it["image"] for it in items]), "label": torch.tensor([it["label"] for it in items]),
-            "index": torch.tensor([it["index"] for it in items])}
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
 
 
-def _epoch(method: SLADE, data: DMLDataset, epoch: int, epochs: int, optimizer, run_dir=None) -> list[list[int]]:
+def _epoch(
+    method: SLADE, data: DMLDataset, epoch: int, epochs: int, optimizer, run_dir=None
+) -> list[list[int]]:
     method.refresh(_context(method, data, epoch, epochs, run_dir))
     method.train()
     batches = [list(b) for b in method.batch_sampler(data, 16, seed=0, epoch=epoch)]
@@ -128,7 +155,9 @@ def test_stage_schedule_teacher_pseudo_labels_student_rounds(tmp_path):
     pseudo = torch.load(tmp_path / "stage-pseudo-labels-round-1.pt", weights_only=True)["pseudo_labels"]
     assert (pseudo[:N_LABELED] == -1).all()
     assert torch.equal(pseudo[N_LABELED:], _expected_pseudo(method, data, teacher, seed=1))
-    assert all(sum(data.labels[i] >= 0 for i in b) == 8 and sum(data.labels[i] < 0 for i in b) == 8 for b in batches)
+    assert all(
+        sum(data.labels[i] >= 0 for i in b) == 8 and sum(data.labels[i] < 0 for i in b) == 8 for b in batches
+    )
     unlabeled_part = [[int(pseudo[i]) for i in b if data.labels[i] < 0] for b in batches]
     assert all(len(set(part)) <= 2 for part in unlabeled_part)  # grouped by pseudo class (K = C = 2)
     student = _net_state(method)
@@ -197,7 +226,7 @@ def test_gradient_flow():
 
 def test_unlabeled_term_is_zero_without_selected_pairs():
     for kind in ("ms", "contrastive"):
-        rank = RankingLoss(Config(rank_loss=kind))
+        rank = RankingLoss(kind)
         x = torch.randn(4, 8, requires_grad=True)
         empty = torch.zeros(4, 4, dtype=torch.bool)
         loss = rank.pairs(x, empty, empty)
@@ -216,7 +245,7 @@ def test_contrastive_pairs_match_the_formula():
     z = torch.nn.functional.normalize(x, dim=1)
     d = torch.cdist(z, z)
     expected = d[pos].clamp_min(0).mean() + (0.7 - d[neg]).clamp_min(0).mean()
-    loss = RankingLoss(Config(rank_loss="contrastive", m_neg=0.7)).pairs(x, pos, neg)
+    loss = RankingLoss("contrastive", m_neg=0.7).pairs(x, pos, neg)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 

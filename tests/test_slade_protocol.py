@@ -1,4 +1,5 @@
 """SLADE's data arrangement (spec SLADE.md §2, test §11.10) and presets."""
+
 from __future__ import annotations
 
 import sys
@@ -37,7 +38,7 @@ def test_pool_arrangement_is_disjoint(bench):
     records = bench.pool_records(_records(), labeled_per_class=3, seed=0)
     split = make_split(records)
     train, test = split.train, split.query
-    ids = lambda ds, mask: set(np.asarray(ds.images)[mask, 0, 0, 0].tolist())  # noqa: E731 - image id = pixel value
+    ids = lambda ds, mask: set(np.asarray(ds.images)[mask, 0, 0, 0].tolist())
     labeled = ids(train, train.labels >= 0)
     pool = ids(train, train.labels < 0)
     tested = ids(test, np.ones(len(test), dtype=bool))

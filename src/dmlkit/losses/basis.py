@@ -12,8 +12,12 @@ A learnable basis ``W_a [n_basis, d]`` (rows ``a_c``, one per labeled class) map
 Confident pairs (no gradient): ``P_u = {ŷ_i = ŷ_j, s_ij ≥ T_1}``, ``N_u = {ŷ_i ≠ ŷ_j, s_ij ≤ T_2}`` with
 ``T_1 = μ⁺ − κσ⁺``, ``T_2 = μ⁻ + κσ⁻``; active only when ``T_1 > T_2`` (κ = 0: ``μ⁺ > μ⁻``).
 
+The ranking loss ``L_rank`` (contrastive or Multi-Similarity) runs on labels, or on the selected pairs:
+``L_rank(B_u; P_u, N_u)`` (§8).
+
 The closed forms are reconstructions (no public code): every one is an option.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,6 +27,7 @@ from torch import Tensor, nn
 BASIS_CE = ("bias_free", "bias")
 BASIS_SIM = ("cosine", "softmax")
 SD_GRADIENT = ("momentum", "batch")
+RANK_LOSSES = ("ms", "contrastive")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -91,7 +96,9 @@ class SimilarityGaussians(nn.Module):
             set the thresholds).
     """
 
-    def __init__(self, beta: float = 0.99, lambda_sd: float = 1.0, margin: float = 0.5, gradient: str = "momentum") -> None:
+    def __init__(
+        self, beta: float = 0.99, lambda_sd: float = 1.0, margin: float = 0.5, gradient: str = "momentum"
+    ) -> None:
         super().__init__()
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
@@ -184,3 +191,52 @@ def all_pairs(pseudo_labels: Tensor) -> tuple[Tensor, Tensor]:
     upper = upper_pairs(len(pseudo_labels), pseudo_labels.device)
     same = pseudo_labels[:, None] == pseudo_labels[None, :]
     return upper & same, upper & ~same
+
+
+class RankingLoss(nn.Module):
+    """``L_rank`` on labels, or on explicit pair masks (SLADE §4, §8).
+
+    ``"contrastive"``: ``1/|P| Σ_P [d_ij − m_pos]_+ + 1/|N| Σ_N [m_neg − d_ij]_+`` on Euclidean distances
+    of L2-normalised embeddings (pytorch-metric-learning's ContrastiveLoss with a mean over all pairs).
+    ``"ms"``: Multi-Similarity (α, β, base λ) on cosine similarity, with its miner (ε) on labeled batches.
+    """
+
+    def __init__(
+        self,
+        kind: str = "ms",
+        m_pos: float = 0.0,
+        m_neg: float = 1.0,
+        ms_alpha: float = 2.0,
+        ms_beta: float = 50.0,
+        ms_base: float = 0.5,
+        ms_eps: float = 0.1,
+    ) -> None:
+        super().__init__()
+        from pytorch_metric_learning import losses, miners, reducers
+
+        self.kind = _choice("rank_loss", kind, RANK_LOSSES)
+        if kind == "contrastive":
+            self.loss = losses.ContrastiveLoss(
+                pos_margin=m_pos, neg_margin=m_neg, reducer=reducers.MeanReducer()
+            )
+            self.miner = None
+        else:
+            self.loss = losses.MultiSimilarityLoss(alpha=ms_alpha, beta=ms_beta, base=ms_base)
+            self.miner = miners.MultiSimilarityMiner(epsilon=ms_eps)
+
+    def labeled(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """Over the pairs of a labeled batch ``[B, d], [B]``."""
+        if len(embeddings) < 2:
+            return embeddings.sum() * 0.0
+        pairs = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, pairs)
+
+    def pairs(self, embeddings: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        """Over the pairs of the boolean masks ``[B, B]`` (both orders, so MS sees every anchor's set);
+        exactly 0 with zero gradient when no pair is given."""
+        if not (positive.any() or negative.any()):
+            return embeddings.sum() * 0.0
+        a1, p = torch.nonzero(positive | positive.T, as_tuple=True)
+        a2, n = torch.nonzero(negative | negative.T, as_tuple=True)
+        ids = torch.arange(len(embeddings), device=embeddings.device)
+        return self.loss(embeddings, ids, (a1, p, a2, n))

@@ -13,6 +13,7 @@ re-initialises the student. The labeled set is the training items with a label (
 pool those with -1. The stage lives in the checkpoint, so a resumed run continues at its stage; each
 finished stage also leaves ``stage-<name>.pt`` in the run directory.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from dmlkit.losses.basis import FeatureBasis, SimilarityGaussians, all_pairs, pair_statistics_inputs, select_pairs
+from dmlkit.losses.basis import (
+    FeatureBasis,
+    RankingLoss,
+    SimilarityGaussians,
+    all_pairs,
+    pair_statistics_inputs,
+    select_pairs,
+)
 from dmlkit.methods.base import BuildInfo, Method, RefreshContext
 from dmlkit.targets.clusters import class_prototypes, kmeans_pseudo_labels
 
@@ -48,7 +56,9 @@ class Config:
     ms_base: float = 0.5  # §4: MS base λ
     ms_eps: float = 0.1  # §4: MS miner ε
     rounds: int = 1  # §3: self-training rounds
-    student_init: str = "ssl"  # §3: "ssl" (the teacher's starting weights) | "teacher" (its fine-tuned weights)
+    student_init: str = (
+        "ssl"  # §3: "ssl" (the teacher's starting weights) | "teacher" (its fine-tuned weights)
+    )
     teacher_epochs: int | None = None  # §4: 40; None: the run's epochs split evenly over teacher and rounds
     student_epochs: int | None = None  # §8: 40 per round; None: as above
     n_clusters: int | None = None  # §5: K; None = C (the labeled classes)
@@ -76,42 +86,12 @@ class Config:
     pictures: bool = True  # supplement Figs. 1-4: labeled (colour) vs pool (grey) maps in the run directory
 
 
-_CHOICES = {"rank_loss": ("ms", "contrastive"), "student_init": ("ssl", "teacher"),
-            "cluster_init": ("prototypes", "k-means++"), "pair_selection": ("confident", "all")}
-
-
-class RankingLoss(nn.Module):
-    """``L_rank``: contrastive (means over positive and negative pairs, PML margins) or Multi-Similarity
-    (with its miner on labeled batches), on labels or on explicit pair masks (§4, §8)."""
-
-    def __init__(self, config: Config) -> None:
-        super().__init__()
-        from pytorch_metric_learning import losses, miners, reducers
-
-        self.kind = config.rank_loss
-        if self.kind == "contrastive":
-            self.loss = losses.ContrastiveLoss(pos_margin=config.m_pos, neg_margin=config.m_neg,
-                                               reducer=reducers.MeanReducer())
-            self.miner = None
-        else:
-            self.loss = losses.MultiSimilarityLoss(alpha=config.ms_alpha, beta=config.ms_beta, base=config.ms_base)
-            self.miner = miners.MultiSimilarityMiner(epsilon=config.ms_eps)
-
-    def labeled(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if len(embeddings) < 2:
-            return embeddings.sum() * 0.0
-        pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs)
-
-    def pairs(self, embeddings: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-        """Over the pairs of the boolean masks ``[B, B]`` (both orders, so MS sees every anchor's set);
-        exactly 0 with zero gradient when no pair is given."""
-        if not (positive.any() or negative.any()):
-            return embeddings.sum() * 0.0
-        a1, p = torch.nonzero(positive | positive.T, as_tuple=True)
-        a2, n = torch.nonzero(negative | negative.T, as_tuple=True)
-        ids = torch.arange(len(embeddings), device=embeddings.device)
-        return self.loss(embeddings, ids, (a1, p, a2, n))
+_CHOICES = {
+    "rank_loss": ("ms", "contrastive"),
+    "student_init": ("ssl", "teacher"),
+    "cluster_init": ("prototypes", "k-means++"),
+    "pair_selection": ("confident", "all"),
+}
 
 
 class _PairedBatches:
@@ -128,13 +108,16 @@ class _PairedBatches:
             yield list(a) + list(b)
 
 
-def _m_per_class(labels: np.ndarray, batch: int, m: int, seed: int, epoch: int, num_batches: int | None = None):
+def _m_per_class(
+    labels: np.ndarray, batch: int, m: int, seed: int, epoch: int, num_batches: int | None = None
+):
     from dmlkit.data.samplers import MPerClassBatchSampler
 
     classes = len(np.unique(labels[labels >= 0]))
     per_batch = max(1, min(batch // m, classes))
-    return MPerClassBatchSampler(labels, per_batch, max(m, batch // per_batch), seed=seed, epoch=epoch,
-                                 num_batches=num_batches)
+    return MPerClassBatchSampler(
+        labels, per_batch, max(m, batch // per_batch), seed=seed, epoch=epoch, num_batches=num_batches
+    )
 
 
 class SLADE(Method):
@@ -143,8 +126,14 @@ class SLADE(Method):
     name = "slade"
     uses_labels = "partial"
     Config = Config
-    defaults: ClassVar[dict[str, Any]] = {"epochs": 80, "batch_size": 64, "lr": 1e-4, "weight_decay": 1e-4,
-                                          "optimizer": "adamw", "scheduler": "constant"}
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 80,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "optimizer": "adamw",
+        "scheduler": "constant",
+    }
 
     def __init__(self, config: Config, info: BuildInfo) -> None:
         super().__init__()
@@ -153,26 +142,45 @@ class SLADE(Method):
 
         for key, allowed in _CHOICES.items():
             if getattr(config, key) not in allowed:
-                raise ValueError(f"SLADE option {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
+                raise ValueError(
+                    f"SLADE option {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}"
+                )
         if info.num_classes < 1:
-            raise ValueError("SLADE needs labeled classes in the training split; pass --labels-per-class N "
-                             "or a dataset whose training split has labels")
+            raise ValueError(
+                "SLADE needs labeled classes in the training split; pass --labels-per-class N "
+                "or a dataset whose training split has labels"
+            )
         if config.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {config.rounds}")
         self.config, self.num_classes = config, info.num_classes
         n_basis = config.n_basis or info.num_classes
         if n_basis < info.num_classes:
             raise ValueError(f"n_basis={n_basis} is below the {info.num_classes} labeled classes L_CE needs")
-        self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained)
+        self.backbone, self.head = build_embedder(
+            config.backbone, config.embedding_dim, info, config.pretrained
+        )
         self.views = Views(info.views_preset, 1)
         self.basis = FeatureBasis(n_basis, config.embedding_dim, config.basis_ce, config.basis_sim)
         self.gaussians = SimilarityGaussians(config.beta, config.lambda_sd, config.m_sd, config.sd_gradient)
-        self.rank = RankingLoss(config)
+        self.rank = RankingLoss(
+            config.rank_loss,
+            config.m_pos,
+            config.m_neg,
+            config.ms_alpha,
+            config.ms_beta,
+            config.ms_base,
+            config.ms_eps,
+        )
         self.register_buffer("pseudo_labels", torch.full((info.num_train,), -1, dtype=torch.long))
         self.class_map = torch.zeros(0, dtype=torch.long)  # visible label -> 0..C-1, set by refresh
         # the student's starting point ("ssl" init): the weights the teacher started from
-        self._initial = copy.deepcopy({"backbone": self.backbone.state_dict(), "head": self.head.state_dict(),
-                                       "basis": self.basis.state_dict()})
+        self._initial = copy.deepcopy(
+            {
+                "backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(),
+                "basis": self.basis.state_dict(),
+            }
+        )
         self.stage_round = 0  # 0: teacher; r >= 1: student of round r
         self.steps_in_stage = 0
 
@@ -194,9 +202,11 @@ class SLADE(Method):
             if c.student_epochs is None:  # the last round takes the remainder of an even split
                 lengths[-1] += total_epochs - t - r * s
             if total_epochs != t + sum(lengths) or min([t, *lengths]) < 1:
-                raise ValueError(f"epochs={total_epochs} does not fit teacher_epochs={c.teacher_epochs} + rounds={r} x "
-                                 f"student_epochs={c.student_epochs} (every stage needs >= 1 epoch); set epochs to "
-                                 f"teacher_epochs + rounds x student_epochs")
+                raise ValueError(
+                    f"epochs={total_epochs} does not fit teacher_epochs={c.teacher_epochs} + rounds={r} x "
+                    f"student_epochs={c.student_epochs} (every stage needs >= 1 epoch); set epochs to "
+                    f"teacher_epochs + rounds x student_epochs"
+                )
         return [t + sum(lengths[:i]) for i in range(r)]
 
     def round_for_epoch(self, epoch: int, total_epochs: int | None) -> int:
@@ -205,7 +215,9 @@ class SLADE(Method):
     # -- refresh: stage switches --------------------------------------------------------------
     def refresh(self, context: RefreshContext) -> None:
         if context.world_size > 1:
-            raise ValueError("SLADE runs in one process (its unlabeled-pair statistics are per batch); use devices=1")
+            raise ValueError(
+                "SLADE runs in one process (its unlabeled-pair statistics are per batch); use devices=1"
+            )
         labels = torch.as_tensor(context.train.labels, dtype=torch.long)
         if len(self.class_map) == 0:
             classes = torch.unique(labels[labels >= 0])
@@ -213,12 +225,16 @@ class SLADE(Method):
             table[classes] = torch.arange(len(classes))
             self.class_map = table
         if not (labels < 0).any():
-            raise ValueError("SLADE needs an unlabeled pool (items with label -1) in the training split; "
-                             "pass --labels-per-class N or a dataset with unlabeled training items")
+            raise ValueError(
+                "SLADE needs an unlabeled pool (items with label -1) in the training split; "
+                "pass --labels-per-class N or a dataset with unlabeled training items"
+            )
         run_dir = context.extra.get("run_dir")
         target = self.round_for_epoch(context.epoch, context.extra.get("epochs"))
         if context.epoch == 0 and self.stage_round == 0 and self.config.pictures and run_dir:
-            self._picture(context, None, Path(run_dir) / "pictures" / "slade-initial.png", "initial embedding")
+            self._picture(
+                context, None, Path(run_dir) / "pictures" / "slade-initial.png", "initial embedding"
+            )
         while self.stage_round < target:
             self._next_round(context, run_dir)
 
@@ -231,45 +247,76 @@ class SLADE(Method):
         new_round = self.stage_round + 1
         weights = {"backbone": self.backbone.state_dict(), "head": self.head.state_dict()}
         if run_dir:
-            atomic_torch_save({"stage": finished, "round": self.stage_round, **weights}, Path(run_dir) / f"stage-{finished}.pt")
+            atomic_torch_save(
+                {"stage": finished, "round": self.stage_round, **weights},
+                Path(run_dir) / f"stage-{finished}.pt",
+            )
         features = context.embed(self.embed)  # [N, d] teacher embeddings, eval mode, test transform
         labels = torch.as_tensor(context.train.labels, dtype=torch.long)
         labeled = labels >= 0
         y = self.class_map[labels[labeled]]
         k = c.n_clusters or self.num_classes
-        init = class_prototypes(features[labeled], y, self.num_classes) if c.cluster_init == "prototypes" else "k-means++"
+        init = (
+            class_prototypes(features[labeled], y, self.num_classes)
+            if c.cluster_init == "prototypes"
+            else "k-means++"
+        )
         points = features if c.cluster_labeled else features[~labeled]
-        assigned, centroids = kmeans_pseudo_labels(points, k, init, seed=context.seed + new_round,
-                                                   iters=c.kmeans_iters, spherical=c.spherical, backend=c.kmeans_backend)
+        assigned, centroids = kmeans_pseudo_labels(
+            points,
+            k,
+            init,
+            seed=context.seed + new_round,
+            iters=c.kmeans_iters,
+            spherical=c.spherical,
+            backend=c.kmeans_backend,
+        )
         if c.cluster_labeled:
             assigned = assigned[~labeled]
         self.pseudo_labels.fill_(-1)
         self.pseudo_labels[~labeled.to(self.pseudo_labels.device)] = assigned.to(self.pseudo_labels.device)
         if run_dir:
-            atomic_torch_save({"round": new_round, "pseudo_labels": self.pseudo_labels.cpu(), "centroids": centroids},
-                              Path(run_dir) / f"stage-pseudo-labels-round-{new_round}.pt")
+            atomic_torch_save(
+                {"round": new_round, "pseudo_labels": self.pseudo_labels.cpu(), "centroids": centroids},
+                Path(run_dir) / f"stage-pseudo-labels-round-{new_round}.pt",
+            )
             if self.stage_round == 0 and c.pictures:
-                self._picture(context, features, Path(run_dir) / "pictures" / "slade-teacher.png", "teacher embedding")
+                self._picture(
+                    context, features, Path(run_dir) / "pictures" / "slade-teacher.png", "teacher embedding"
+                )
         if c.student_init == "ssl":
             self.backbone.load_state_dict(self._initial["backbone"])
             self.head.load_state_dict(self._initial["head"])
         self.basis.load_state_dict(self._initial["basis"])
         self.gaussians.reset()
-        log.info("SLADE: %s finished; round %d student on %d pseudo-labeled items in %d clusters",
-                 finished, new_round, int((~labeled).sum()), k)
+        log.info(
+            "SLADE: %s finished; round %d student on %d pseudo-labeled items in %d clusters",
+            finished,
+            new_round,
+            int((~labeled).sum()),
+            k,
+        )
         self.stage_round, self.steps_in_stage = new_round, 0
 
     # -- batches and loss ---------------------------------------------------------------------
     def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int):
         c = self.config
         if batch_size != c.batch_labeled + c.batch_unlabeled:
-            raise ValueError(f"SLADE's batch is batch_labeled + batch_unlabeled = {c.batch_labeled + c.batch_unlabeled}, "
-                             f"but batch_size is {batch_size}; set batch_size to their sum or change the two options")
+            raise ValueError(
+                f"SLADE's batch is batch_labeled + batch_unlabeled = {c.batch_labeled + c.batch_unlabeled}, "
+                f"but batch_size is {batch_size}; set batch_size to their sum or change the two options"
+            )
         labeled = _m_per_class(np.asarray(dataset.labels), c.batch_labeled, c.m_per_class, seed, epoch)
         if self.stage_round == 0:
             return labeled
-        unlabeled = _m_per_class(self.pseudo_labels.cpu().numpy(), c.batch_unlabeled, c.m_per_class,
-                                 seed + 1_000_003, epoch, num_batches=len(labeled))
+        unlabeled = _m_per_class(
+            self.pseudo_labels.cpu().numpy(),
+            c.batch_unlabeled,
+            c.m_per_class,
+            seed + 1_000_003,
+            epoch,
+            num_batches=len(labeled),
+        )
         return _PairedBatches(labeled, unlabeled)
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -291,8 +338,12 @@ class SLADE(Method):
         if c.pair_selection == "all":
             positive, negative = all_pairs(pseudo)
         else:
-            positive, negative = select_pairs(similarity, pseudo, *self.gaussians.thresholds(c.kappa),
-                                              require_label_agreement=c.require_label_agreement)
+            positive, negative = select_pairs(
+                similarity,
+                pseudo,
+                *self.gaussians.thresholds(c.kappa),
+                require_label_agreement=c.require_label_agreement,
+            )
         if warm:  # basis warm-up: only W_a trains (the network gets no gradient at all)
             rank_l = rank_u = torch.zeros((), device=embeddings.device)
             total = c.lambda2 * basis_loss
@@ -300,9 +351,17 @@ class SLADE(Method):
             rank_l = self.rank.labeled(f_l, y_l)
             rank_u = self.rank.pairs(f_u, positive, negative)
             total = rank_l + c.lambda1 * rank_u + c.lambda2 * basis_loss
-        return {"loss": total, "rank_labeled": rank_l, "rank_unlabeled": rank_u, "ce": ce, "sd": sd,
-                "positive_pairs": positive.sum().float(), "negative_pairs": negative.sum().float(),
-                "mu_pos": self.gaussians.mu_pos.clone(), "mu_neg": self.gaussians.mu_neg.clone()}
+        return {
+            "loss": total,
+            "rank_labeled": rank_l,
+            "rank_unlabeled": rank_u,
+            "ce": ce,
+            "sd": sd,
+            "positive_pairs": positive.sum().float(),
+            "negative_pairs": negative.sum().float(),
+            "mu_pos": self.gaussians.mu_pos.clone(),
+            "mu_neg": self.gaussians.mu_neg.clone(),
+        }
 
     def after_step(self) -> None:
         self.steps_in_stage += 1
@@ -312,9 +371,14 @@ class SLADE(Method):
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         head = list(self.head.parameters()) + list(self.basis.parameters())
-        return [{"params": list(self.backbone.parameters()), "lr": lr * self.config.backbone_lr_multiplier,
-                 "weight_decay": weight_decay},
-                {"params": head, "lr": lr, "weight_decay": weight_decay}]
+        return [
+            {
+                "params": list(self.backbone.parameters()),
+                "lr": lr * self.config.backbone_lr_multiplier,
+                "weight_decay": weight_decay,
+            },
+            {"params": head, "lr": lr, "weight_decay": weight_decay},
+        ]
 
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
         return {"stage_round": self.stage_round, "steps_in_stage": self.steps_in_stage}
@@ -324,21 +388,26 @@ class SLADE(Method):
         self.steps_in_stage = int(state.get("steps_in_stage", 0))
 
     # -- supplement Figs. 1-4 -----------------------------------------------------------------
-    def _picture(self, context: RefreshContext, features: Tensor | None, path: Path, title: str,
-                 max_points: int = 2000) -> None:
+    def _picture(
+        self, context: RefreshContext, features: Tensor | None, path: Path, title: str, max_points: int = 2000
+    ) -> None:
         """t-SNE of labeled embeddings (coloured by class) and the unlabeled pool (grey)."""
         labels = np.asarray(context.train.labels)
         rng = np.random.default_rng(context.seed)
         parts = [np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)]  # as many labeled as pool points
-        idx = np.sort(np.concatenate([rng.choice(p, min(max_points // 2, len(p)), replace=False) for p in parts]))
+        idx = np.sort(
+            np.concatenate([rng.choice(p, min(max_points // 2, len(p)), replace=False) for p in parts])
+        )
         x = features[idx] if features is not None else context.embed(self.embed, context.train.subset(idx))
         try:
             pool_map(x.numpy(), labels[idx], path, seed=context.seed, title=f"SLADE: {title}")
-        except Exception as error:  # a picture never sinks a run
+        except (ValueError, RuntimeError, OSError) as error:  # a picture never sinks a run
             log.warning("SLADE picture %s: %s", path.name, error)
 
 
-def pool_map(embeddings: np.ndarray, labels: np.ndarray, path: str | Path, seed: int = 0, title: str = "") -> Path:
+def pool_map(
+    embeddings: np.ndarray, labels: np.ndarray, path: str | Path, seed: int = 0, title: str = ""
+) -> Path:
     """2-D t-SNE map: labeled items (label >= 0) coloured by class, unlabeled items (-1) in grey."""
     import matplotlib
     from sklearn.manifold import TSNE
@@ -347,8 +416,9 @@ def pool_map(embeddings: np.ndarray, labels: np.ndarray, path: str | Path, seed:
     from dmlkit.viz.plots import new_figure, save
 
     with threadpool_limits(limits=1):
-        xy = TSNE(2, perplexity=min(30.0, (len(embeddings) - 1) / 3), init="pca", random_state=seed).fit_transform(
-            embeddings.astype(np.float64))
+        xy = TSNE(
+            2, perplexity=min(30.0, (len(embeddings) - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(embeddings.astype(np.float64))
     fig = new_figure(7, 6)
     ax = fig.add_subplot()
     pool = labels < 0

@@ -13,6 +13,7 @@ Given teacher embeddings ``F_u [N, D]`` of an unlabeled pool:
 Distances are computed in row blocks ([block, K], never [N, N]); the nearest-centroid search runs in
 torch or, with ``backend="faiss"``, through a flat faiss index (same algorithm, same labels).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,10 @@ def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int | None
     counts = torch.bincount(y, minlength=c).float()
     if c == 0 or (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist() if c else []
-        raise ValueError(f"class_prototypes: class(es) {missing or 'all'} have no labeled item; "
-                         "pass labels 0..C-1 with at least one item each")
+        raise ValueError(
+            f"class_prototypes: class(es) {missing or 'all'} have no labeled item; "
+            "pass labels 0..C-1 with at least one item each"
+        )
     sums = torch.zeros(c, x.shape[1]).index_add_(0, y, x)
     return F.normalize(sums / counts[:, None], dim=1)
 
@@ -65,11 +68,15 @@ def nearest_centroid(x: Tensor, centroids: Tensor, backend: str = "torch") -> tu
     return torch.cat(dists), torch.cat(labels)
 
 
-def kmeans_plus_plus(x: Tensor, n_new: int, generator: torch.Generator, chosen: Tensor | None = None) -> Tensor:
+def kmeans_plus_plus(
+    x: Tensor, n_new: int, generator: torch.Generator, chosen: Tensor | None = None
+) -> Tensor:
     """k-means++ seeding: ``n_new`` rows of ``x [N, D]`` drawn with probability ∝ D(x)², D the distance
     to the nearest centre already chosen (``chosen [C, D]``, or the first centre uniform). ``-> [n_new, D]``."""
     if n_new > len(x):
-        raise ValueError(f"k-means++ needs {n_new} new centres but there are only {len(x)} points; lower n_clusters")
+        raise ValueError(
+            f"k-means++ needs {n_new} new centres but there are only {len(x)} points; lower n_clusters"
+        )
     out = []
     if chosen is None or len(chosen) == 0:
         first = int(torch.randint(len(x), (1,), generator=generator))
@@ -125,7 +132,9 @@ def kmeans_pseudo_labels(
     """
     x = torch.as_tensor(embeddings).detach().float().cpu()
     if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"kmeans_pseudo_labels expects a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"kmeans_pseudo_labels expects a non-empty [N, D] tensor, got shape {tuple(x.shape)}"
+        )
     k = int(n_clusters)
     if not 1 <= k <= len(x):
         raise ValueError(f"n_clusters must be in 1..{len(x)} (the number of points), got {n_clusters}")
