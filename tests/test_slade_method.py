@@ -284,3 +284,26 @@ def test_bad_settings_raise():
     unlabeled_free = DMLDataset(data.images, np.abs(data.true_labels), data.true_labels)
     with pytest.raises(ValueError, match="unlabeled pool"):
         method.refresh(_context(method, unlabeled_free, 0, 2))
+
+
+@pytest.mark.parametrize("with_labeled", [False, True])
+def test_sd_statistics_come_from_unlabeled_pairs_unless_asked(with_labeled):
+    from dmlkit.losses.basis import pair_statistics_inputs
+
+    data = _dataset()
+    method = _method(sd_labeled_pairs=with_labeled)
+    batch = _student(method, data)
+    method.views = torch.nn.Identity()  # deterministic embeddings for the reference below
+    method.training_loss(batch)
+    with torch.no_grad():
+        f = method.head(method.backbone(batch["image"]))
+        lab = batch["label"] >= 0
+        pseudo = method.pseudo_labels[batch["index"][~lab]]
+        s_pos = pair_statistics_inputs(method.basis.similarity(f[~lab]), pseudo)[0]
+        if with_labeled:
+            s_pos = torch.cat(
+                [s_pos, pair_statistics_inputs(method.basis.similarity(f[lab]), batch["label"][lab])[0]]
+            )
+    assert method.gaussians.mu_pos.item() == pytest.approx(
+        s_pos.mean().item(), abs=1e-6
+    )  # seeded from batch 1

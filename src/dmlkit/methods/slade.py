@@ -74,6 +74,7 @@ class Config:
     lambda_sd: float = 1.0  # §6: weight of the mean-separation hinge in L_SD
     m_sd: float = 0.5  # §6: its margin
     sd_gradient: str = "momentum"  # §6: "momentum" | "batch"
+    sd_labeled_pairs: bool = False  # §6: labeled pairs (true labels) also feed S⁺ / S⁻
     basis_warmup_iters: int = 100  # §6: steps per round training only W_a on detached f
     pair_selection: str = "confident"  # §7: "confident" | "all" (the all-pairs ablation)
     require_label_agreement: bool = True  # §7: P_u needs ŷ_i = ŷ_j, N_u needs ŷ_i ≠ ŷ_j
@@ -333,7 +334,11 @@ class SLADE(Method):
         fb_l, fb_u = (f_l.detach(), f_u.detach()) if warm else (f_l, f_u)
         ce = self.basis.ce_loss(fb_l, y_l)  # L_CE on labeled items
         similarity = self.basis.similarity(fb_u)  # s_ij on unlabeled items
-        sd = self.gaussians(*pair_statistics_inputs(similarity, pseudo))  # L_SD, momentum Gaussians
+        s_pos, s_neg = pair_statistics_inputs(similarity, pseudo)
+        if c.sd_labeled_pairs:  # pairs within the labeled part; labeled-unlabeled pairs never count
+            l_pos, l_neg = pair_statistics_inputs(self.basis.similarity(fb_l), y_l)
+            s_pos, s_neg = torch.cat([s_pos, l_pos]), torch.cat([s_neg, l_neg])
+        sd = self.gaussians(s_pos, s_neg)  # L_SD, momentum Gaussians
         basis_loss = ce + sd
         if c.pair_selection == "all":
             positive, negative = all_pairs(pseudo)
