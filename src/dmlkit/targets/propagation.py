@@ -145,13 +145,14 @@ def initial_affinity(labels: Tensor) -> Tensor:
     return w0
 
 
-def propagate_dense(Q: sp.spmatrix | Tensor, labels: Tensor, gamma: float) -> Tensor:
-    """``W* = (1−γ)(I−γQ)⁻¹W⁰`` in closed form, ``[n, n]`` float64 (exact; O(n²) memory, O(n³) time)."""
+def propagate_dense(Q: sp.spmatrix | Tensor, labels: Tensor, gamma: float, device: str | torch.device = "cpu") -> Tensor:
+    """``W* = (1−γ)(I−γQ)⁻¹W⁰`` in closed form, ``[n, n]`` float64 on CPU (exact; O(n²) memory, O(n³)
+    time; the LU solve runs on ``device``)."""
     _check_gamma(gamma)
     Qd = torch.as_tensor(Q.toarray()) if sp.issparse(Q) else torch.as_tensor(Q).double()
     n = Qd.shape[0]
-    A = torch.eye(n, dtype=torch.float64) - gamma * Qd.double()
-    return (1.0 - gamma) * torch.linalg.solve(A, initial_affinity(labels))
+    A = torch.eye(n, dtype=torch.float64, device=device) - gamma * Qd.double().to(device)
+    return ((1.0 - gamma) * torch.linalg.solve(A, initial_affinity(labels).to(device))).cpu()
 
 
 def symmetrize(w_star: Tensor, mode: str = "transpose") -> Tensor:
@@ -308,7 +309,7 @@ def propagate(
     rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
     cols = graph.neighbours.reshape(-1)
     if solver == "dense":
-        w_star = propagate_dense(graph.Q, labels, gamma)
+        w_star = propagate_dense(graph.Q, labels, gamma, device)
         forward, backward, diagonal = w_star[rows, cols], w_star[cols, rows], w_star.diagonal().clone()
         sweeps, bound = 0, 0.0
     else:
