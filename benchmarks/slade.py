@@ -16,7 +16,8 @@ weight decay 1e-4, constant learning rate:
 - ``slade-teacher``, ``slade-round-1``, ``slade-round-2``, ``slade``: one SLADE run (2 rounds), read at the
   end of the teacher stage, of each round, and at the end (= the last round);
 - ``slade-all-pairs``: SLADE with one round and every pseudo-labeled pair in the unlabeled ranking term
-  (no basis selection); compare with ``slade-round-1`` (same teacher, same seed);
+  (no basis selection), starting from the slade run's ``stage-teacher.pt`` when it exists (the very same
+  teacher and pseudo labels; else it trains its own); compare with ``slade-round-1``;
 - ``supervised``: the same loss on the labeled set only, for as many epochs as the whole SLADE run.
 
 Usage (from the repository root)::
@@ -126,7 +127,7 @@ def register() -> None:
     )
 
 
-def settings_for(run: str, quick: bool) -> tuple[str, dict]:
+def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[str, dict]:
     t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
     settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
     if run == "supervised":
@@ -143,17 +144,21 @@ def settings_for(run: str, quick: bool) -> tuple[str, dict]:
         options["basis_warmup_iters"] = 3
     if run == "slade-all-pairs":
         options["pair_selection"] = "all"
+        teacher = out_root / "slade" / "stage-teacher.pt" if out_root is not None else None
+        if teacher is not None and teacher.is_file():  # the very teacher of the slade run
+            options.update(teacher_weights=str(teacher), teacher_epochs=0)
+            t = 0
     return "slade", {
         **settings,
         "epochs": t + rounds * s,
         "batch_size": 64,
-        "eval_every": s if s == t else 1,
+        "eval_every": s if t in (0, s) else 1,
         "options": options,
     }
 
 
 def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
-    method, settings = settings_for(run, quick)
+    method, settings = settings_for(run, quick, out_root)
     result = dmlkit.train(method, NAME, str(out_root / run), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
@@ -162,7 +167,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         "slade": settings["epochs"],
         "slade-all-pairs": settings["epochs"],
         "supervised": settings["epochs"],
-        **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t},
+        **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t is not None},
     }
     rows = []
     for name in RUNS[run]:

@@ -307,3 +307,21 @@ def test_sd_statistics_come_from_unlabeled_pairs_unless_asked(with_labeled):
     assert method.gaussians.mu_pos.item() == pytest.approx(
         s_pos.mean().item(), abs=1e-6
     )  # seeded from batch 1
+
+
+def test_teacher_weights_skip_the_teacher_stage(tmp_path):
+    data = _dataset()
+    first = _method()
+    optimizer = torch.optim.SGD(first.parameters(), lr=0.1)
+    _epoch(first, data, 0, 2, optimizer, tmp_path / "first")
+    first.refresh(_context(first, data, 1, 2, tmp_path / "first"))
+    reused = _method(teacher_weights=str(tmp_path / "first" / "stage-teacher.pt"))
+    assert reused.round_starts(1) == [0]
+    reused.refresh(_context(reused, data, 0, 1, tmp_path / "reused"))
+    assert reused.stage_round == 1 and torch.equal(reused.pseudo_labels, first.pseudo_labels)
+    assert _same(
+        _net_state(reused), _net_state(_method())
+    )  # the "ssl" student starts from the initial weights
+    with pytest.raises(ValueError, match="stage"):
+        torch.save({"weights": 1}, tmp_path / "bad.pt")
+        _method(teacher_weights=str(tmp_path / "bad.pt"))

@@ -59,6 +59,9 @@ class Config:
     student_init: str = (
         "ssl"  # §3: "ssl" (the teacher's starting weights) | "teacher" (its fine-tuned weights)
     )
+    teacher_weights: str | None = (
+        None  # a stage-*.pt file of an earlier run as the teacher (default 0 teacher epochs)
+    )
     teacher_epochs: int | None = None  # §4: 40; None: the run's epochs split evenly over teacher and rounds
     student_epochs: int | None = None  # §8: 40 per round; None: as above
     n_clusters: int | None = None  # §5: K; None = C (the labeled classes)
@@ -182,6 +185,14 @@ class SLADE(Method):
                 "basis": self.basis.state_dict(),
             }
         )
+        if config.teacher_weights:
+            from dmlkit.engine.checkpoint import safe_torch_load
+
+            stage = safe_torch_load(config.teacher_weights)
+            if not isinstance(stage, dict) or not {"backbone", "head"} <= set(stage):
+                raise ValueError(f"teacher_weights {config.teacher_weights} is not a SLADE stage-*.pt file")
+            self.backbone.load_state_dict(stage["backbone"])
+            self.head.load_state_dict(stage["head"])
         self.stage_round = 0  # 0: teacher; r >= 1: student of round r
         self.steps_in_stage = 0
 
@@ -192,6 +203,8 @@ class SLADE(Method):
         t, s = c.teacher_epochs, c.student_epochs
         if total_epochs is None and (t is None or s is None):
             raise ValueError("SLADE needs teacher_epochs and student_epochs, or the run's epochs to split")
+        if t is None and c.teacher_weights:
+            t = 0
         if t is None and s is None:
             t = total_epochs // (r + 1)
         if s is None:
@@ -202,7 +215,8 @@ class SLADE(Method):
         if total_epochs is not None:
             if c.student_epochs is None:  # the last round takes the remainder of an even split
                 lengths[-1] += total_epochs - t - r * s
-            if total_epochs != t + sum(lengths) or min([t, *lengths]) < 1:
+            shortest = min([t, *lengths]) if not c.teacher_weights else min([t + 1, *lengths])
+            if total_epochs != t + sum(lengths) or shortest < 1:
                 raise ValueError(
                     f"epochs={total_epochs} does not fit teacher_epochs={c.teacher_epochs} + rounds={r} x "
                     f"student_epochs={c.student_epochs} (every stage needs >= 1 epoch); set epochs to "
@@ -232,7 +246,8 @@ class SLADE(Method):
             )
         run_dir = context.extra.get("run_dir")
         target = self.round_for_epoch(context.epoch, context.extra.get("epochs"))
-        if context.epoch == 0 and self.stage_round == 0 and self.config.pictures and run_dir:
+        initial = context.epoch == 0 and self.stage_round == 0 and not self.config.teacher_weights
+        if initial and self.config.pictures and run_dir:
             self._picture(
                 context, None, Path(run_dir) / "pictures" / "slade-initial.png", "initial embedding"
             )
