@@ -135,6 +135,8 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
         warnings.filterwarnings("ignore", ".*GPU available but not used.*")
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")  # EMA teachers
+        warnings.filterwarnings("ignore", ".*logs directory .* exists and is not empty.*")  # resume appends
         trainer = L.Trainer(
             max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices, strategy=strategy,
             logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tb")],

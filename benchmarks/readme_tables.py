@@ -1,0 +1,82 @@
+"""Regenerate the README's results tables from ``benchmarks/results/*.json``.
+
+    python benchmarks/readme_tables.py          # rewrites the block between the results markers
+    python benchmarks/readme_tables.py --print  # prints it instead
+
+Rows of one (benchmark, dataset, protocol, method) over several seeds become mean ± std.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"),
+           ("recall@10", "R@10"), ("recall@100", "R@100"), ("recall@1000", "R@1000"), ("nmi", "NMI"),
+           ("precision@1", "P@1"), ("r_precision", "RP"), ("map@r", "MAP@R")]
+TITLES = {"stml": "STML (no labels)", "plm": "PLM (no labels)", "ssdml": "SSDML (10 labels per class)",
+          "slade": "SLADE (labeled teacher + unlabeled pool)", "drml": "DRML (supervised, zero-shot)",
+          "unsupervised_baselines": "Label-free baselines"}
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(result: dict) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in result.get("rows", []):
+        if "metrics" in row:
+            groups[(row.get("dataset", ""), row.get("protocol", ""), row["method"])].append(row)
+    if not groups:
+        return ""
+    used = [(k, name) for k, name in METRICS if any(k in r["metrics"] for rows in groups.values() for r in rows)]
+    header = ["dataset", "protocol", "method", *[name for _, name in used], "seconds", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, protocol, method), rows in sorted(groups.items()):
+        cells = [dataset, protocol, method]
+        for key, _ in used:
+            values = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
+            cells.append(_cell(values) if values else "")
+        seconds = [r["seconds"] for r in rows if r.get("seconds")]
+        cells += [f"{statistics.mean(seconds):.0f}" if seconds else "", str(len(rows))]
+        lines.append("| " + " | ".join(cells) + " |")
+    quick = any(r.get("quick") or "quick" in str(r.get("notes", "")) for rows in groups.values() for r in rows)
+    caption = (f"*{result.get('machine', '?')}, commit {result.get('commit', '?')}, {result.get('date', '?')}"
+               + (" — includes `--quick` smoke rows (reduced data and epochs), not reproductions" if quick else "") + "*")
+    return "\n".join([caption, "", *lines])
+
+
+def render() -> str:
+    parts = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        body = table(result)
+        if body:
+            parts.append(f"### {TITLES.get(path.stem, path.stem)}\n\n{body}\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--print", action="store_true", help="print instead of rewriting README.md")
+    args = parser.parse_args()
+    block = render()
+    if args.print:
+        print(block)
+        return
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
