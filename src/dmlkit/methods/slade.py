@@ -11,7 +11,12 @@ schedule (``teacher_epochs``, then ``student_epochs`` per round). ``refresh`` sw
 the training split with the finished network (the teacher), clusters the unlabeled pool, and
 re-initialises the student. The labeled set is the training items with a label (>= 0), the unlabeled
 pool those with -1. The stage lives in the checkpoint, so a resumed run continues at its stage; each
-finished stage also leaves ``stage-<name>.pt`` in the run directory.
+finished stage also leaves ``stage-<name>.pt`` in the run directory (``teacher_weights`` reuses one).
+
+Departures from the spec, forced by the one-optimizer engine or left out: the optimizer (and its Adam
+moments) is shared by all stages, so the default schedule is a constant rate (the engine's cosine would
+span all stages); unlabeled batches are drawn m-per-pseudo-class at every step rather than from a cycled
+loader; one process only; optional in-domain SSL of the initial network is not implemented.
 """
 
 from __future__ import annotations
@@ -357,7 +362,7 @@ class SLADE(Method):
         basis_loss = ce + sd
         if c.pair_selection == "all":
             positive, negative = all_pairs(pseudo)
-        else:
+        else:  # thresholds: the momentum means after this batch's update (§7)
             positive, negative = select_pairs(
                 similarity,
                 pseudo,
