@@ -10,7 +10,7 @@ are never read.
 Per epoch / iteration::
 
     z_i = normalize(f(x_i)) for every training image              un-augmented, eval mode
-    y_i, μ = k-means(z, n_clusters)                                DeepCluster Eq. 2 (k-means++, faiss search)
+    y_i, μ = k-means(z, n_clusters)                                DeepCluster Eq. 2 (faiss nearest-centroid search)
     W ~ N(0, 0.01²) (and b = 0)                                    fresh classifier
     per batch: L = CE(logits(normalize(f(aug(x)))), y)             DeepCluster Eq. 1 on pseudo labels
     logits = cos(z, w_c) / T   (normalized softmax, Zhai & Wu 2019; default)
@@ -33,6 +33,7 @@ from dmlkit.models.heads import l2_normalize
 from dmlkit.targets.clusters import BACKENDS, kmeans_pseudo_labels
 
 LOSSES = ("normalized_softmax", "softmax")
+KMEANS_INITS = ("random", "k-means++")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Config:
     embedding_dim: int = 128  # the linear embedding size of the other baselines on small images (SSDML's MNIST net)
     n_clusters: int = 100  # DeepCluster Sec. 4.1 (Fig. 3): over-segmentation wins (k = 10,000 for 1,000 ImageNet classes, 10x)
     kmeans_iters: int = 20  # DeepCluster code: 20 Lloyd iterations (stops earlier once assignments repeat)
+    kmeans_init: str = "random"  # DeepCluster (faiss): k random training embeddings; "k-means++" seeds slower, often better
     kmeans_backend: str = "faiss"  # DeepCluster clusters with faiss; "torch" gives the same labels without it
     loss: str = "normalized_softmax"  # issue 9: normalized softmax (Zhai & Wu 2019); "softmax" = DeepCluster's linear layer
     temperature: float = 0.05  # normalized softmax temperature (Zhai & Wu 2019: 0.05)
@@ -58,6 +60,8 @@ class Config:
             raise ValueError(f"DeepCluster needs n_clusters >= 2, got {self.n_clusters}")
         if self.kmeans_backend not in BACKENDS:
             raise ValueError(f"DeepCluster option kmeans_backend must be one of {', '.join(BACKENDS)}, got '{self.kmeans_backend}'")
+        if self.kmeans_init not in KMEANS_INITS:
+            raise ValueError(f"DeepCluster option kmeans_init must be one of {', '.join(KMEANS_INITS)}, got '{self.kmeans_init}'")
         if self.loss not in LOSSES:
             raise ValueError(f"DeepCluster option loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
         if not self.temperature > 0:
@@ -138,8 +142,11 @@ class DeepCluster(Method):
         if not 2 <= c.n_clusters <= len(embeddings):
             raise ValueError(f"DeepCluster needs 2 <= n_clusters <= training images, got {c.n_clusters} clusters for "
                              f"{len(embeddings)} images; lower the option n_clusters")
-        seed = int(seeded_generator(context.seed, context.epoch, 1).initial_seed())
-        labels, _ = kmeans_pseudo_labels(embeddings, c.n_clusters, init="k-means++", seed=seed,
+        gen = seeded_generator(context.seed, context.epoch, 1)
+        init = "k-means++"
+        if c.kmeans_init == "random":  # k distinct training items as the initial centroids
+            init = embeddings[torch.randperm(len(embeddings), generator=gen)[: c.n_clusters]]
+        labels, _ = kmeans_pseudo_labels(embeddings, c.n_clusters, init=init, seed=int(gen.initial_seed()),
                                          iters=c.kmeans_iters, backend=c.kmeans_backend)  # DeepCluster Eq. 2
         self.pseudo_labels = labels.to(self.classifier_weight.device)
         self.clustered_epoch.fill_(context.epoch)
