@@ -117,7 +117,6 @@ class DeepCluster(Method):
         from dmlkit.data.views import Views
 
         self.config = config = config if config is not None else Config()
-        self.info = info
         self.network = network if network is not None else _embedding_network(config, info)
         self.views = Views(info.views_preset, 1)  # DeepCluster trains on one random augmentation per image
         k, d = config.n_clusters, config.embedding_dim
@@ -179,7 +178,8 @@ class DeepCluster(Method):
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Cross-entropy of one augmented view against the pseudo labels of its images."""
         index = batch["index"].to(self.pseudo_labels.device)
-        if len(self.pseudo_labels) == 0 or int(index.max()) >= len(self.pseudo_labels) or bool((self.pseudo_labels[index] < 0).any()):
+        known = len(self.pseudo_labels) > int(index.max())
+        if not known or bool((self.pseudo_labels[index] < 0).any()):
             raise RuntimeError("DeepCluster has no pseudo labels for this batch; call refresh(context) first")
         z = l2_normalize(self.network(self.views(batch["image"])))
         targets = self.pseudo_labels[index].to(z.device)
