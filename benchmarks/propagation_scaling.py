@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"float64 matrices need {3 * 8 * n * n / 2**30:.0f} GiB"})
                 continue
             row = {"method": solver, "dataset": f"synthetic-n{n}", "protocol": "propagation", "seed": 0, "n": n,
+                   "load_average_1min": round(os.getloadavg()[0], 1),
                    "k": K, "gamma": GAMMA, "tol": TOL if solver != "dense" else 0.0, "threads": args.threads,
                    "seconds": round(out["seconds"], 2), "knn_seconds": round(out["knn_seconds"], 2),
                    "peak_rss_gib": round(out["peak_rss_gib"], 3), "extrapolated": out["extrapolated"],
