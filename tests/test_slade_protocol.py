@@ -58,3 +58,18 @@ def test_presets_build(name):
     config = cls.Config(**preset["options"])
     assert preset["batch_size"] == config.batch_labeled + config.batch_unlabeled
     assert preset["epochs"] == config.teacher_epochs + config.rounds * config.student_epochs
+
+
+def test_benchmark_settings(bench, tmp_path):
+    method, slade = bench.settings_for("slade", quick=False)
+    _, supervised = bench.settings_for("supervised", quick=False)
+    assert method == "slade" and slade["epochs"] == supervised["epochs"]  # the same training length
+    assert slade["epochs"] % slade["eval_every"] == 0  # evaluated at the end of every stage
+    _, own = bench.settings_for("slade-all-pairs", quick=False, out_root=tmp_path)
+    assert own["options"]["pair_selection"] == "all" and own["options"]["teacher_epochs"] > 0
+    (tmp_path / "slade").mkdir()
+    (tmp_path / "slade" / "stage-teacher.pt").write_bytes(b"")
+    _, reused = bench.settings_for("slade-all-pairs", quick=False, out_root=tmp_path)
+    assert (
+        reused["options"]["teacher_epochs"] == 0 and reused["epochs"] == reused["options"]["student_epochs"]
+    )
