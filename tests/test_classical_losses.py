@@ -285,3 +285,16 @@ def test_empty_pair_sets_give_zero_terms_still_attached():
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="labels"):
         C.seraph_loss(torch.randn(4, 2), torch.zeros(3, dtype=torch.long))
+
+
+def test_degenerate_inputs_stay_finite():
+    # >= 5% of the labeled pairs coincide: ITML's 5th-percentile target would be 0
+    z = torch.tensor([[1.0], [-1.0], [-1.0], [1.0]], dtype=D)
+    prior = C.itml_prior(z, torch.tensor([1, 0, 1, 1]), sweeps=2)
+    assert torch.isfinite(prior).all() and torch.linalg.eigvalsh(prior).min() >= -1e-9
+    assert torch.equal(C.itml_prior(torch.ones(4, 2, dtype=D), torch.tensor([0, 0, 1, 1])), torch.eye(2, dtype=D))
+    # a collapsed network: every point identical, σ = 0
+    sq = torch.zeros(4, 2, dtype=D)
+    sigma = C.isdml_bandwidth(torch.ones(4, 3, dtype=D), sq[:, 0])
+    assert sigma == 0.0
+    assert torch.equal(C.density_graph_weights(sq, sigma), torch.ones(4, 2, dtype=D))

@@ -238,7 +238,11 @@ def itml_prior(z: Tensor, labels: Tensor, slack: float = 1.0, sweeps: int = 10, 
     z = z.detach().double().cpu()
     constraints = torch.cat([pairs["similar"], pairs["dissimilar"]]).cpu()
     delta = np.concatenate([np.ones(len(pairs["similar"])), -np.ones(len(pairs["dissimilar"]))])
-    upper, lower = np.percentile(pair_sq_dists(z, constraints).numpy(), list(percentiles))
+    labeled_sq = pair_sq_dists(z, constraints).numpy()
+    if labeled_sq.max() <= 0:  # every labeled item coincides: no direction to learn
+        return torch.eye(z.shape[1], dtype=torch.float64, device=device)
+    # ITML's targets must be > 0 (1/ξ); when >= 5% of the pairs coincide the 5th percentile is 0
+    upper, lower = np.maximum(np.percentile(labeled_sq, list(percentiles)), 1e-6 * labeled_sq.max())
     if max_constraints is not None and len(constraints) > max_constraints:
         keep = torch.randperm(len(constraints), generator=generator)[:max_constraints]
         constraints, delta = constraints[keep], delta[keep.numpy()]
@@ -308,6 +312,7 @@ def density_graph_weights(sq_dists: Tensor, sigma: float) -> Tensor:
     """ISDML's density-weighted directed graph (spec §8, reconstruction) on the kNN edges ``[n, k]``:
     ``W_ij = ρ_i exp(−‖z_i − z_j‖² / 2σ²)``, ``ρ_i`` the Parzen density over ``N_k(i)`` (bandwidth σ)
     normalised to mean 1. Symmetrise with ``undirected_edges(..., reduce="half_sum")``."""
+    sigma = max(sigma, 1e-12)  # σ = 0 when every point coincides (a collapsed network): all weights 1
     kernel = torch.exp(-sq_dists / (2 * sigma ** 2))
     density = kernel.mean(dim=1)
     density = density / density.mean().clamp_min(1e-12)
