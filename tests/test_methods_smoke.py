@@ -15,6 +15,7 @@ SMALL_OPTIONS = {
     "ssdml": ["n_unlabeled_partition=200"],
     "deep-lrml": ["n_unlabeled_partition=200"], "deep-seraph": ["n_unlabeled_partition=200"], "deep-isdml": ["n_unlabeled_partition=200"],
     "deep-apllr": ["n_unlabeled_partition=200"], "deep-apit": ["n_unlabeled_partition=200"],
+    "slade": ["epochs=2", "rounds=1", "batch_labeled=30", "batch_unlabeled=30"],  # teacher epoch, student epoch
 }
 
 

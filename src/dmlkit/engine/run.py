@@ -52,6 +52,13 @@ def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
         if uses_labels == "none":  # label-free methods never read labels, not even to draw a subset
             rng = np.random.default_rng(config.seed)
             train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.train_subset, replace=False)))
+        elif uses_labels == "partial":  # keep every labeled item; subsample the unlabeled pool
+            labeled = np.flatnonzero(train_set.labels >= 0)
+            unlabeled = np.flatnonzero(train_set.labels < 0)
+            keep = max(0, config.train_subset - len(labeled))
+            rng = np.random.default_rng(config.seed)
+            chosen = rng.choice(unlabeled, min(keep, len(unlabeled)), replace=False)
+            train_set = train_set.subset(np.sort(np.concatenate([labeled, chosen])))
         else:
             train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
     if config.test_subset and config.test_subset < len(query) and split.gallery is None:
