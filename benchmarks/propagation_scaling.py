@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["notes"] = (f"extrapolated from {out['measured_blocks']} of {out['total_blocks']} column blocks"
                                 if out["extrapolated"] else "all columns solved")
             rows.append(row)
-    data = save_rows("propagation_scaling", rows, key=("method", "dataset", "protocol", "seed"))
+        data = save_rows("propagation_scaling", rows, key=("method", "dataset", "protocol", "seed"))  # after each n
     print(f"machine: {data['machine']} (torch threads {args.threads}), torch {torch.__version__}")
     print(markdown_table(rows, ["method", "n", "seconds", "peak_rss_gib", "extrapolated", "iterations",
                                 ("max |Δ|", lambda r: r.get("metrics", {}).get("max_abs_diff")),
