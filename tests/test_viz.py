@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from dmlkit.viz import embedding_map, metric_curves, metrics_table, retrieval_grid, similarity_grid, write_report
+from dmlkit.viz import (
+    embedding_map,
+    metric_curves,
+    metrics_table,
+    retrieval_grid,
+    similarity_grid,
+    write_report,
+)
 from dmlkit.viz.grids import OTHER, SAME
 
 
@@ -19,7 +26,7 @@ def data(n_classes=4, per_class=6):
 
 
 def test_embedding_map_two_d_and_tsne(tmp_path):
-    images, emb, y = data()
+    _, emb, y = data()
     p = embedding_map(emb, y, tmp_path / "map.png", max_classes=3)
     assert mpimg.imread(p).shape[2] in (3, 4)
     q = embedding_map(torch.randn(30, 5), torch.arange(30) % 3, tmp_path / "sub" / "tsne.png", tsne_iters=250,

@@ -12,6 +12,15 @@ from dmlkit.evaluation.protocols import mlrc_aggregate, mlrc_from_embeddings, ze
 from dmlkit.evaluation.quality import format_quality_table, quality_table
 
 __all__ = [
-    "evaluate", "knn_search", "neighbour_table", "kmeans", "nmi_score", "retrieval_scores",
-    "mlrc_aggregate", "mlrc_from_embeddings", "zero_shot_evaluate", "quality_table", "format_quality_table",
+    "evaluate",
+    "format_quality_table",
+    "kmeans",
+    "knn_search",
+    "mlrc_aggregate",
+    "mlrc_from_embeddings",
+    "neighbour_table",
+    "nmi_score",
+    "quality_table",
+    "retrieval_scores",
+    "zero_shot_evaluate",
 ]

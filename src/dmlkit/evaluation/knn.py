@@ -18,7 +18,7 @@ Conventions shared by every metric in :mod:`dmlkit.evaluation`:
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from dmlkit.evaluation.clustering import kmeans, nmi_score
-from dmlkit.evaluation.knn import check_options, as_embeddings, distance_blocks, iter_knn, topk_block
+from dmlkit.evaluation.knn import as_embeddings, check_options, distance_blocks, iter_knn, topk_block
 
 LONE_QUERY = ("exclude", "zero")
 AVERAGES = ("micro", "class")

@@ -10,7 +10,7 @@ folds held out, embed the test split in 128-d.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

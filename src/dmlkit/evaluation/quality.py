@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class PairStats:
     predicted: float = 0.0  # pairs with ŝ >= threshold
     true_positive: float = 0.0  # ... that share a class
 
-    def add(self, other: "PairStats") -> None:
+    def add(self, other: PairStats) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -71,7 +71,7 @@ def partition_pair_stats(labels: torch.Tensor | np.ndarray, clusters: torch.Tens
     y, c = _codes(labels), _codes(clusters)
     if y.shape != c.shape:
         raise ValueError(f"labels ({y.shape[0]}) and clusters ({c.shape[0]}) must have the same length")
-    pair2 = lambda m: float(np.sum(m * (m - 1) / 2.0))  # noqa: E731 - Σ C(m, 2)
+    pair2 = lambda m: float(np.sum(m * (m - 1) / 2.0))
     joint = np.unique(y * (c.max() + 1) + c, return_counts=True)[1].astype(np.float64)
     n11, same_cluster, same_class = pair2(joint), pair2(np.bincount(c).astype(np.float64)), pair2(
         np.bincount(y).astype(np.float64))

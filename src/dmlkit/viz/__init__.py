@@ -7,4 +7,4 @@ from dmlkit.viz.grids import retrieval_grid, similarity_grid
 from dmlkit.viz.plots import embedding_map, metric_curves
 from dmlkit.viz.report import metrics_table, write_report
 
-__all__ = ["embedding_map", "retrieval_grid", "similarity_grid", "metric_curves", "write_report", "metrics_table"]
+__all__ = ["embedding_map", "metric_curves", "metrics_table", "retrieval_grid", "similarity_grid", "write_report"]

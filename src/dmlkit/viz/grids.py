@@ -1,8 +1,8 @@
 """Image grids: retrieval results (query + top-k) and pseudo-similarity neighbours (STML supp. Fig. 2)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

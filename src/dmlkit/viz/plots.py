@@ -1,8 +1,8 @@
 """Embedding maps (t-SNE) and training curves, drawn with matplotlib's Agg canvas (no pyplot state)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np

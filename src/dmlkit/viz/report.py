@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 METRIC_ORDER = ("recall@", "precision@", "r_precision", "map@r", "nmi")
 
