@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, ROOT, markdown_table, save_rows  # noqa: E402
+from _common import RESULTS_DIR, ROOT, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import dmlkit  # noqa: E402
+import dmlkit
 
 DATASET = "fashion-mnist"
 PROTOCOL = "semi-supervised-10-per-class"
@@ -164,6 +164,10 @@ def plot(rows: list[dict], path: Path, x_key: str, title: str) -> None:
     plt.close(fig)
 
 
+def metric_getter(key: str):
+    return lambda r: r["metrics"].get(key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 epochs on partitions of 1,500 unlabeled images, 1,000 test images")
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if curves:
         plot(curves, RESULTS_DIR / "ssdml_convergence.png", "epoch", "SSDML convergence (Fashion-MNIST)")
     save_rows("ssdml", rows)
-    print(markdown_table(rows, ["method", *[(k, (lambda key: lambda r: r["metrics"].get(key))(k)) for k in PAPER_KEYS],
+    print(markdown_table(rows, ["method", *[(k, metric_getter(k)) for k in PAPER_KEYS],
                                 ("paper R@1", lambda r: (r.get("paper_value") or {}).get("recall@1")),
                                 "seconds"], digits=4))
     return 0

@@ -9,7 +9,14 @@ import scipy.sparse as sp
 import torch
 
 from dmlkit.targets.propagation import (
-    KnnGraph, initial_affinity, knn_graph, mine_triplets, neumann_solve, propagate, propagate_dense, symmetrize,
+    KnnGraph,
+    initial_affinity,
+    knn_graph,
+    mine_triplets,
+    neumann_solve,
+    propagate,
+    propagate_dense,
+    symmetrize,
     uncertified_pairs,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,11 @@ def test_angular_loss_by_hand(alpha, margin, loss):
 def test_loss_decreases_as_the_positive_approaches():
     a, p0, n = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
     values = [float(angular_triplet_loss(a, a + s * (p0 - a), n, None, 40.0)) for s in torch.linspace(1, 0, 6)]
-    assert all(x > y for x, y in zip(values, values[1:]))
+    assert all(x > y for x, y in pairwise(values))
     # and increases as the negative approaches the anchor-positive midpoint
     mid = 0.5 * (a + p0)
     pushed = [float(angular_triplet_loss(a, p0, mid + s * (n - mid), None, 40.0)) for s in torch.linspace(1, 0.1, 6)]
-    assert all(x < y for x, y in zip(pushed, pushed[1:]))
+    assert all(x < y for x, y in pairwise(pushed))
 
 
 def test_loss_reduction_and_gradients():
@@ -64,7 +65,7 @@ def test_loss_is_invariant_to_rotations_of_L():
 def test_stiefel_cg_decreases_the_loss_and_stays_orthonormal():
     gen = torch.Generator().manual_seed(2)
     z = torch.nn.functional.normalize(torch.randn(300, 32, generator=gen), dim=1)
-    cost = lambda L: angular_triplet_loss(z[:100], z[100:200], z[200:], L)  # noqa: E731
+    cost = lambda L: angular_triplet_loss(z[:100], z[100:200], z[200:], L)
     L = random_orthonormal(32, 16, gen)
     for _ in range(3):  # successive L-steps, warm-started
         new = minimize_stiefel(cost, L, max_iter=10)

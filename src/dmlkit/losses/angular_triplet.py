@@ -13,7 +13,7 @@ runs plain Euclidean CG (Table 4's "w/o orth" ablation).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

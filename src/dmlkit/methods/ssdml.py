@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -176,7 +177,7 @@ class SSDML(Method):
         self.stats["pretrain_loss"] = float(loss.detach())
 
     # ------------------------------------------------------------------------------------ batches
-    def batch_sampler(self, dataset: DMLDataset, batch_size: int, seed: int, epoch: int) -> "TripletBatchSampler":
+    def batch_sampler(self, dataset: DMLDataset, batch_size: int, seed: int, epoch: int) -> TripletBatchSampler:
         """Batches of ``batch_size`` triplets as ``[anchors; positives; negatives]`` index lists."""
         if self.triplets is None:  # before the first refresh: the count is known in advance
             n_nodes = len(self.partition_nodes(np.asarray(dataset.labels), seed))

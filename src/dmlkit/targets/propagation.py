@@ -33,8 +33,8 @@ value; the cost is O(iterations · n² k) multiply-adds (every unlabeled column 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -229,7 +229,7 @@ def krylov_solve(
     def apply(V: Tensor) -> Tensor:  # (I − γQ)V with one temporary
         return (Qt @ V).mul_(-gamma).add_(V)
 
-    dot = lambda A, B: torch.linalg.vecdot(A, B, dim=0)  # noqa: E731  column-wise inner products
+    dot = lambda A, B: torch.linalg.vecdot(A, B, dim=0)  # column-wise inner products
     b = (1.0 - gamma) * torch.as_tensor(rhs, dtype=torch.float64, device=device)
     X = b.clone()  # the first Neumann term is a good start
     target = tol * (1.0 - gamma)
