@@ -15,8 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmlkit.targets.contextual import contextual_similarity_parts
-from dmlkit.targets.manifold import (basis_angle_cosine, batch_pieces, directed_similarity, manifold_estimate,
-                                     manifold_supervision, piece_distances, point_similarity, proxy_similarity)
+from dmlkit.targets.manifold import (
+    basis_angle_cosine,
+    batch_pieces,
+    directed_similarity,
+    manifold_estimate,
+    manifold_supervision,
+    piece_distances,
+    point_similarity,
+    proxy_similarity,
+)
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate
 
 FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,
@@ -83,14 +91,14 @@ def test_contextual_similarity_is_finite_and_in_range(n, d, kind, seed, k_offset
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(k=0), r"k = 0 must lie in \[1, n\]"),
-    (dict(sigma=0.0), "sigma must be positive"),
-    (dict(qe_size=9), r"qe_size = 9 must lie in \[1, n\]"),
-    (dict(tie_break="random"), "tie_break must be one of"),
+    ({"k": 0}, r"k = 0 must lie in \[1, n\]"),
+    ({"sigma": 0.0}, "sigma must be positive"),
+    ({"qe_size": 9}, r"qe_size = 9 must lie in \[1, n\]"),
+    ({"tie_break": "random"}, "tie_break must be one of"),
 ])
 def test_contextual_similarity_rejects_bad_options(bad, message):
     x, idx = points(6, 3, "random", 0), torch.arange(6)
-    kw = dict(k=2) | bad
+    kw = {"k": 2} | bad
     with pytest.raises(ValueError, match=message):
         contextual_similarity_parts(x, idx, **kw)
     with pytest.raises(ValueError, match="indices must be"):

@@ -53,7 +53,8 @@ def _plant(run: Path, payload: bytes) -> Path:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONWARNINGS="ignore")
     env.pop("DMLKIT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dmlkit", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "dmlkit", *args], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
 
 
 def _one_error_line(stderr: str) -> str:

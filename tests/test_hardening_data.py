@@ -11,8 +11,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -153,7 +153,7 @@ def cub_missing_image(tmp: Path):
 
 def cub_corrupt_image(tmp: Path):
     folder = F.write_cub(tmp / "d")
-    sorted((folder / "images").rglob("*.jpg"))[-1].write_bytes(b"not a jpeg")  # a test image
+    max((folder / "images").rglob("*.jpg")).write_bytes(b"not a jpeg")  # a test image
     return "cub200", tmp / "d"
 
 
@@ -238,7 +238,7 @@ def sop_empty_test_split(tmp: Path):
 
 def sop_missing_image(tmp: Path):
     folder = F.write_sop(tmp / "d")
-    sorted(folder.rglob("*.JPG"))[0].unlink()
+    min(folder.rglob("*.JPG")).unlink()
     return "sop", tmp / "d"
 
 
