@@ -149,7 +149,7 @@ def plot(rows: list[dict], path: Path, x_key: str, title: str) -> None:
         for r in rows:
             hist = [h for h in r.get("history", []) if "recall@1" in h]
             if hist:
-                ax.plot([h["epoch"] + 1 for h in hist], [h["recall@1"] for h in hist], marker="o", label=r["method"])
+                ax.plot([h["epoch"] for h in hist], [h["recall@1"] for h in hist], marker="o", label=r["method"])
         ax.set_xlabel("epoch")
     else:
         points = sorted((r["options"]["alpha_deg"], r["metrics"]["recall@1"]) for r in rows)
