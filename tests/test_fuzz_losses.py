@@ -150,12 +150,19 @@ def test_angular_triplet_loss_is_finite_and_non_negative(t, d, l, kind, seed, al
         l = min(l, d)
         L = torch.linalg.qr(torch.randn(d, l, generator=torch.Generator().manual_seed(seed))).Q.requires_grad_(True)
     loss = at.angular_triplet_loss(a, p, n, L, alpha, reduction)
-    if t == 0 and reduction == "mean":
-        assert torch.isnan(loss), "mean over no triplets"  # documents today's behaviour; callers skip empty sets
+    if t == 0 and reduction == "mean":  # see test_angular_triplet_mean_over_no_triplets
         return
     assert finite(loss) and float(loss) >= 0.0
     grads = grad_of(loss, a, p, n, *([L] if L is not None else []))
     assert all(finite(gr) for gr in grads)
+
+
+@pytest.mark.xfail(strict=True, reason="angular_triplet_loss(reduction='mean') over zero triplets is 0/0 = NaN; the "
+                                       "classical losses' _mean returns 0 there (reported to the SSDML owner)")
+def test_angular_triplet_mean_over_no_triplets():
+    empty = torch.zeros(0, 3, requires_grad=True)
+    loss = at.angular_triplet_loss(empty, empty, empty, reduction="mean")
+    assert finite(loss) and float(loss) == 0.0
 
 
 @FUZZ
