@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, markdown_table, save_rows  # noqa: E402
+from _common import ROOT, markdown_table, save_rows
 
 SIZES = {  # name -> (N, classes, dim, noise, recall_at); noise chosen so the metrics are far from 0 and 1
     "10k": (10_000, 10, 128, 2.5, (1, 10, 100, 1000)),
@@ -90,12 +90,12 @@ def nmi_worker(tool: str, size: str, quick: bool, threads: int) -> dict:
     if tool == "dmlkit":
         from dmlkit.evaluation import kmeans, nmi_score
 
-        run = lambda: nmi_score(y, kmeans(x, classes, iters=20, seed=0))  # noqa: E731 - = evaluate(nmi=True)
+        run = lambda: nmi_score(y, kmeans(x, classes, iters=20, seed=0))
     else:
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
         calc = AccuracyCalculator(include=("NMI",), k="max_bin_count")
-        run = lambda: calc.get_accuracy(x, y)["NMI"]  # noqa: E731
+        run = lambda: calc.get_accuracy(x, y)["NMI"]
     base, c0, t0 = peak_mb(), cpu_seconds(), time.perf_counter()
     value = run()
     return {"nmi": float(value), "seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - c0,
@@ -107,7 +107,7 @@ def timed_nmi(tool: str, size: str, quick: bool, threads: int, budget: float) ->
     cmd = [sys.executable, os.path.abspath(__file__), "--nmi-worker", tool, size, "--threads", str(threads)]
     cmd += ["--quick"] if quick else []
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget + 120, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget + 120, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -175,7 +175,7 @@ def measure(tool: str, size: str, quick: bool, threads: int, timeout: int, nmi_b
     cmd += ["--quick"] if quick else []
     cmd += ["--nmi-budget", str(nmi_budget)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{tool} {size} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [ours, ref]
         save_rows("evaluation_speed", [ours, ref], key=("method", "dataset", "protocol", "seed", "threads"))
         print(f"[{size}] dmlkit {ours['seconds']:.1f}s vs pml {ref['seconds']:.1f}s", file=sys.stderr, flush=True)
-    m = lambda key: (key, lambda r: r["metrics"].get(key))  # noqa: E731
+    m = lambda key: (key, lambda r: r["metrics"].get(key))
     print(markdown_table(rows, [
         "method", "dataset", ("seconds", lambda r: round(r["seconds"], 1)),
         ("kNN+retrieval s", lambda r: round(r["retrieval_seconds"], 1)), ("NMI s", lambda r: round(r["nmi_seconds"], 1)),
