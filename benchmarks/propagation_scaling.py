@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, markdown_table, save_rows  # noqa: E402
+from _common import ROOT, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))
 
