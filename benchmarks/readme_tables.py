@@ -18,7 +18,13 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"),
            ("recall@10", "R@10"), ("recall@100", "R@100"), ("recall@1000", "R@1000"), ("nmi", "NMI"),
            ("precision@1", "P@1"), ("r_precision", "RP"), ("map@r", "MAP@R")]
-TITLES = {"stml": "STML (no labels)", "plm": "PLM (no labels)", "ssdml": "SSDML (10 labels per class)",
+#: per-row fields shown when a results file has them (speed and memory benchmarks)
+EXTRA_COLUMNS = [("peak_rss_mb", "peak RSS MB"), ("seconds_ratio_vs_pml", "time ÷ PML"),
+                 ("peak_rss_ratio_vs_pml", "memory ÷ PML"), ("images_per_second", "img/s"),
+                 ("paper_value", "paper")]
+TITLES = {"evaluation_speed": "Evaluation speed: dmlkit.evaluate vs pytorch-metric-learning's AccuracyCalculator",
+          "scale": "Scale: refresh and evaluation at 120,000 x 512",
+          "propagation_scaling": "SSDML affinity propagation: dense vs sparse","stml": "STML (no labels)", "plm": "PLM (no labels)", "ssdml": "SSDML (10 labels per class)",
           "slade": "SLADE (labeled teacher + unlabeled pool)", "drml": "DRML (supervised, zero-shot)",
           "unsupervised_baselines": "Label-free baselines"}
 
@@ -37,7 +43,9 @@ def table(result: dict) -> str:
     if not groups:
         return ""
     used = [(k, name) for k, name in METRICS if any(k in r["metrics"] for rows in groups.values() for r in rows)]
-    header = ["dataset", "protocol", "method", *[name for _, name in used], "seconds", "seeds"]
+    extras = [(k, name) for k, name in EXTRA_COLUMNS if any(k in r for rows in groups.values() for r in rows)]
+    header = ["dataset", "protocol", "method", *[name for _, name in used], "seconds",
+              *[name for _, name in extras], "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (dataset, protocol, method), rows in sorted(groups.items()):
         cells = [dataset, protocol, method]
@@ -45,7 +53,11 @@ def table(result: dict) -> str:
             values = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
             cells.append(_cell(values) if values else "")
         seconds = [r["seconds"] for r in rows if r.get("seconds")]
-        cells += [f"{statistics.mean(seconds):.0f}" if seconds else "", str(len(rows))]
+        cells.append(f"{statistics.mean(seconds):.1f}" if seconds else "")
+        for key, _ in extras:
+            values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            cells.append(f"{statistics.mean(values):.3g}" if values else "")
+        cells.append(str(len(rows)))
         lines.append("| " + " | ".join(cells) + " |")
     quick = any(r.get("quick") or "quick" in str(r.get("notes", "")) for rows in groups.values() for r in rows)
     caption = (f"*{result.get('machine', '?')}, commit {result.get('commit', '?')}, {result.get('date', '?')}"

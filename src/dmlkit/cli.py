@@ -126,7 +126,7 @@ def _checkpoint(path: str, which: str) -> Path:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dmlkit.engine.checkpoint import atomic_write_json
     from dmlkit.engine.run import load_run, prepare_data
-    from dmlkit.engine.embedding import embed_dataset
+    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.evaluation import evaluate
     from dmlkit.methods import method_class
 
@@ -176,7 +176,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dmlkit.engine.checkpoint import atomic_write_bytes
-    from dmlkit.engine.embedding import embed_dataset
+    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.engine.run import load_run, prepare_data
     from dmlkit.methods import method_class
 

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from dmlkit.data.base import DMLDataset
-from dmlkit.engine.embedding import embed_dataset, neighbour_table
+from dmlkit.evaluation.embedding import embed_dataset
+from dmlkit.evaluation.knn import refresh_knn
 from dmlkit.methods.base import Method, RefreshContext, seeded_generator
 
 log = logging.getLogger("dmlkit")
@@ -102,7 +103,7 @@ class MethodModule(L.LightningModule):
         if self.batch_sampler is not None:
             self.batch_sampler.set_epoch(epoch)
         context = RefreshContext(
-            epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=neighbour_table,
+            epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=refresh_knn,
             device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
             extra={"run_dir": self.settings.get("run_dir"), "epochs": self.settings["epochs"]},
         )

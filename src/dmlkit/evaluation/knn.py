@@ -227,3 +227,17 @@ def neighbour_table(
     if k == 1:
         return own
     return torch.cat([own, knn_search(x, k - 1, None, True, metric, backend, chunk)[1]], dim=1)
+
+
+def refresh_knn(embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The engine's ``RefreshContext.knn``: ``(distances [N, k], indices [N, k])``, row ``i`` = ``i`` first
+    (distance 0), then its ``k - 1`` nearest other items by Euclidean distance."""
+    x = as_embeddings(embeddings)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"asked for {k} neighbours but the split has only {x.shape[0]} items; lower num_neighbors")
+    own = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    if k == 1:
+        return torch.zeros(x.shape[0], 1, device=x.device), own
+    distances, indices = knn_search(x, k - 1, None, True)
+    zero = torch.zeros(x.shape[0], 1, dtype=distances.dtype, device=distances.device)
+    return torch.cat([zero, distances], dim=1), torch.cat([own, indices], dim=1)

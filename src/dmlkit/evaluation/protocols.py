@@ -17,37 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from dmlkit.evaluation.embedding import embed_dataset
 from dmlkit.evaluation.metrics import evaluate
 
 MLRC_RECALL_AT = (1,)
 
 
-@torch.no_grad()
-def embed_dataset(
+def embed_with_labels(
     embed_fn: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed every item of ``dataset`` in index order.
+    """Embed every item of ``dataset`` in index order: ``(embeddings [N, D] float32 CPU, labels [N] int64)``.
 
-    Args:
-        embed_fn: images ``[B, C, H, W]`` in [0, 1] -> embeddings ``[B, D]`` (e.g. ``method.embed``).
-        dataset: items ``{"image", "label", ...}``; a ``DMLDataset``'s ``true_labels`` are returned when
-            present (evaluation reads the ground truth, never the masked training labels).
-
-    Returns:
-        embeddings ``[N, D]`` float32 on CPU, labels ``[N]`` int64.
+    The labels are a ``DMLDataset``'s ``true_labels`` when present (evaluation reads the ground truth,
+    never the masked training labels).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-        chunks.append(embed_fn(images.to(device)).detach().float().cpu())
+    embeddings = embed_dataset(embed_fn, dataset, device, batch_size)
     true = getattr(dataset, "true_labels", None)
     labels = torch.as_tensor(true) if true is not None else torch.tensor([dataset[i]["label"] for i in range(len(dataset))])
-    return torch.cat(chunks), labels.long()
+    return embeddings, labels.long()
 
 
 def zero_shot_evaluate(
@@ -66,13 +58,13 @@ def zero_shot_evaluate(
     defaults to the split's own ``recall_at`` (e.g. 1/10/100/1000 for SOP). ``normalize`` L2-normalises
     the embeddings first (DRML, PLM, MLRC); other options go to :func:`evaluate`.
     """
-    gallery, g_labels = embed_dataset(embed_fn, test, batch_size, device)
+    gallery, g_labels = embed_with_labels(embed_fn, test, batch_size, device)
     recall_at = tuple(recall_at if recall_at is not None else getattr(test, "recall_at", (1, 2, 4, 8)))
     if normalize:
         gallery = F.normalize(gallery, dim=1)
     if query is None:
         return evaluate(gallery, g_labels, recall_at, **evaluate_options)
-    q, q_labels = embed_dataset(embed_fn, query, batch_size, device)
+    q, q_labels = embed_with_labels(embed_fn, query, batch_size, device)
     if normalize:
         q = F.normalize(q, dim=1)
     return evaluate(gallery, g_labels, recall_at, query_embeddings=q, query_labels=q_labels, **evaluate_options)

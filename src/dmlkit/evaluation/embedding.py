@@ -1,4 +1,4 @@
-"""Embedding a whole split in order, in batches, without gradients; and neighbour tables."""
+"""Embedding a whole split in order, in batches, without gradients (engine, CLI and protocols share it)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,7 +13,7 @@ from dmlkit.data.base import DMLDataset
 
 def iterate_images(dataset: DMLDataset, batch_size: int = 512, num_workers: int = 0):
     """Yield float image batches ``[b, C, H, W]`` in [0, 1] in dataset order."""
-    if isinstance(dataset.images, np.ndarray):
+    if isinstance(getattr(dataset, "images", None), np.ndarray):
         for start in range(0, len(dataset), batch_size):
             chunk = dataset.images[start:start + batch_size]
             yield torch.from_numpy(np.ascontiguousarray(chunk)).float().div_(255.0)
@@ -47,26 +47,3 @@ def embed_dataset(
     if not parts:
         raise ValueError(f"{dataset.name}: cannot embed an empty dataset")
     return torch.cat(parts)
-
-
-def neighbour_table(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact squared-Euclidean k nearest neighbours of every row among all rows, self at rank 0.
-
-    Returns ``(distances [N, k], indices [N, k])``. Uses the evaluator's chunked search (never N x N).
-    """
-    from dmlkit.evaluation.knn import knn_search
-
-    if k > len(x):
-        raise ValueError(f"asked for {k} neighbours but the split has only {len(x)} items; lower num_neighbors")
-    distances, indices = knn_search(x, k, exclude_self=False)
-    indices = torch.as_tensor(indices)
-    # The item itself is rank 0 by definition, also when duplicates sit at distance 0.
-    rows = torch.arange(len(x))
-    self_pos = (indices == rows[:, None]).int().argmax(dim=1)
-    has_self = (indices == rows[:, None]).any(dim=1)
-    fix = ~has_self | (self_pos != 0)
-    if fix.any():
-        for i in torch.nonzero(fix).flatten().tolist():
-            others = indices[i][indices[i] != i][: k - 1]
-            indices[i] = torch.cat([torch.tensor([i]), others])
-    return torch.as_tensor(distances), indices
