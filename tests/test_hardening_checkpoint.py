@@ -78,23 +78,16 @@ def test_eval_refuses_a_crafted_checkpoint_in_a_subprocess(run_dir, tmp_path):
     assert not marker.exists(), "the crafted pickle was executed"
 
 
-# Known engine gaps (reported to the lead with the exact fix):
-EMPTY_BUG = ("safe_torch_load: an empty file raises EOFError() with no message, and "
-             "str(error).splitlines()[0] raises IndexError inside the except block (traceback, no exit 2)")
-NOT_A_CHECKPOINT_BUG = ("load_run / Lightning's resume read checkpoint['state_dict'] from any weights-only-loadable "
-                        "object: a pickled list gives TypeError (traceback, no exit 2)")
 CASES = [
     pytest.param("eval", "torch-zip", id="eval-torch-zip"),
     pytest.param("eval", "raw-pickle", id="eval-raw-pickle"),
     pytest.param("eval", "truncated", id="eval-truncated"),
-    pytest.param("eval", "empty", id="eval-empty", marks=pytest.mark.xfail(strict=True, reason=EMPTY_BUG)),
-    pytest.param("eval", "not-a-dict", id="eval-not-a-dict",
-                 marks=pytest.mark.xfail(strict=True, reason=NOT_A_CHECKPOINT_BUG)),
+    pytest.param("eval", "empty", id="eval-empty"),
+    pytest.param("eval", "not-a-dict", id="eval-not-a-dict"),
     pytest.param("embed", "torch-zip", id="embed-torch-zip"),
     pytest.param("resume", "torch-zip", id="resume-torch-zip"),
     pytest.param("resume", "truncated", id="resume-truncated"),
-    pytest.param("resume", "not-a-dict", id="resume-not-a-dict",
-                 marks=pytest.mark.xfail(strict=True, reason=NOT_A_CHECKPOINT_BUG)),
+    pytest.param("resume", "not-a-dict", id="resume-not-a-dict"),
 ]
 
 

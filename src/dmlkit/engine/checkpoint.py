@@ -70,8 +70,16 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain dmlkit checkpoint (tensors and plain values only); "
             f"it may be truncated, from another program, or crafted to run code ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]})"
+            f"{(str(error).splitlines() or [type(error).__name__])[0][:200]})"
         ) from None
+
+
+def load_checkpoint_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A weights-only checkpoint that is a dict with a ``state_dict``, else :class:`CheckpointError`."""
+    checkpoint = safe_torch_load(path, map_location)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a dmlkit checkpoint (no 'state_dict'); pass a file written by `dmlkit train`")
+    return checkpoint
 
 
 class AtomicCheckpointIO(CheckpointIO):
@@ -81,7 +89,7 @@ class AtomicCheckpointIO(CheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return safe_torch_load(path, map_location=map_location or "cpu")
+        return load_checkpoint_dict(path, map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path: str | Path) -> None:
         Path(path).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from dmlkit.data.base import DMLDataset, SplitData
-from dmlkit.engine.checkpoint import AtomicCheckpointIO, atomic_write_bytes, atomic_write_json, safe_torch_load
+from dmlkit.engine.checkpoint import AtomicCheckpointIO, atomic_write_bytes, atomic_write_json, load_checkpoint_dict
 from dmlkit.engine.config import RunConfig, resolve_config
 from dmlkit.methods import BuildInfo, Method, method_class
 
@@ -173,6 +173,8 @@ def _resume_path(out: Path, resume: bool | str) -> Path | None:
     path = Path(resume) if isinstance(resume, str) else out / "checkpoints" / LAST
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}; start without --resume")
+    for leftover in path.parent.glob(".*.tmp"):  # a write the kill interrupted; the renamed file is intact
+        leftover.unlink()
     return path
 
 
@@ -268,7 +270,7 @@ def load_run(path: str | Path) -> tuple[RunConfig, Method, dict]:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.yaml beside {ckpt_path}; pass a run directory written by `dmlkit train`")
-    checkpoint = safe_torch_load(ckpt_path)
+    checkpoint = load_checkpoint_dict(ckpt_path)
     config = RunConfig(**yaml.safe_load(config_path.read_text()))
     cls = method_class(config.method)
     data = prepare_data(config, cls.uses_labels)

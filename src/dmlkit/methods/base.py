@@ -62,9 +62,9 @@ class RefreshContext:
         embed: ``embed(fn, dataset=None) -> Tensor[N, D]`` runs ``fn(images)`` (no grad, eval mode,
             un-augmented) over the whole training split (or ``dataset``) in order, on the engine's device,
             gathered across ranks. Returns a CPU float tensor.
-        knn: ``knn(x, k) -> (distances [N, k], indices [N, k])``, exact squared-Euclidean neighbours of
-            every row of ``x`` among the rows of ``x`` (self included at rank 0), through faiss or
-            batched torch; never an N x N matrix.
+        knn: ``knn(x, k) -> (distances [N, k], indices [N, k])``, exact Euclidean neighbours of every
+            row of ``x`` among the rows of ``x`` (the row itself at rank 0, distance 0), in chunks;
+            never an N x N matrix.
         device: where training runs.
         seed: the run seed (combine with ``epoch`` for per-epoch randomness).
         rank, world_size: the distributed position of this process.
