@@ -4,7 +4,7 @@ Two measurements on the same seeded synthetic "clustered" embeddings (class cent
 centre + N(0, 2.4² I), 1,000 classes of 120 items; 120,000 items is the size of Stanford Online
 Products, train + test):
 
-* ``refresh``: :func:`dmlkit.engine.embedding.neighbour_table` with k = 5, what STML/PLM run over the
+* ``refresh``: :func:`dmlkit.evaluation.knn.refresh_knn` with k = 5, what STML/PLM run over the
   whole training split at every epoch start (exact kNN in blocks, never N x N). Checked against
   brute force on 256 random rows (the distances it returns are Euclidean, not squared).
 * ``evaluation``: :func:`dmlkit.evaluate` with the full metric set at SOP's Recall@K (1, 10, 100,
@@ -81,7 +81,7 @@ def worker(measurement: str, n: int, classes: int, threads: int) -> dict:
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     extra: dict = {}
     if measurement == "refresh":
-        from dmlkit.engine.embedding import neighbour_table
+        from dmlkit.evaluation.knn import refresh_knn as neighbour_table
 
         neighbour_table(x[:64], NEIGHBOURS)  # warm-up: imports, thread pools
         base, c0, t0 = _peak_mb(), _cpu(), time.perf_counter()
