@@ -56,7 +56,35 @@ def test_initial_method_evaluates_without_training(tmp_path):
     out = tmp_path / "initial"
     assert main(["train", "--method", "initial", *SMALL, "--no-pictures", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics["test"]) and not (out / "checkpoints").exists()
+    assert METRIC_KEYS <= set(metrics["test"]) and (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_mlrc_protocol_through_eval(tmp_path, capsys):
+    """Four fold runs -> `dmlkit eval --protocol mlrc`: separated = mean of the four, concatenated = joined."""
+    import torch
+
+    from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.evaluation import evaluate
+    from dmlkit.evaluation.embedding import embed_dataset
+
+    runs = []
+    for fold in range(4):
+        out = tmp_path / f"fold{fold}"
+        assert main(["train", "--method", "initial", *SMALL, "--no-pictures", "--fold", str(fold), "--seed", str(fold),
+                     "--out", str(out)]) == 0
+        runs.append(str(out))
+    assert main(["eval", "--protocol", "mlrc", *runs, "--json", str(tmp_path / "mlrc.json")]) == 0
+    result = json.loads((tmp_path / "mlrc.json").read_text())
+    assert "MLRC separated" in capsys.readouterr().out
+    per_run = []
+    for path in runs:
+        config, method, _ = load_run(path)
+        query = prepare_data(config, "none").query
+        embeddings = torch.nn.functional.normalize(embed_dataset(method.embed, query, modules=(method,)), dim=1)
+        per_run.append(evaluate(embeddings, query.true_labels, recall_at=(1,), nmi=False))
+    for key in ("precision@1", "r_precision", "map@r"):
+        assert result["separated"][key] == pytest.approx(np.mean([r[key] for r in per_run]), abs=1e-9)
+        assert 0 <= result["concatenated"][key] <= 1
 
 
 def test_label_free_methods_never_read_training_labels(tmp_path, monkeypatch):
@@ -71,10 +99,11 @@ def test_label_free_methods_never_read_training_labels(tmp_path, monkeypatch):
         records.labels[train] = np.random.default_rng(1).permutation(records.labels[train])
         return records
 
-    args = ["train", "--method", "stml", *SMALL, "--epochs", "1", "--no-pictures"]
+    args = ["train", "--method", "stml", *SMALL, "--epochs", "1"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "pictures" / "similarity_grid.png").exists()  # STML's pseudo-similarity, Fig. 2 style
     monkeypatch.setattr(data_module, "load_records", permuted)
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--no-pictures", "--out", str(tmp_path / "b")]) == 0
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())["test"]
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())["test"]
     assert a == b

@@ -133,6 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.protocol == "mlrc":
         if len(args.runs) != 4:
             raise ValueError(f"--protocol mlrc needs the four fold runs, got {len(args.runs)}")
+        import numpy as np
+
         from dmlkit.evaluation.protocols import mlrc_from_embeddings
 
         per_fold, labels = [], None
@@ -140,6 +142,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             config, method, _ = load_run(_checkpoint(path, args.checkpoint))
             data = prepare_data(config, method_class(config.method).uses_labels)
             per_fold.append(embed_dataset(method.embed, data.query, modules=(method,)))
+            if labels is not None and not np.array_equal(labels, data.query.true_labels):
+                raise ValueError(f"{path} was evaluated on another test set than {args.runs[0]}; "
+                                 "MLRC runs must share dataset, protocol and --test-subset")
             labels = data.query.true_labels
         result = mlrc_from_embeddings(per_fold, labels)
         for name in ("separated", "concatenated"):

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from dmlkit.data.base import DMLDataset, SplitData
-from dmlkit.engine.checkpoint import AtomicCheckpointIO, atomic_write_bytes, atomic_write_json, load_checkpoint_dict
+from dmlkit.engine.checkpoint import (AtomicCheckpointIO, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+                                     load_checkpoint_dict)
 from dmlkit.engine.config import RunConfig, resolve_config
 from dmlkit.methods import BuildInfo, Method, method_class
 
@@ -62,7 +63,8 @@ def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
         else:
             train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
     if config.test_subset and config.test_subset < len(query) and split.gallery is None:
-        query = stratified_subset(query, config.test_subset, seed=config.seed + 1)
+        # seeded apart from the run: runs with different seeds (MLRC folds, repeats) share one test set
+        query = stratified_subset(query, config.test_subset, seed=0)
     train_set = visible_labels(train_set, uses_labels)
     return SplitData(train=train_set, query=query, gallery=split.gallery, val=split.val, info=split.info)
 
@@ -130,6 +132,10 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
     if not cls.trains:
         module.history.append({"epoch": 0, "epoch_seconds": 0.0, "images_per_second": 0.0,
                                **module.evaluate_split("test")})
+        if rank_zero:  # a checkpoint of the untrained network, so `dmlkit eval/embed` work on it too
+            atomic_torch_save({"state_dict": {f"method.{k}": v for k, v in method.state_dict().items()},
+                               "dmlkit": {"history": module.history, "method_state": method.extra_state_for_checkpoint()}},
+                              checkpoint_dir / LAST)
         return _finish(module, config, out, time.perf_counter() - start)
     module.checkpoint_hook = lambda trainer, record: _save_checkpoints(trainer, module, checkpoint_dir, record, config)
     strategy: Any = config.strategy
@@ -245,9 +251,29 @@ def _pictures(module, out: Path, config: RunConfig) -> list[str]:
         made.append("pictures/retrieval_grid.png")
         viz.metric_curves(module.history, pictures_dir / "metric_curves.png")
         made.append("pictures/metric_curves.png")
+        if _similarity_grid(module, pictures_dir / "similarity_grid.png", config):
+            made.append("pictures/similarity_grid.png")
     except Exception as error:  # pictures never sink a finished run
         log.warning("pictures: %s", error)
     return made
+
+
+def _similarity_grid(module, path: Path, config: RunConfig) -> bool:
+    """Top-8 by the method's pseudo-similarity in one training batch (STML supplement, Fig. 2)."""
+    from dmlkit import viz
+
+    train = module.train_set
+    batch = next(iter(module.method.batch_sampler(train, min(config.batch_size, len(train)), config.seed, 0)), None)
+    if batch is None:
+        return False
+    batch = np.asarray(list(batch)[: config.batch_size])
+    images = torch.stack([train.image(int(i)) for i in batch])
+    similarity = module.method.pseudo_similarity(images.to(module.device))
+    if similarity is None:
+        return False
+    # ground truth only colours the borders of the picture; training never read it
+    viz.similarity_grid(images.numpy(), similarity.cpu(), path, labels=train.true_labels[batch], seed=config.seed)
+    return True
 
 
 def _report(out: Path, result: dict) -> None:

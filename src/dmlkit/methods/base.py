@@ -140,6 +140,11 @@ class Method(nn.Module):
         """Test-time embedding ``[B, D]`` of un-augmented images ``[B, C, H, W]`` in [0, 1]."""
         raise NotImplementedError
 
+    def pseudo_similarity(self, images: Tensor) -> Tensor | None:
+        """The method's pseudo-supervision ``[b, b]`` for a batch of un-augmented images, for the
+        similarity grid in the run directory; None for methods without a soft similarity."""
+        return None
+
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: every trainable parameter at ``lr``."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -209,6 +209,12 @@ class PLM(Method):
     def embed(self, images: Tensor) -> Tensor:
         return l2_normalize(self.network(self.views.eval_transform(images)))
 
+    @torch.no_grad()
+    def pseudo_similarity(self, images: Tensor) -> Tensor:
+        """Eq. 5 point-point similarity of the momentum encoder's embeddings of un-augmented images."""
+        embeddings = l2_normalize(self.momentum_encoder(self.views.eval_transform(images)))
+        return self.pseudo_supervision(embeddings)["similarity"]
+
     def pseudo_supervision(self, embeddings: Tensor) -> dict[str, Tensor]:
         """Table 2 hook: the pieces ``X_i`` (groups) and Eq. 5 similarity of ``embeddings`` ``[b, D]`` under
         this method's options; an estimator for :func:`dmlkit.evaluation.quality.quality_table`."""

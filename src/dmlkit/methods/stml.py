@@ -238,6 +238,14 @@ class STML(Method):
             self.update_teacher()
 
     # -- test time and optimisation ----------------------------------------------------------------
+    @torch.no_grad()
+    def pseudo_similarity(self, images: Tensor) -> Tensor:
+        """Eqs. 2-5 on the teacher's g of un-augmented images, each its own index (one view)."""
+        c = self.config
+        teacher = self.teacher(self.views.eval_transform(images))
+        return contextual_similarity(teacher, torch.arange(len(images), device=images.device), c.num_neighbors,
+                                     c.sigma)
+
     def embed(self, images: Tensor) -> Tensor:
         """Raw f of the deterministic test-time view."""
         return self.f(self.student.backbone(self.views.eval_transform(images)))
