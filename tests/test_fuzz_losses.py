@@ -157,8 +157,6 @@ def test_angular_triplet_loss_is_finite_and_non_negative(t, d, l, kind, seed, al
     assert all(finite(gr) for gr in grads)
 
 
-@pytest.mark.xfail(strict=True, reason="angular_triplet_loss(reduction='mean') over zero triplets is 0/0 = NaN; the "
-                                       "classical losses' _mean returns 0 there (reported to the SSDML owner)")
 def test_angular_triplet_mean_over_no_triplets():
     empty = torch.zeros(0, 3, requires_grad=True)
     loss = at.angular_triplet_loss(empty, empty, empty, reduction="mean")

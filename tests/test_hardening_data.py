@@ -410,17 +410,6 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
 }
 
 # Readers that give an unclear message or crash today (reported to the data owner; see the report).
-KNOWN_BAD = {
-    "cifar-unknown-label": "read_cifar10 accepts label 99 (CIFAR-10 has classes 0-9); the run fails later in "
-                           "evaluation with an unrelated recall_at message",
-    "cub-non-integer-class": "read_cub200: int('bird') -> 'invalid literal for int() with base 10', no file named",
-    "cub-empty": "read_cub200 on empty annotation files: half_split -> numpy 'zero-size array to reduction "
-                 "operation maximum which has no identity'",
-    "cars-garbage-mat": "_mat_annotations: scipy.io.loadmat raises IndexError on a short non-MAT file; "
-                        "IndexError is not caught, the CLI prints a traceback (no exit 2)",
-    "cars-no-class-field": "read_cars196: ann['class'] -> numpy 'no field of name class', no file named",
-    "sop-non-integer-class": "read_sop: int('chair') -> 'invalid literal for int() with base 10', no file named",
-}
 
 
 def _train(dataset: str, root: Path | None, out: Path) -> int:
@@ -433,8 +422,7 @@ def _train(dataset: str, root: Path | None, out: Path) -> int:
 
 def _params():
     for name, (builder, words) in CASES.items():
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BAD[name])] if name in KNOWN_BAD else []
-        yield pytest.param(builder, words, id=name, marks=marks)
+        yield pytest.param(builder, words, id=name)
 
 
 @pytest.mark.parametrize("builder, words", list(_params()))

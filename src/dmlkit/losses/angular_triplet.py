@@ -54,6 +54,8 @@ def angular_triplet_loss(
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got '{reduction}'")
     losses = F.softplus(angular_margins(anchor, positive, negative, L, alpha_deg))
+    if reduction == "mean" and losses.numel() == 0:
+        return losses.sum()  # no triplets: 0, still attached to the graph
     return losses.sum() if reduction == "sum" else losses.mean()
 
 

@@ -137,7 +137,11 @@ def read_cifar10(root: str | None = None) -> DatasetRecords:
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch["labels"]):
             raise DatasetError(f"{folder / fname}: data {data.shape} and {len(batch['labels'])} labels do not fit CIFAR-10")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+        if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() > 9):
+            bad = int(batch_labels[(batch_labels < 0) | (batch_labels > 9)][0])
+            raise DatasetError(f"{folder / fname}: label {bad} is not a CIFAR-10 class (0-9); re-download the batches")
+        labels.append(batch_labels)
         splits += ["test" if fname == "test_batch" else "train"] * len(data)
     names = None
     if (folder / "batches.meta").is_file():

@@ -42,6 +42,22 @@ def read_rows(path: Path, n_cols: int, skip: int = 0) -> list[list[str]]:
     return rows
 
 
+def class_ids(values: list[str], path: Path) -> np.ndarray:
+    """Integer class ids read from ``path``; a non-integer names the file and the value."""
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        bad = next(v for v in values if not v.lstrip("-").isdigit())
+        raise DatasetError(f"{path}: class id '{bad}' is not an integer; re-download the annotation file") from None
+
+
+def _mat_field(ann: np.ndarray, field: str, path: Path) -> np.ndarray:
+    if ann.dtype.names is None or field not in ann.dtype.names:
+        raise DatasetError(f"{path}: the annotations have no '{field}' field (fields: {ann.dtype.names}); "
+                           "use the original cars_annos.mat or devkit files")
+    return ann[field]
+
+
 def contiguous(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, unique_ids)``: 0-based contiguous labels over the sorted unique ``ids``."""
     unique, labels = np.unique(ids, return_inverse=True)
@@ -79,10 +95,12 @@ def read_cub200(root: str | None = None) -> DatasetRecords:
     classes = dict(read_rows(folder / "image_class_labels.txt", 2))
     if set(paths) != set(classes):
         raise DatasetError(f"{folder}: images.txt and image_class_labels.txt list different image ids")
+    if not paths:
+        raise DatasetError(f"{folder / 'images.txt'} lists no images; re-extract CUB_200_2011.tgz")
     ids = sorted(paths, key=int)
     files = [str(folder / "images" / paths[i]) for i in ids]
     check_files_exist("cub200", files)
-    labels, unique = contiguous(np.array([int(classes[i]) for i in ids]))
+    labels, unique = contiguous(class_ids([classes[i] for i in ids], folder / "image_class_labels.txt"))
     names = None
     if (folder / "classes.txt").is_file():
         by_id = {int(k): v for k, v in read_rows(folder / "classes.txt", 2)}
@@ -97,7 +115,7 @@ def _mat_annotations(path: Path) -> np.ndarray:
 
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True)
-    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as err:  # scipy's errors for a bad file
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError, IndexError) as err:  # scipy's errors for a bad file
         raise DatasetError(f"cannot read {path} ({type(err).__name__}: {err}); re-download it") from None
     if "annotations" not in mat:
         raise DatasetError(f"{path} has no 'annotations' struct (keys: {sorted(k for k in mat if not k.startswith('__'))})")
@@ -125,15 +143,17 @@ def read_cars196(root: str | None = None) -> DatasetRecords:
     )
     if (folder / "cars_annos.mat").is_file():
         ann = _mat_annotations(folder / "cars_annos.mat")
-        files = [str(folder / str(p)) for p in ann["relative_im_path"]]
-        class_ids = ann["class"].astype(np.int64)
+        files = [str(folder / str(p)) for p in _mat_field(ann, "relative_im_path", folder / "cars_annos.mat")]
+        ids = _mat_field(ann, "class", folder / "cars_annos.mat").astype(np.int64)
     else:
         train_mat, test_mat = _cars_devkit_files(folder)  # type: ignore[misc]
         parts = [(_mat_annotations(train_mat), "cars_train"), (_mat_annotations(test_mat), "cars_test")]
-        files = [str(folder / sub / str(f)) for ann, sub in parts for f in ann["fname"]]
-        class_ids = np.concatenate([ann["class"].astype(np.int64) for ann, _ in parts])
+        files = [str(folder / sub / str(f)) for (ann, sub), mat in zip(parts, (train_mat, test_mat))
+                 for f in _mat_field(ann, "fname", mat)]
+        ids = np.concatenate([_mat_field(ann, "class", mat).astype(np.int64)
+                              for (ann, _), mat in zip(parts, (train_mat, test_mat))])
     check_files_exist("cars196", files)
-    labels, unique = contiguous(class_ids)
+    labels, unique = contiguous(ids)
     names = None
     for meta in (folder / "cars_annos.mat", folder / "devkit" / "cars_meta.mat", folder / "cars_meta.mat"):
         if meta.is_file():
@@ -155,7 +175,7 @@ def read_sop(root: str | None = None) -> DatasetRecords:
            "extract it (the folder holding Ebay_train.txt).")
     folder = find_dataset("sop", root, lambda d: (d / "Ebay_train.txt").is_file() and (d / "Ebay_test.txt").is_file(),
                           ("Stanford_Online_Products", "sop/Stanford_Online_Products", "sop"), how)
-    files, class_ids, splits = [], [], []
+    files, ids, splits = [], [], []
     for split in ("train", "test"):
         path = folder / f"Ebay_{split}.txt"
         header = path.read_text(encoding="utf-8").split("\n", 1)[0].split()
@@ -163,10 +183,10 @@ def read_sop(root: str | None = None) -> DatasetRecords:
             raise DatasetError(f"{path}: header {header}, expected 'image_id class_id super_class_id path'")
         rows = read_rows(path, 4, skip=1)
         files += [str(folder / r[3]) for r in rows]
-        class_ids += [int(r[1]) for r in rows]
+        ids += class_ids([r[1] for r in rows], path).tolist()
         splits += [split] * len(rows)
     check_files_exist("sop", files)
-    labels, _ = contiguous(np.array(class_ids))
+    labels, _ = contiguous(np.array(ids))
     records = DatasetRecords("sop", files, labels, np.array(splits), None, recall_at=(1, 10, 100, 1000),
                              image_size=224, channels=3)
     return check_counts(records, folder)
