@@ -53,13 +53,13 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if rule[0] == "refresh":
-    original_knn = mod.neighbour_table
-    def neighbour_table(x, k):
+    original_knn = mod.refresh_knn
+    def refresh_knn(x, k):
         calls["n"] += 1
         if calls["n"] == int(rule[1]):
             die()
         return original_knn(x, k)
-    mod.neighbour_table = neighbour_table
+    mod.refresh_knn = refresh_knn
 elif rule[0] == "write":
     original_write = ck.atomic_write_bytes
     def atomic_write_bytes(path, data):
