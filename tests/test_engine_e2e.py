@@ -178,3 +178,10 @@ def test_non_finite_loss_stops_with_exit_3(tmp_path, monkeypatch, capsys):
     assert "non-finite loss" in message and "supervised" in message and "step" in message
     assert "last.ckpt (epoch 1)" in message
     assert not (out / "metrics.json").exists()
+
+    # --on-nan skip: the bad batches are skipped and counted, the run finishes
+    calls["n"] = 0
+    skipped = tmp_path / "skip"
+    assert main(["train", "--method", "supervised", *SMALL, "--epochs", "2", "--no-pictures", "--on-nan", "skip",
+                 "--out", str(skipped)]) == 0
+    assert json.loads((skipped / "metrics.json").read_text())["skipped_batches"] == 16 - 10
