@@ -29,7 +29,7 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--method", "supervised", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "--method", "supervised", *SMALL, "--epochs", "2", "--picture-every", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| R@1 | R@2 | R@4 | R@8 | NMI | P@1 | RP | MAP@R |" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -38,7 +38,8 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert metrics["test"]["recall@1"] > 0.5  # far above chance (0.1) after two epochs
     assert metrics["seconds"] > 0 and len(metrics["history"]) == 2
     for name in ("config.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "checkpoints/latest.json",
-                 "logs/metrics.csv", "pictures/embedding_map.png", "pictures/retrieval_grid.png", "report.md"):
+                 "logs/metrics.csv", "pictures/embedding_map.png", "pictures/embedding_map_epoch2.png",
+                 "pictures/retrieval_grid.png", "report.md"):
         assert (out / name).exists(), name
 
     # eval reproduces the final metrics from the checkpoint; embed writes the test embeddings

@@ -57,6 +57,7 @@ def _add_train(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="stop (default, exit 3) or skip a batch whose loss is not finite")
     p.add_argument("--no-pictures", action="store_true", help="skip the embedding map, retrieval grid and curves")
+    p.add_argument("--picture-every", type=int, help="also draw the test embedding map every N epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting or a method option (e.g. --set sigma=2 --set epochs=5)")
@@ -71,7 +72,7 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
                "eval_every": "eval_every", "train_subset": "train_subset", "test_subset": "test_subset",
                "data_root": "data_root", "out": "out", "accelerator": "accelerator", "devices": "devices",
-               "strategy": "strategy", "threads": "threads", "on_nan": "on_nan"}
+               "strategy": "strategy", "threads": "threads", "on_nan": "on_nan", "picture_every": "picture_every"}
     for attr, key in mapping.items():
         value = getattr(args, attr)
         if value is not None:

@@ -154,12 +154,26 @@ class MethodModule(L.LightningModule):
             for key in ("recall@1", "nmi", "map@r"):
                 if key in record:
                     self.log(f"test/{key}", float(record[key]), sync_dist=False)
+            every = self.settings.get("picture_every")
+            if every and (self.current_epoch + 1) % every == 0 and self.global_rank == 0:
+                self._embedding_map_of_epoch(self.current_epoch + 1)
         self.history.append(record)
         if self.checkpoint_hook is not None:
             self.checkpoint_hook(self.trainer, record)
         if self.global_rank == 0 and "recall@1" in record:
             log.info("epoch %d: R@1 %.4f NMI %.4f MAP@R %.4f (%.1fs, %.0f img/s)", record["epoch"],
                      record["recall@1"], record["nmi"], record["map@r"], seconds, record["images_per_second"])
+
+    def _embedding_map_of_epoch(self, epoch: int) -> None:
+        """``pictures/embedding_map_epoch<E>.png``: the test embeddings' t-SNE map during training."""
+        from pathlib import Path
+
+        from dmlkit import viz
+
+        folder = Path(self.settings["run_dir"]) / "pictures"
+        folder.mkdir(parents=True, exist_ok=True)
+        viz.embedding_map(self.embed(self.query).numpy(), self.query.true_labels,
+                          folder / f"embedding_map_epoch{epoch}.png", seed=self.settings["seed"], title=f"epoch {epoch}")
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate_split(self, which: str = "test") -> dict[str, float]:

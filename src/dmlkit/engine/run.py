@@ -99,7 +99,8 @@ def _settings(config: RunConfig) -> dict[str, Any]:
     return {"batch_size": config.batch_size, "seed": config.seed, "num_workers": config.num_workers,
             "lr": config.lr, "weight_decay": config.weight_decay or 0.0, "optimizer": config.optimizer,
             "scheduler": config.scheduler, "epochs": config.epochs, "eval_every": config.eval_every,
-            "on_nan": config.on_nan, "run_dir": config.out}
+            "on_nan": config.on_nan, "run_dir": config.out,
+            "picture_every": config.picture_every if config.pictures else None}
 
 
 def run(config: RunConfig, resume: bool | str = False) -> dict:
