@@ -198,12 +198,12 @@ def _start_run_dir(out: Path) -> None:
 
 def _save_checkpoints(trainer, module, checkpoint_dir: Path, record: dict, config: RunConfig) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(checkpoint_dir / LAST)
+    trainer.save_checkpoint(checkpoint_dir / LAST, weights_only=False)  # full state, for --resume
     key = "val_map@r" if "val_map@r" in record else "recall@1"
     if key in record:
         scored = [r for r in module.history if key in r]
         if record[key] >= max(r[key] for r in scored):
-            trainer.save_checkpoint(checkpoint_dir / BEST)
+            trainer.save_checkpoint(checkpoint_dir / BEST, weights_only=False)
     if trainer.global_rank == 0:
         atomic_write_json(checkpoint_dir / POINTER, {"last": LAST, "epoch": record["epoch"], "complete": True})
 
