@@ -24,10 +24,7 @@ and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,11 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np
-import torch
 
 import dmlkit
+from _common import save_rows
 
-RESULTS = ROOT / "benchmarks" / "results" / "drml.json"
 DATASET = "fashion-mnist"
 PROTOCOL = "zero-shot"
 PRESET = "drml-fashion-mnist"
@@ -63,18 +59,6 @@ PAPER_NOTE = ("no paper number for Fashion-MNIST; the seed's MLRC tables (CUB, C
               "0-3 points P@1 (DRML-Triplet on CUB concatenated: -0.2)")
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()}-core CPU, no GPU (torch threads: {torch.get_num_threads()})"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def settings_for(name: str, seed: int, quick: bool) -> tuple[str, dict]:
@@ -108,14 +92,7 @@ def run_row(name: str, seed: int, quick: bool, out_root: Path) -> dict:
 
 def save(rows: list[dict]) -> dict:
     """Replace the rows with the same (method, dataset, protocol, seed) in the results file."""
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "drml", "rows": []}
-    keys = {(r["method"], r["dataset"], r["protocol"], r["seed"]) for r in rows}
-    kept = [r for r in data.get("rows", []) if (r["method"], r["dataset"], r["protocol"], r["seed"]) not in keys]
-    data.update({"benchmark": "drml", "machine": machine(), "commit": commit(),
-                 "date": datetime.date.today().isoformat(), "rows": kept + rows})
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    return save_rows("drml", rows)
 
 
 def table(rows: list[dict]) -> str:

@@ -24,10 +24,6 @@ and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,8 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dmlkit  # noqa: E402
+from _common import save_rows  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "stml.json"
 DATASET = "fashion-mnist"
 PRESET = "stml-fashion-mnist"
 PROTOCOLS = {"unsupervised": "standard", "zero-shot": "zero-shot"}
@@ -50,18 +46,6 @@ QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
 PAPER_NOTE = "no paper number: STML reports CUB/Cars/SOP only; targets here are R@1 > raw pixels and NMI > 0.60"
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()}-core CPU, no GPU (torch threads: {torch.get_num_threads()})"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def preset_options() -> dict:
@@ -175,14 +159,7 @@ RUNNERS = {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixel
 
 def save(rows: list[dict]) -> dict:
     """Replace the rows with the same (method, dataset, protocol) in the results file."""
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "stml", "rows": []}
-    keys = {(r["method"], r["dataset"], r["protocol"]) for r in rows}
-    kept = [r for r in data.get("rows", []) if (r["method"], r["dataset"], r["protocol"]) not in keys]
-    data.update({"benchmark": "stml", "machine": machine(), "commit": commit(),
-                 "date": datetime.date.today().isoformat(), "rows": kept + rows})
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    return save_rows("stml", rows, key=("method", "dataset", "protocol"))
 
 
 def table(rows: list[dict]) -> str:
