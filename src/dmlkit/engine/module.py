@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dmlkit.data.base import DMLDataset
-from dmlkit.evaluation.embedding import embed_dataset
+from dmlkit.evaluation.embedding import embed_dataset, embed_dataset_distributed
 from dmlkit.evaluation.knn import refresh_knn
 from dmlkit.methods.base import Method, RefreshContext, seeded_generator
 
@@ -107,13 +107,31 @@ class MethodModule(L.LightningModule):
             device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
             extra={"run_dir": self.settings.get("run_dir"), "epochs": self.settings["epochs"]},
         )
+        self._sync_buffers_from_rank_zero()
         self.method.refresh(context)
         self.method.train()
         self._epoch_start = time.perf_counter()
         self._images_seen = 0
 
     def _embed_for_refresh(self, fn, dataset: DMLDataset | None = None) -> torch.Tensor:
-        return embed_dataset(fn, dataset or self.train_set, self.device, modules=(self.method,))
+        """The split embedded once over all ranks: each rank embeds its shard, every rank gets all of it
+        in item order (:func:`embed_dataset_distributed`; one process: :func:`embed_dataset`)."""
+        dataset = dataset if dataset is not None else self.train_set
+        return embed_dataset_distributed(fn, dataset, self.device, modules=(self.method,))
+
+    def _sync_buffers_from_rank_zero(self) -> None:
+        """Give every rank rank 0's buffers (BN statistics, EMA teachers' statistics ...).
+
+        DDP broadcasts them at the start of every forward, so after an epoch's last forward each rank
+        holds the statistics of its own last half batch. Refresh and evaluation run in eval mode on
+        those buffers: syncing first makes every rank embed, and score, with one model (and so take the
+        same best-checkpoint decision, whose save is a collective)."""
+        import torch.distributed as dist
+
+        if self.trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        for buffer in self.buffers():
+            dist.broadcast(buffer.data, src=0)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         # Randomness (views, dropout) is a function of (seed, epoch, step, rank) alone, so a resumed
@@ -148,6 +166,7 @@ class MethodModule(L.LightningModule):
                                   "images_per_second": self._images_seen / max(seconds, 1e-9)}
         epochs = self.settings["epochs"]
         if (self.current_epoch + 1) % self.settings["eval_every"] == 0 or self.current_epoch + 1 == epochs:
+            self._sync_buffers_from_rank_zero()
             record.update(self.evaluate_split("test"))
             if self.val is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate_split("val").items()})

@@ -47,3 +47,47 @@ def embed_dataset(
     if not parts:
         raise ValueError(f"{dataset.name}: cannot embed an empty dataset")
     return torch.cat(parts)
+
+
+def embed_dataset_distributed(
+    fn: Callable[[Tensor], Tensor],
+    dataset: DMLDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    modules: tuple[torch.nn.Module, ...] = (),
+    num_workers: int = 0,
+) -> Tensor:
+    """:func:`embed_dataset` shared out over the ranks of ``torch.distributed`` -> the full ``[N, D]``
+    CPU float tensor, identical on every rank.
+
+    Every rank must call it (it is a collective). Rank ``r`` embeds one contiguous shard made of whole
+    ``batch_size`` batches, ``ceil(ceil(N / batch_size) / world)`` of them (the last shards may be short
+    or empty); the shards are padded to one length, all-gathered and cut back to ``N`` rows in item
+    order. Each item therefore goes through ``fn`` in the same batch as in the one-process pass, so with
+    the same weights the result is the one-process result bit for bit. Without an initialised process
+    group, or with one process, this is :func:`embed_dataset` itself.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embed_dataset(fn, dataset, device, batch_size, modules, num_workers)
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.name}: cannot embed an empty dataset")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = len(dataset)
+    shard = -(-(-(-n // batch_size)) // world) * batch_size  # whole batches per rank
+    start, stop = min(n, rank * shard), min(n, (rank + 1) * shard)
+    local = (embed_dataset(fn, dataset.subset(np.arange(start, stop)), device, batch_size, modules, num_workers)
+             if stop > start else torch.zeros(0, 0))
+    # NCCL moves CUDA tensors only; gloo (CPU runs) moves CPU tensors
+    wire = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+    width = torch.tensor([local.shape[1]], dtype=torch.long, device=wire)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a rank with an empty shard learns D from the others
+    padded = torch.zeros(shard, int(width.item()), dtype=torch.float32, device=wire)
+    if len(local):
+        padded[: len(local)] = local.to(wire)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    # shard r fills rows [r * shard, r * shard + its length); only trailing shards are short, so the
+    # first n rows of the concatenation are the items in order
+    return torch.cat(parts)[:n].cpu()

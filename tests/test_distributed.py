@@ -1,0 +1,58 @@
+"""Distributed pieces without a dataset download: the sharded refresh embedding over two gloo
+processes, and the methods that refuse DDP."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dmlkit.data.base import DMLDataset
+from dmlkit.evaluation.embedding import embed_dataset, embed_dataset_distributed
+
+# (items, batch_size): shards 12 + 11; 8 + 1 (a short last shard); 4 + 0 (rank 1 embeds nothing)
+CASES = [(23, 4), (9, 4), (3, 4)]
+
+
+def _dataset(n: int) -> DMLDataset:
+    images = np.random.default_rng(n).integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)
+    return DMLDataset(images, np.arange(n) % 3, name=f"tiny{n}", image_size=8)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)  # the same weights in every process
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        net = _net().train()
+        results = [embed_dataset_distributed(net, _dataset(n), batch_size=b, modules=(net,)) for n, b in CASES]
+        torch.save({"embeddings": results, "training": net.training}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_embedding_is_the_one_process_embedding_in_order(tmp_path):
+    """Two gloo ranks each embed a shard; both get exactly (bitwise) the one-process [N, d] in item order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    net = _net()
+    expected = [embed_dataset(net, _dataset(n), batch_size=b) for n, b in CASES]
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        assert saved["training"], "the modules' training mode is restored after the pass"
+        for (n, _), got, want in zip(CASES, saved["embeddings"], expected):
+            assert got.shape == (n, 5) and got.dtype == torch.float32 and got.device.type == "cpu"
+            assert torch.equal(got, want), (rank, n)
+
+
+def test_without_a_process_group_it_is_embed_dataset():
+    net = _net()
+    data = _dataset(10)
+    assert torch.equal(embed_dataset_distributed(net, data, batch_size=4), embed_dataset(net, data, batch_size=4))
