@@ -5,6 +5,12 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dmlkit.data.base import DatasetRecords
+
 __version__ = "0.1.0"
 
 
@@ -24,4 +30,15 @@ def train(*args, **kwargs):  # noqa: D103 - documented in dmlkit.engine.run.trai
 
 train.__doc__ = "Train one method like `dmlkit train`; returns metrics.json's content. See dmlkit.engine.run.train."
 
-__all__ = ["evaluate", "train", "__version__"]
+
+def register_dataset(
+    name: str, reader: Callable[[str | None], DatasetRecords], description: str, *, overwrite: bool = False
+) -> None:
+    """Make ``name`` a dataset name for :func:`train`, ``load_records`` and ``dmlkit datasets`` in this
+    process; ``reader(root)`` returns a ``DatasetRecords``. See dmlkit.data.registry.register_dataset."""
+    from dmlkit.data.registry import register_dataset as _register_dataset
+
+    _register_dataset(name, reader, description, overwrite=overwrite)
+
+
+__all__ = ["__version__", "evaluate", "register_dataset", "train"]
