@@ -2,15 +2,23 @@
 
 Every writer takes a folder (a pytest ``tmp_path``), writes a few small images per class and the
 annotation files exactly as the official downloads lay them out, and returns the dataset folder.
+``tiny_records`` builds a small in-memory dataset instead, and ``restored_dataset_registry`` undoes
+``register_dataset`` calls (the ``dataset_registry`` fixture in conftest.py wraps it).
 """
 from __future__ import annotations
 
 import gzip
 import pickle
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dmlkit.data.base import DatasetRecords
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10), fmt: str | None = None) -> Path:
@@ -188,3 +196,34 @@ def write_csv(root: Path, header: str = "path,label,split,labeled", rows: list[s
     path = root / "data.csv"
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return path
+
+
+def tiny_records(name: str = "tiny", classes: int = 4, train_per_class: int = 8, test_per_class: int = 4,
+                 seed: int = 0) -> DatasetRecords:
+    """In-memory 28x28 grey images: class c lights one cell of a 2x2 (or finer) grid over noise, so any
+    network tells the classes apart; ``train_per_class`` train and ``test_per_class`` test images each."""
+    from dmlkit.data.base import DatasetRecords
+
+    per_class = train_per_class + test_per_class
+    labels = np.repeat(np.arange(classes), per_class)
+    splits = np.tile(np.array(["train"] * train_per_class + ["test"] * test_per_class), classes)
+    images = np.random.default_rng(seed).integers(0, 60, (len(labels), 1, 28, 28), dtype=np.uint8)
+    side = int(np.ceil(np.sqrt(classes)))
+    cell = 28 // side
+    for i, c in enumerate(labels):
+        row, col = divmod(int(c), side)
+        images[i, 0, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] += 150
+    return DatasetRecords(name, images, labels, splits, [f"class_{c}" for c in range(classes)])
+
+
+@contextmanager
+def restored_dataset_registry() -> Iterator[None]:
+    """Undo every ``register_dataset`` made inside the block (new names and overwritten ones)."""
+    from dmlkit.data import registry
+
+    saved = dict(registry._READERS)
+    try:
+        yield
+    finally:
+        registry._READERS.clear()
+        registry._READERS.update(saved)
