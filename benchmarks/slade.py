@@ -7,7 +7,7 @@ Data arrangement (``pool_records``; no standard protocol gives it):
 - test: the test images of classes 5-9 (zero-shot retrieval, R@1/2/4/8, NMI, ...).
 
 The arrangement is registered as the dataset ``fashion-mnist-slade`` for the runs of this script only
-(``dmlkit.train`` reads datasets by name; see ``register``).
+(``dmlkit.train`` reads datasets by name; ``register`` calls ``dmlkit.register_dataset``).
 
 Rows (seed 0), all from scratch with the same backbone (``mnist-net``), 128-d L2-normalised embedding,
 Multi-Similarity loss (α 2, β 50, λ 0.5, miner ε 0.1), labeled batches of 5 classes x 6, AdamW at lr 1e-3,
@@ -118,12 +118,14 @@ def pool_records(
 
 
 def register() -> None:
-    """Make ``fashion-mnist-slade`` loadable by name in this process (no public registration hook yet)."""
-    from dmlkit.data import registry
+    """Make ``fashion-mnist-slade`` loadable by name in this process (idempotent: a second call replaces it)."""
+    from dmlkit.data import load_records
 
-    registry._READERS[NAME] = (
-        lambda root: pool_records(registry.load_records(DATASET, root)),
+    dmlkit.register_dataset(
+        NAME,
+        lambda root: pool_records(load_records(DATASET, root)),
         "Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test 5-9",
+        overwrite=True,
     )
 
 
