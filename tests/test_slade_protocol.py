@@ -73,3 +73,18 @@ def test_benchmark_settings(bench, tmp_path):
     assert (
         reused["options"]["teacher_epochs"] == 0 and reused["epochs"] == reused["options"]["student_epochs"]
     )
+
+
+def test_benchmark_registers_its_dataset_through_the_public_hook(bench, dataset_registry, monkeypatch):
+    """``register`` adds fashion-mnist-slade with dmlkit.register_dataset: pool_records over fashion-mnist."""
+    from dmlkit.data import list_datasets, load_records, register_dataset
+
+    register_dataset("fashion-mnist", lambda root: _records(), "toy stand-in", overwrite=True)
+    pool_records = bench.pool_records
+    monkeypatch.setattr(bench, "pool_records", lambda base: pool_records(base, labeled_per_class=3))
+    bench.register()
+    bench.register()  # idempotent: the second call replaces the first
+    assert "1,000 labeled images" in list_datasets()[bench.NAME]
+    records = load_records(bench.NAME)
+    assert records.name == bench.NAME and len(records) == 60 + 12  # every train image + test of classes 3-5
+    assert records.labeled.sum() == 9
