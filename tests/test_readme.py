@@ -25,11 +25,11 @@ def _needs_data(body: str) -> bool:
 
 
 @pytest.mark.parametrize("index", [i for i, b in enumerate(BLOCKS) if b[0] == "run" and b[1] == "python"])
-def test_python_example(index, tmp_path, monkeypatch):
+def test_python_example(index, tmp_path, monkeypatch, dataset_registry):
     body = BLOCKS[index][2]
     if _needs_data(body) and not FMNIST.exists():
         pytest.skip("Fashion-MNIST not installed")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # dataset_registry: undoes the blocks' register_dataset calls
     exec(compile(body, f"README block {index}", "exec"), {"__name__": "__readme__"})
 
 
