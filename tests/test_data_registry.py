@@ -121,3 +121,13 @@ def test_the_registry_is_restored_afterwards():
     assert list_datasets() == before and "tiny" not in list_datasets()
     with pytest.raises(DatasetError, match="unknown dataset 'tiny'"):
         load_records("tiny")
+
+
+def test_initial_does_not_need_a_full_training_batch(dataset_registry, tmp_path):
+    """`initial` never trains, so a training split smaller than the default batch (128) is fine; a method
+    that trains still refuses it with the clear 'fewer than one batch' error."""
+    register_dataset("tiny", lambda root: tiny_records(), "a tiny in-memory set")
+    result = dmlkit.train("initial", "tiny", str(tmp_path / "initial"), progress=False, pictures=False)
+    assert 0 <= result["test"]["recall@1"] <= 1
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        dmlkit.train("supervised", "tiny", str(tmp_path / "supervised"), epochs=1, progress=False, pictures=False)

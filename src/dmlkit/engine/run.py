@@ -120,7 +120,7 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
     cls = method_class(config.method)
     data = prepare_data(config, cls.uses_labels)
     method = build_method(config, data.train)
-    if len(data.train) < config.batch_size and cls.uses_labels != "partial":
+    if cls.trains and len(data.train) < config.batch_size and cls.uses_labels != "partial":
         raise ValueError(f"the training split has {len(data.train)} items, fewer than one batch of {config.batch_size}; "
                          "lower --batch-size or use more data")
     recall_at = data.query.recall_at
