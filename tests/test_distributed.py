@@ -56,3 +56,43 @@ def test_without_a_process_group_it_is_embed_dataset():
     net = _net()
     data = _dataset(10)
     assert torch.equal(embed_dataset_distributed(net, data, batch_size=4), embed_dataset(net, data, batch_size=4))
+
+
+SINGLE_PROCESS = ["ssdml", "deep-lrml", "deep-seraph", "deep-isdml", "deep-apllr", "deep-apit", "slade"]
+
+
+@pytest.mark.parametrize("name", SINGLE_PROCESS)
+def test_single_process_methods_refuse_ddp_with_the_fix(name, tmp_path, capsys):
+    """`dmlkit train --devices 2` exits 2 before any process starts, naming the method and `--devices 1`."""
+    from dmlkit.cli import main
+    from dmlkit.methods import method_class
+
+    out = tmp_path / "run"
+    code = main(["train", "--method", name, "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nowhere"),
+                 "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress", "--out", str(out)])
+    assert code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dmlkit: error:")]
+    assert len(lines) == 1 and f"'{name}'" in lines[0] and "one process" in lines[0] and "--devices 1" in lines[0]
+    assert not out.exists(), "a refused run touches no run directory"
+    method_class(name).check_world_size(1)  # one process is fine
+
+
+@pytest.mark.parametrize("name", ["ssdml", "deep-lrml", "deep-apit"])
+def test_single_process_methods_refuse_a_distributed_refresh(name):
+    """Driven without the CLI (world size from the engine), the first refresh refuses too."""
+    from dmlkit.evaluation.knn import refresh_knn
+    from dmlkit.methods import BuildInfo, RefreshContext, method_class
+
+    method = method_class(name).from_options({}, BuildInfo(channels=1, image_size=28, num_train=6, num_classes=3,
+                                                           dataset="tiny", views_preset="grey28"))
+    context = RefreshContext(epoch=0, train=_dataset(6), embed=lambda *a, **k: None, knn=refresh_knn,
+                             device=torch.device("cpu"), world_size=2, rank=1)
+    with pytest.raises(ValueError, match=rf"'{name}' trains in one process only .*--devices 1"):
+        method.refresh(context)
+
+
+@pytest.mark.parametrize("name", ["supervised", "stml", "plm", "drml", "deepcluster", "instance"])
+def test_other_methods_accept_ddp(name):
+    from dmlkit.methods import method_class
+
+    method_class(name).check_world_size(2)

@@ -118,6 +118,8 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
     resume_path = _resume_path(out, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     cls = method_class(config.method)
+    if cls.trains:  # before any process starts or the run directory is touched
+        cls.check_world_size(config.devices)
     data = prepare_data(config, cls.uses_labels)
     method = build_method(config, data.train)
     if cls.trains and len(data.train) < config.batch_size and cls.uses_labels != "partial":

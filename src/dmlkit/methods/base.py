@@ -100,6 +100,16 @@ class Method(nn.Module):
     Config: ClassVar[type] = None  # type: ignore[assignment]
     #: False for methods that only evaluate (``initial``): the engine skips training
     trains: ClassVar[bool] = True
+    #: why the method trains in one process only (its batches or per-batch state are laid out for one
+    #: process); None: it runs under DDP. The engine refuses ``devices > 1`` for it before starting.
+    single_process: ClassVar[str | None] = None
+
+    @classmethod
+    def check_world_size(cls, world_size: int) -> None:
+        """ValueError (CLI exit 2) naming the method and the fix if it cannot run in ``world_size`` processes."""
+        if world_size > 1 and cls.single_process:
+            raise ValueError(f"method '{cls.name}' trains in one process only ({cls.single_process}), "
+                             f"not in {world_size} processes; use --devices 1 (devices=1 in Python)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any], info: BuildInfo) -> "Method":

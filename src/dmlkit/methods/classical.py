@@ -49,6 +49,9 @@ class _StochasticBaseline(Method):
 
     uses_labels = "partial"
     Config: ClassVar[type] = ClassicalConfig
+    single_process: ClassVar[str | None] = (
+        "its batches are graph groups followed by labeled items, which DDP would slice between the ranks, "
+        "and the M-step updates the metric M per batch")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 50,  # seed: 10 epochs per partition, 50 max
         "batch_size": 100,  # spec §8: 8 groups of 10 + 20 labeled
@@ -110,6 +113,7 @@ class _StochasticBaseline(Method):
         """New partition and graph every ``epochs_per_partition`` epochs; per-epoch M-step if any."""
         from dmlkit.data.samplers import make_partition
 
+        self.check_world_size(context.world_size)
         partition = context.epoch // self.config.epochs_per_partition
         labels = np.asarray(context.train.labels)
         fresh = partition != self._partition_id

@@ -135,6 +135,7 @@ class SLADE(Method):
     name = "slade"
     uses_labels = "partial"
     Config = Config
+    single_process = "its unlabeled-pair statistics are per batch"
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 80,
         "batch_size": 64,
@@ -234,10 +235,7 @@ class SLADE(Method):
 
     # -- refresh: stage switches --------------------------------------------------------------
     def refresh(self, context: RefreshContext) -> None:
-        if context.world_size > 1:
-            raise ValueError(
-                "SLADE runs in one process (its unlabeled-pair statistics are per batch); use devices=1"
-            )
+        self.check_world_size(context.world_size)
         labels = torch.as_tensor(context.train.labels, dtype=torch.long)
         if len(self.class_map) == 0:
             classes = torch.unique(labels[labels >= 0])

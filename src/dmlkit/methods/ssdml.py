@@ -14,7 +14,8 @@ random unlabeled ones; a new partition every ``epochs_per_partition`` epochs):
 **Batches.** :meth:`SSDML.batch_sampler` yields, for each batch of T_b triplets, the item indices
 ``[anchors (T_b) ; positives (T_b) ; negatives (T_b)]``; :meth:`SSDML.training_loss` splits the
 embedded batch back into the three thirds. One epoch is one pass over the partition's triplets in a
-random order (⌊|T_p| / T_b⌋ batches). The layout is single-process (DDP would slice the thirds).
+random order (⌊|T_p| / T_b⌋ batches). The layout is single-process (DDP would slice the thirds): the
+engine refuses devices > 1 for SSDML (:attr:`SSDML.single_process`).
 
 The network is ``backbone → FC(out_dim → head_dim) → l2`` (``head_dim=0``: no FC, CIFAR-10) and the
 test embedding is ``Lᵀz`` (:class:`dmlkit.models.OrthogonalProjection` holds L). CIFAR-10's softmax
@@ -74,6 +75,8 @@ class SSDML(Method):
     name = "ssdml"
     uses_labels = "partial"
     Config = SSDMLConfig
+    single_process = ("its batches are [anchors; positives; negatives] in thirds, which DDP would slice "
+                      "between the ranks, and the L-step updates L per batch")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 50,  # "a maximum of 50 epochs" (MNIST, Fashion-MNIST, CIFAR-10 after pre-training)
         "batch_size": 100,  # triplets per mini-batch (T_b)
@@ -117,6 +120,7 @@ class SSDML(Method):
     # ----------------------------------------------------------------------------- targets (refresh)
     def refresh(self, context: RefreshContext) -> None:
         """Pre-train once if asked, then draw a new partition and mine it every ``epochs_per_partition``."""
+        self.check_world_size(context.world_size)
         if not self.pretrained_done:
             self._softmax_pretraining(context)
             self.pretrained_done = True
