@@ -32,13 +32,24 @@ def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     try:
         net = _net().train()
         results = [embed_dataset_distributed(net, _dataset(n), batch_size=b, modules=(net,)) for n, b in CASES]
-        torch.save({"embeddings": results, "training": net.training}, f"{out}/rank{rank}.pt")
+        # the engine's buffer sync before refresh and evaluation: every rank ends with rank 0's statistics
+        from types import SimpleNamespace
+
+        from dmlkit.engine.module import MethodModule
+
+        norm = nn.BatchNorm1d(3)
+        norm.running_mean.fill_(float(rank + 1))
+        MethodModule._sync_buffers_from_rank_zero(SimpleNamespace(trainer=SimpleNamespace(world_size=world),
+                                                                  buffers=norm.buffers))
+        torch.save({"embeddings": results, "training": net.training, "running_mean": norm.running_mean},
+                   f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_sharded_embedding_is_the_one_process_embedding_in_order(tmp_path):
-    """Two gloo ranks each embed a shard; both get exactly (bitwise) the one-process [N, d] in item order."""
+    """Two gloo ranks each embed a shard; both get exactly (bitwise) the one-process [N, d] in item order.
+    The engine's buffer sync gives both ranks rank 0's buffers."""
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
@@ -47,6 +58,7 @@ def test_sharded_embedding_is_the_one_process_embedding_in_order(tmp_path):
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
         assert saved["training"], "the modules' training mode is restored after the pass"
+        assert torch.equal(saved["running_mean"], torch.ones(3)), "buffers synced from rank 0"
         for (n, _), got, want in zip(CASES, saved["embeddings"], expected):
             assert got.shape == (n, 5) and got.dtype == torch.float32 and got.device.type == "cpu"
             assert torch.equal(got, want), (rank, n)

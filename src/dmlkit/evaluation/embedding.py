@@ -75,7 +75,8 @@ def embed_dataset_distributed(
         raise ValueError(f"{dataset.name}: cannot embed an empty dataset")
     rank, world = dist.get_rank(), dist.get_world_size()
     n = len(dataset)
-    shard = -(-(-(-n // batch_size)) // world) * batch_size  # whole batches per rank
+    batches = (n + batch_size - 1) // batch_size
+    shard = (batches + world - 1) // world * batch_size  # whole batches per rank
     start, stop = min(n, rank * shard), min(n, (rank + 1) * shard)
     local = (embed_dataset(fn, dataset.subset(np.arange(start, stop)), device, batch_size, modules, num_workers)
              if stop > start else torch.zeros(0, 0))
