@@ -24,6 +24,7 @@ and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -126,11 +127,28 @@ def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
     overhead = similarity_overhead()
     result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"),
                           **train_settings(quick, PROTOCOLS[protocol_name]))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     epochs = result["config"]["epochs"]
     return row("stml", protocol_name, result["test"], result["seconds"],
                f"preset {PRESET}, {epochs} epoch(s); {PAPER_NOTE}", quick,
                images_per_second=round(result["images_per_second"], 1), epochs=epochs,
-               best_epoch=result.get("best", {}).get("epoch"), **overhead)
+               best_epoch=result.get("best", {}).get("epoch"), peak_rss_mb=round(peak_rss_mb, 1),
+               nmi_over_kmeans_seeds=nmi_over_kmeans_seeds(out_root / f"stml-{protocol_name}"), **overhead)
+
+
+def nmi_over_kmeans_seeds(run_dir: Path, seeds: int = 5) -> dict:
+    """NMI of the run's test embedding under ``seeds`` k-means seeds (the table's NMI is seed 0's): the
+    spread shows how much of an NMI difference between rows is the clustering's own noise."""
+    from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.evaluation.embedding import embed_dataset
+    from dmlkit.methods import method_class
+
+    config, method, _ = load_run(run_dir)
+    query = prepare_data(config, method_class(config.method).uses_labels).query
+    embeddings = embed_dataset(method.embed, query, modules=(method,))
+    values = [dmlkit.evaluate(embeddings, query.true_labels, recall_at=(1,), seed=seed)["nmi"] for seed in range(seeds)]
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
+            "min": round(min(values), 4), "max": round(max(values), 4), "seeds": seeds}
 
 
 def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
