@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=names, action="append", help="run only the run giving this row (repeatable)"
     )
     parser.add_argument("--out", default="runs/benchmarks/slade", help="where the run directories go")
+    parser.add_argument("--threads", type=int, default=SHARED["threads"], help="torch threads per run")
     args = parser.parse_args(argv)
+    SHARED["threads"] = args.threads
     register()
     runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
     out_root = Path(args.out) / ("quick" if args.quick else "full")
