@@ -18,7 +18,10 @@ weight decay 1e-4, constant learning rate; each round's student starts from its 
   end of the teacher stage, of each round, and at the end (= the last round);
 - ``slade-all-pairs``: SLADE with one round and every pseudo-labeled pair in the unlabeled ranking term
   (no basis selection), starting from the slade run's ``stage-teacher.pt`` when it exists (the very same
-  teacher and pseudo labels; else it trains its own); compare with ``slade-round-1``;
+  teacher and pseudo labels; else it trains its own, which is the same teacher: runs are seeded);
+  compare with ``slade-round-1``;
+- ``slade-no-basis``: the same one-round ablation with ``lambda2 = 0`` (no basis loss: the basis keeps its
+  random initialisation and only sets the selection thresholds);
 - ``supervised``: the same loss on the labeled set only, for as many epochs as the whole SLADE run.
 
 Usage (from the repository root)::
@@ -86,8 +89,11 @@ SUPERVISED_OPTIONS = {
 RUNS = {
     "slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
     "slade-all-pairs": ("slade-all-pairs",),
+    "slade-no-basis": ("slade-no-basis",),
     "supervised": ("supervised",),
 }
+#: one-round ablations from the slade run's teacher: run name -> the options they change
+ABLATIONS = {"slade-all-pairs": {"pair_selection": "all"}, "slade-no-basis": {"lambda2": 0.0}}
 
 
 def pool_records(
@@ -150,8 +156,8 @@ def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[s
     options = {**SLADE_OPTIONS, "rounds": rounds, "teacher_epochs": t, "student_epochs": s}
     if quick:
         options["basis_warmup_iters"] = 3
-    if run == "slade-all-pairs":
-        options["pair_selection"] = "all"
+    if run in ABLATIONS:
+        options.update(ABLATIONS[run])
         teacher = out_root / "slade" / "stage-teacher.pt" if out_root is not None else None
         if teacher is not None and teacher.is_file():  # the very teacher of the slade run
             options.update(teacher_weights=str(teacher), teacher_epochs=0)
@@ -173,7 +179,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
     at = {
         "slade-teacher": t,
         "slade": settings["epochs"],
-        "slade-all-pairs": settings["epochs"],
+        **{name: settings["epochs"] for name in ABLATIONS},
         "supervised": settings["epochs"],
         **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t is not None},
     }

@@ -67,12 +67,18 @@ def test_benchmark_settings(bench, tmp_path):
     assert slade["epochs"] % slade["eval_every"] == 0  # evaluated at the end of every stage
     _, own = bench.settings_for("slade-all-pairs", quick=False, out_root=tmp_path)
     assert own["options"]["pair_selection"] == "all" and own["options"]["teacher_epochs"] > 0
+    _, no_basis = bench.settings_for("slade-no-basis", quick=False, out_root=tmp_path)
+    changed = {k: v for k, v in no_basis["options"].items() if slade["options"].get(k) != v}
+    assert changed == {"lambda2": 0.0, "rounds": 1}  # one round without the basis loss, nothing else
     (tmp_path / "slade").mkdir()
     (tmp_path / "slade" / "stage-teacher.pt").write_bytes(b"")
-    _, reused = bench.settings_for("slade-all-pairs", quick=False, out_root=tmp_path)
-    assert (
-        reused["options"]["teacher_epochs"] == 0 and reused["epochs"] == reused["options"]["student_epochs"]
-    )
+    for ablation in bench.ABLATIONS:
+        _, reused = bench.settings_for(ablation, quick=False, out_root=tmp_path)
+        assert reused["options"]["teacher_weights"] == str(tmp_path / "slade" / "stage-teacher.pt")
+        assert (
+            reused["options"]["teacher_epochs"] == 0
+            and reused["epochs"] == reused["options"]["student_epochs"]
+        )
 
 
 def test_benchmark_registers_its_dataset_through_the_public_hook(bench, dataset_registry, monkeypatch):
