@@ -171,6 +171,33 @@ def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[s
     }
 
 
+def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
+    """How right round ``round_``'s k-means pseudo labels are, against the pool's hidden true labels:
+    purity, and the precision / recall of the same-cluster pairs as same-class pairs. ``None`` when the
+    stage file is missing or the run trained on a subset (its indices no longer match the train split)."""
+    from dmlkit.data import load_records
+    from dmlkit.engine.checkpoint import safe_torch_load
+    from dmlkit.evaluation.quality import group_purity_sums, partition_pair_stats
+
+    path = run_dir / f"stage-pseudo-labels-round-{round_}.pt"
+    if not path.is_file():
+        return None
+    pseudo = safe_torch_load(path)["pseudo_labels"].numpy()
+    records = load_records(NAME)
+    train = records.splits == "train"
+    if len(pseudo) != int(train.sum()):
+        return None
+    true, pool = records.labels[train], pseudo >= 0
+    numerator, denominator, _ = group_purity_sums(true[pool], pseudo[pool])
+    pairs = partition_pair_stats(true[pool], pseudo[pool])
+    return {
+        "clusters": int(pseudo.max()) + 1,
+        "purity": round(numerator / denominator, 4),
+        "pair_precision": round(pairs.precision(), 4),
+        "pair_recall": round(pairs.recall(), 4),
+    }
+
+
 def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
     method, settings = settings_for(run, quick, out_root)
     result = dmlkit.train(method, NAME, str(out_root / run), **settings)
@@ -182,6 +209,11 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         **{name: settings["epochs"] for name in ABLATIONS},
         "supervised": settings["epochs"],
         **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t is not None},
+    }
+    student_round = {  # the round whose pseudo labels each student row trained on
+        "slade": settings["options"]["rounds"],
+        **{f"slade-round-{r}": r for r in range(1, ROUNDS + 1)},
+        **{name: 1 for name in ABLATIONS},
     }
     rows = []
     for name in RUNS[run]:
@@ -201,6 +233,10 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
                 **({"quick": True} if quick else {}),
             }
         )
+        if name in student_round:
+            quality = pseudo_label_quality(out_root / run, student_round[name])
+            if quality is not None:
+                rows[-1]["pseudo_labels"] = quality
     return rows
 
 

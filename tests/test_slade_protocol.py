@@ -94,3 +94,24 @@ def test_benchmark_registers_its_dataset_through_the_public_hook(bench, dataset_
     records = load_records(bench.NAME)
     assert records.name == bench.NAME and len(records) == 60 + 12  # every train image + test of classes 3-5
     assert records.labeled.sum() == 9
+
+
+def test_benchmark_pseudo_label_quality_by_hand(bench, tmp_path, monkeypatch):
+    """Pool true labels [0, 0, 1, 1] in clusters [0, 0, 0, 1]: purity 3/4; the 3 same-cluster pairs hold
+    1 same-class pair (precision 1/3) of the 2 there are (recall 1/2); the labeled item (-1) is left out."""
+    import types
+
+    import torch
+
+    import dmlkit.data
+
+    records = types.SimpleNamespace(
+        labels=np.array([5, 0, 0, 1, 1, 9]), splits=np.array(["train"] * 5 + ["test"])
+    )
+    monkeypatch.setattr(dmlkit.data, "load_records", lambda name, root=None: records)
+    torch.save({"round": 1, "pseudo_labels": torch.tensor([-1, 0, 0, 0, 1])}, tmp_path / "stage-pseudo-labels-round-1.pt")
+    quality = bench.pseudo_label_quality(tmp_path, 1)
+    assert quality == {"clusters": 2, "purity": 0.75, "pair_precision": round(1 / 3, 4), "pair_recall": 0.5}
+    assert bench.pseudo_label_quality(tmp_path, 2) is None  # no such round
+    torch.save({"round": 1, "pseudo_labels": torch.tensor([0, 1])}, tmp_path / "stage-pseudo-labels-round-1.pt")
+    assert bench.pseudo_label_quality(tmp_path, 1) is None  # a subset run: indices do not match the split
