@@ -109,9 +109,10 @@ def test_benchmark_pseudo_label_quality_by_hand(bench, tmp_path, monkeypatch):
         labels=np.array([5, 0, 0, 1, 1, 9]), splits=np.array(["train"] * 5 + ["test"])
     )
     monkeypatch.setattr(dmlkit.data, "load_records", lambda name, root=None: records)
-    torch.save({"round": 1, "pseudo_labels": torch.tensor([-1, 0, 0, 0, 1])}, tmp_path / "stage-pseudo-labels-round-1.pt")
+    stage = tmp_path / "stage-pseudo-labels-round-1.pt"
+    torch.save({"round": 1, "pseudo_labels": torch.tensor([-1, 0, 0, 0, 1])}, stage)
     quality = bench.pseudo_label_quality(tmp_path, 1)
     assert quality == {"clusters": 2, "purity": 0.75, "pair_precision": round(1 / 3, 4), "pair_recall": 0.5}
     assert bench.pseudo_label_quality(tmp_path, 2) is None  # no such round
-    torch.save({"round": 1, "pseudo_labels": torch.tensor([0, 1])}, tmp_path / "stage-pseudo-labels-round-1.pt")
-    assert bench.pseudo_label_quality(tmp_path, 1) is None  # a subset run: indices do not match the split
+    torch.save({"round": 1, "pseudo_labels": torch.tensor([0, 1])}, stage)
+    assert bench.pseudo_label_quality(tmp_path, 1) is None  # a subset run: indices no longer match the split
