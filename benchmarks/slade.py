@@ -211,7 +211,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t is not None},
     }
     student_round = {  # the round whose pseudo labels each student row trained on
-        "slade": settings["options"]["rounds"],
+        "slade": settings["options"].get("rounds", ROUNDS),
         **{f"slade-round-{r}": r for r in range(1, ROUNDS + 1)},
         **{name: 1 for name in ABLATIONS},
     }
