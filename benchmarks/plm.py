@@ -26,6 +26,7 @@ Usage (from the repository root)::
     python benchmarks/plm.py --quick         # a few minutes per row: 1 epoch, 3,000 training images
     python benchmarks/plm.py --only plm --only raw-pixels --protocol zero-shot
     python benchmarks/plm.py --sweep --quick
+    python benchmarks/plm.py --variant delta=1.0   # only rows plm[delta=1.0], both protocols
 
 Each run replaces its own rows (same method, dataset, protocol) in ``benchmarks/results/plm.json`` and
 prints a markdown table.
@@ -246,6 +247,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_variant(text: str) -> tuple[str, object]:
+    """``"delta=1.0"`` -> ``("delta", 1.0)``; the option must be a PLM option (YAML value syntax)."""
+    import yaml
+
+    from dmlkit.methods.plm import PLMConfig
+
+    option, sep, value = text.partition("=")
+    if not sep or option not in PLMConfig.__dataclass_fields__:
+        raise SystemExit(f"--variant needs OPTION=VALUE with a PLM option (e.g. delta=1.0), got {text!r}")
+    return option, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -258,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", action="store_true", help="Figure 3 one-at-a-time sweeps on the zero-shot protocol"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="also run PLM with one option changed, as row plm[OPTION=VALUE] on the chosen protocols (repeatable)",
+    )
     parser.add_argument("--out", default="runs/benchmarks/plm", help="where the run directories go")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
@@ -265,8 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [
         (name, protocol, runner(name))
         for protocol in args.protocol or PROTOCOLS
-        for name in args.only or ROWS
+        for name in args.only or (() if args.variant else ROWS)  # --variant alone: only its rows
     ]
+    for variant in args.variant or ():
+        option, value = parse_variant(variant)
+        name = f"plm[{option}={value}]"
+        for protocol in args.protocol or PROTOCOLS:
+            jobs.append(
+                (
+                    name,
+                    protocol,
+                    lambda p, q, o, n=name, opt={option: value}: run_plm_variant(n, opt, p, q, o, f" + {opt}"),
+                )
+            )
     if args.sweep:
         for option, values in SWEEP.items():
             for value in values:

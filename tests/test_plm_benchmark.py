@@ -1,0 +1,56 @@
+"""benchmarks/plm.py --variant: one PLM option changed, rows named plm[OPTION=VALUE], only those rows run,
+the option reaches dmlkit.train, and a misspelt option is refused before anything trains."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_plm", BENCH / "plm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(module, "piece_overhead", lambda options: {})  # times a real iteration otherwise
+    return module
+
+
+def _fake_train(calls):
+    def train(method, dataset, out, **settings):
+        calls.append((method, settings["protocol"], dict(settings["options"])))
+        metrics = {"recall@1": 0.5, "recall@2": 0.6, "recall@4": 0.7, "recall@8": 0.8, "nmi": 0.4,
+                   "precision@1": 0.5, "r_precision": 0.3, "map@r": 0.2}
+        return {"test": metrics, "seconds": 2.0, "config": {"epochs": 1}, "best": {"epoch": 1}}
+
+    return train
+
+
+def test_variant_alone_runs_only_its_rows_with_the_option(bench, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench.dmlkit, "train", _fake_train(calls))
+    assert bench.main(["--quick", "--variant", "delta=1.0", "--out", str(tmp_path / "runs")]) == 0
+    assert [(m, p) for m, p, _ in calls] == [("plm", "standard"), ("plm", "zero-shot")]
+    preset = bench.preset_options()
+    for _, _, options in calls:
+        assert options == {**preset, "delta": 1.0}
+    rows = sys.modules["_common"].load_results("plm")["rows"]
+    assert sorted((r["method"], r["protocol"]) for r in rows) == [
+        ("plm[delta=1.0]", "unsupervised"),
+        ("plm[delta=1.0]", "zero-shot"),
+    ]
+
+
+def test_variant_parsing(bench):
+    assert bench.parse_variant("delta=0.5") == ("delta", 0.5)
+    assert bench.parse_variant("selection=false") == ("selection", False)
+    assert bench.parse_variant("piece_dim=5") == ("piece_dim", 5)
+    for bad in ("delta", "deltaa=1", "=1"):
+        with pytest.raises(SystemExit, match="OPTION=VALUE"):
+            bench.parse_variant(bad)
