@@ -22,3 +22,24 @@ def dataset_registry():
 
     with restored_dataset_registry():
         yield registry
+
+
+@pytest.fixture()
+def load_benchmark(tmp_path, monkeypatch):
+    """``load_benchmark("plm.py")``: a benchmarks/ script imported as a fresh module, its results
+    directory redirected to ``tmp_path`` (the repository's results files are never touched)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(filename: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{Path(filename).stem}", folder / filename)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)
+        return module
+
+    return load

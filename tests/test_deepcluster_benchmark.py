@@ -2,24 +2,14 @@
 its own key in the stml.py schema, a failing row does not lose the others, the table averages seeds."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_unsupervised", BENCH / "unsupervised_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("unsupervised_baselines.py")
 
 
 def test_rows_per_seed_and_protocol_in_the_stml_schema(bench, tmp_path, monkeypatch, capsys):

@@ -2,22 +2,14 @@
 the option reaches dmlkit.train, and a misspelt option is refused before anything trains."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_plm", BENCH / "plm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)
+def bench(load_benchmark, monkeypatch):
+    module = load_benchmark("plm.py")
     monkeypatch.setattr(module, "piece_overhead", lambda options: {})  # times a real iteration otherwise
     return module
 
