@@ -247,6 +247,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def variant_job(option: str, value: object, protocol: str) -> tuple:
+    """``(row name, protocol, runner)`` for PLM with one option changed: row ``plm[OPTION=VALUE]``."""
+    name, options = f"plm[{option}={value}]", {option: value}
+    return name, protocol, lambda p, q, o: run_plm_variant(name, options, p, q, o, f" + {options}")
+
+
 def parse_variant(text: str) -> tuple[str, object]:
     """``"delta=1.0"`` -> ``("delta", 1.0)``; the option must be a PLM option (YAML value syntax)."""
     import yaml
@@ -288,28 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for variant in args.variant or ():
         option, value = parse_variant(variant)
-        name = f"plm[{option}={value}]"
-        for protocol in args.protocol or PROTOCOLS:
-            jobs.append(
-                (
-                    name,
-                    protocol,
-                    lambda p, q, o, n=name, opt={option: value}: run_plm_variant(n, opt, p, q, o, f" + {opt}"),
-                )
-            )
+        jobs += [variant_job(option, value, protocol) for protocol in args.protocol or PROTOCOLS]
     if args.sweep:
-        for option, values in SWEEP.items():
-            for value in values:
-                name = f"plm[{option}={value}]"
-                jobs.append(
-                    (
-                        name,
-                        "zero-shot",
-                        lambda p, q, o, n=name, opt={option: value}: run_plm_variant(
-                            n, opt, p, q, o, f" + {opt}"
-                        ),
-                    )
-                )
+        jobs += [variant_job(option, value, "zero-shot") for option, values in SWEEP.items() for value in values]
     for name, protocol_name, run in jobs:
         print(f"[plm benchmark] {name} / {protocol_name}{' (quick)' if args.quick else ''}", flush=True)
         rows.append(run(protocol_name, args.quick, out_root))

@@ -36,6 +36,7 @@ Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -171,11 +172,20 @@ def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[s
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _train_labels() -> np.ndarray:
+    """True labels of the training split in item order (the index space of the pseudo-label buffer),
+    read once per process: every student row of a run compares against them."""
+    from dmlkit.data import load_records
+
+    records = load_records(NAME)
+    return records.labels[records.splits == "train"]
+
+
 def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
     """How right round ``round_``'s k-means pseudo labels are, against the pool's hidden true labels:
     purity, and the precision / recall of the same-cluster pairs as same-class pairs. ``None`` when the
     stage file is missing or the run trained on a subset (its indices no longer match the train split)."""
-    from dmlkit.data import load_records
     from dmlkit.engine.checkpoint import safe_torch_load
     from dmlkit.evaluation.quality import group_purity_sums, partition_pair_stats
 
@@ -183,11 +193,10 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
     if not path.is_file():
         return None
     pseudo = safe_torch_load(path)["pseudo_labels"].numpy()
-    records = load_records(NAME)
-    train = records.splits == "train"
-    if len(pseudo) != int(train.sum()):
+    true = _train_labels()
+    if len(pseudo) != len(true):
         return None
-    true, pool = records.labels[train], pseudo >= 0
+    pool = pseudo >= 0
     numerator, denominator, _ = group_purity_sums(true[pool], pseudo[pool])
     pairs = partition_pair_stats(true[pool], pseudo[pool])
     return {
@@ -211,7 +220,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         **{f"slade-round-{r}": t + r * s for r in range(1, ROUNDS + 1) if t is not None},
     }
     student_round = {  # the round whose pseudo labels each student row trained on
-        "slade": settings["options"].get("rounds", ROUNDS),
+        "slade": ROUNDS,
         **{f"slade-round-{r}": r for r in range(1, ROUNDS + 1)},
         **{name: 1 for name in ABLATIONS},
     }
