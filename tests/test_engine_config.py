@@ -46,3 +46,16 @@ def test_unknown_setting_and_preset_errors(tmp_path):
 def test_invalid_values(key, value):
     with pytest.raises(ConfigError, match=key.split("_")[0]):
         resolve_config({"method": "supervised", key: value})
+
+
+@pytest.mark.parametrize("accelerator, channels_last", [("cpu", True), ("gpu", False)])
+def test_convolution_weights_are_channels_last_on_cpu(accelerator, channels_last):
+    import torch
+
+    from dmlkit.engine.run import build_method, prepare_data
+
+    config = resolve_config({"method": "supervised", "dataset": "digits", "accelerator": accelerator,
+                             "options": {"backbone": "resnet18-small"}})
+    method = build_method(config, prepare_data(config, "all").train)
+    convs = [p for p in method.parameters() if p.dim() == 4 and p.shape[-1] > 1]  # 1x1 kernels are both layouts
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in convs)
