@@ -57,5 +57,5 @@ def test_convolution_weights_are_channels_last_on_cpu(accelerator, channels_last
     config = resolve_config({"method": "supervised", "dataset": "digits", "accelerator": accelerator,
                              "options": {"backbone": "resnet18-small"}})
     method = build_method(config, prepare_data(config, "all").train)
-    convs = [p for p in method.parameters() if p.dim() == 4 and p.shape[-1] > 1]  # 1x1 kernels are both layouts
+    convs = [p for p in method.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]  # else both layouts agree
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in convs)
