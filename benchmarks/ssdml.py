@@ -85,14 +85,61 @@ def settings_for(quick: bool, preset: str | None) -> dict:
     return settings
 
 
+def triplet_quality(triplets: torch.Tensor, true_labels: np.ndarray) -> dict:
+    """How the mined ``[T, 3]`` (anchor, positive, negative) triplets agree with the hidden classes.
+
+    ``correct``: positive of the anchor's class and negative of another; ``inverted``: the reverse; the
+    rest (both or neither of the anchor's class) carry no class signal.
+    """
+    y = torch.as_tensor(np.asarray(true_labels))[triplets.long()]
+    positive, negative = y[:, 1] == y[:, 0], y[:, 2] == y[:, 0]
+    fractions = {"positive_same_class": positive, "negative_same_class": negative,
+                 "correct": positive & ~negative, "inverted": ~positive & negative}
+    return {"triplets": len(triplets), **{k: round(float(v.float().mean()), 4) for k, v in fractions.items()}}
+
+
+def first_partition_quality(options: dict, quick: bool) -> dict:
+    """Triplet quality of partition 0 as the run mines it: same seed, same initial network, same refresh."""
+    import lightning
+
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.run import build_method, prepare_data
+    from dmlkit.evaluation.embedding import embed_dataset
+    from dmlkit.methods.base import RefreshContext
+
+    config = resolve_config({"method": "ssdml", "dataset": DATASET, **settings_for(quick, PRESET), "options": options})
+    lightning.seed_everything(config.seed, verbose=False)
+    data = prepare_data(config, "partial")
+    method = build_method(config, data.train)
+    method.refresh(RefreshContext(
+        epoch=0, train=data.train, knn=None, device=torch.device("cpu"), seed=config.seed,
+        embed=lambda fn, dataset=None: embed_dataset(fn, dataset or data.train, modules=(method,))))
+    return triplet_quality(method.triplets, data.train.true_labels)
+
+
+def last_partition_quality(run_dir: Path, options: dict, quick: bool) -> dict:
+    """Triplet quality of the partition the finished run trained on last (its checkpoint holds the triplets)."""
+    from dmlkit.engine.checkpoint import load_checkpoint_dict
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.run import prepare_data
+
+    state = load_checkpoint_dict(run_dir / "checkpoints" / "last.ckpt").get("dmlkit", {}).get("method_state", {})
+    config = resolve_config({"method": "ssdml", "dataset": DATASET, **settings_for(quick, PRESET), "options": options})
+    return triplet_quality(state["triplets"], prepare_data(config, "partial").train.true_labels)
+
+
 def run_ssdml(name: str, options: dict, quick: bool, out_root: Path) -> dict:
     from dmlkit.engine.config import load_preset
 
     merged = {**(load_preset(PRESET).get("options") or {}), **options, **(QUICK_OPTIONS if quick else {})}
+    first = first_partition_quality(merged, quick)
     result = dmlkit.train("ssdml", DATASET, str(out_root / name), **{**settings_for(quick, PRESET), "options": merged})
+    quality = {"first_partition": first, "last_partition": last_partition_quality(out_root / name, merged, quick)}
     return row(name, result["test"], result["seconds"], f"preset {PRESET} + {options or 'paper defaults'}, "
-               f"{result['config']['epochs']} epoch(s)", quick, options=options,
-               history=[{k: h[k] for k in ("epoch", "recall@1", "nmi") if k in h} for h in result.get("history", [])])
+               f"{result['config']['epochs']} epoch(s)", quick, options=options, best=result["best"],
+               triplet_quality=quality,
+               history=[{k: h[k] for k in ("epoch", "recall@1", "nmi", "val_map@r") if k in h}
+                        for h in result.get("history", [])])
 
 
 def run_baseline(name: str, quick: bool, out_root: Path) -> dict | None:
