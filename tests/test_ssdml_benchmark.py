@@ -1,6 +1,5 @@
 """benchmarks/ssdml.py: the triplet-quality diagnostic written into the SSDML rows."""
 import numpy as np
-import pytest
 import torch
 
 
