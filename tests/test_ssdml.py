@@ -206,3 +206,38 @@ def test_presets_name_real_options(path):
     assert preset["method"] == "ssdml" and preset["batch_size"] == 100
     config = SSDMLConfig(**preset["options"])
     assert config.gamma == 0.99 and config.k in (10, 50)
+
+
+def _partition_loss(method: SSDML, data: DMLDataset) -> float:
+    z = context_for(data, 0).embed(method.features)
+    t = method.triplets
+    return float(angular_triplet_loss(z[t[:, 0]], z[t[:, 1]], z[t[:, 2]], method.projection.weight.detach()))
+
+
+@pytest.mark.parametrize("alternate, moves_at", [("per_epoch", [True, True, True, True]),
+                                                 ("per_partition", [True, False, True, False])])
+def test_l_step_per_epoch_or_per_partition_runs_in_refresh_on_all_triplets(alternate, moves_at):
+    data = tiny_dataset()
+    method = build(alternate=alternate)
+    for epoch, moves in enumerate(moves_at):
+        before_L = method.projection.weight.detach().clone()
+        if method.triplets is not None:
+            loss_before = _partition_loss(method, data)
+        method.refresh(context_for(data, epoch))
+        assert (not torch.equal(before_L, method.projection.weight)) == moves
+        assert method.projection.orthogonality_error() < 1e-5
+        if moves and epoch % 2 == 1:  # same partition: the L-step lowered its loss over every triplet
+            assert _partition_loss(method, data) < loss_before
+    batch = batch_of(data, next(iter(method.batch_sampler(data, 10, 0, 0))))
+    before_L = method.projection.weight.detach().clone()
+    losses = method.training_loss(batch)
+    losses["loss"].backward()
+    assert torch.equal(before_L, method.projection.weight)  # batches are θ-steps only
+    assert method.projection.weight.grad is None and all(p.grad is not None for p in method.backbone.parameters())
+
+
+def test_alternate_is_validated():
+    with pytest.raises(ValueError, match="alternate must be one of"):
+        build(alternate="per_step")
+    with pytest.raises(ValueError, match="use alternate='per_batch'"):
+        build(alternate="per_epoch", l_solver="retraction")

@@ -10,6 +10,9 @@ random unlabeled ones; a new partition every ``epochs_per_partition`` epochs):
 2. loss — Eq. 3, the smooth angular triplet loss under ``δ_L`` (:mod:`dmlkit.losses.angular_triplet`).
 3. step — per batch of T_b = 100 triplets: the L-step (θ fixed: Riemannian CG on St(d, l), 10
    iterations, warm-started) then the θ-step (L fixed: one optimizer step of the engine).
+   ``alternate="per_epoch"`` / ``"per_partition"`` (spec §6 open choice) instead runs the L-step once
+   at the start of each epoch / partition on all of the partition's triplets, with z embedded by the
+   current θ, and every batch is a θ-step only.
 
 **Batches.** :meth:`SSDML.batch_sampler` yields, for each batch of T_b triplets, the item indices
 ``[anchors (T_b) ; positives (T_b) ; negatives (T_b)]``; :meth:`SSDML.training_loss` splits the
@@ -40,6 +43,7 @@ from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_genera
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate, uncertified_pairs
 
 L_SOLVERS = ("rcg", "retraction")
+ALTERNATIONS = ("per_batch", "per_epoch", "per_partition")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SSDMLConfig:
     reduction: str = "sum"  # Eq. 3 sums over the T_b triplets of a batch
     l_solver: str = "rcg"  # "rcg": Manopt-style Riemannian CG L-step per batch; "retraction": optimizer step + QR
     l_max_iter: int = 10  # Manopt CG max_iter per L-step (seed 002)
+    alternate: str = "per_batch"  # L-step granularity (spec §6 open choice): per_batch | per_epoch | per_partition
     orthogonal: bool = True  # LᵀL = I; False = Table 4's "w/o orth" ablation
     n_unlabeled_partition: int = 9000  # random unlabeled items per partition; 0 = whole train set (FGVC)
     epochs_per_partition: int = 10  # "for each random subset, we run our method for 10 epochs"
@@ -124,11 +129,16 @@ class SSDML(Method):
         if not self.pretrained_done:
             self._softmax_pretraining(context)
             self.pretrained_done = True
-        if self.triplets is None or self.epochs_on_partition >= self.config.epochs_per_partition:
+        new_partition = self.triplets is None or self.epochs_on_partition >= self.config.epochs_per_partition
+        if new_partition:
             self._mine_partition(context)
             self.partition_number += 1
             self.epochs_on_partition = 0
         self.epochs_on_partition += 1
+        if self.config.l_solver == "rcg" and (
+            self.config.alternate == "per_epoch" or (self.config.alternate == "per_partition" and new_partition)
+        ):
+            self._l_step_on_partition(context)
 
     def partition_nodes(self, labels: np.ndarray, seed: int) -> np.ndarray:
         """Indices of partition ``self.partition_number``: all labeled + a random unlabeled subset."""
@@ -155,6 +165,17 @@ class SSDML(Method):
             "uncertified_pairs": float(uncertified_pairs(prop.affinity, prop.tol)) if prop.solver != "dense" else 0.0,
             "mining_seconds": time.perf_counter() - start,
         })
+
+    @torch.no_grad()
+    def _l_step_on_partition(self, context: RefreshContext) -> None:
+        """The L-step on every triplet of the partition at once (θ fixed: z from the current network)."""
+        cfg = self.config
+        nodes, local = torch.unique(self.triplets, return_inverse=True)
+        z = context.embed(self.features, dataset=context.train.subset(nodes.numpy())).to(self.projection.weight)
+        anchor, positive, negative = z[local[:, 0]], z[local[:, 1]], z[local[:, 2]]
+        new_L = minimize_stiefel(lambda L: angular_triplet_loss(anchor, positive, negative, L, cfg.alpha_deg, cfg.reduction),
+                                 self.projection.weight, cfg.l_max_iter, cfg.orthogonal)
+        self.projection.weight.copy_(new_L)
 
     def _softmax_pretraining(self, context: RefreshContext) -> None:
         """CIFAR-10 stage: the L layer replaced by a softmax classifier, trained on the labeled items."""
@@ -195,14 +216,15 @@ class SSDML(Method):
             raise ValueError(f"SSDML batches hold anchors, positives and negatives in thirds; got {len(images)} images")
         anchor, positive, negative = self.features(images).chunk(3)
         cfg = self.config
-        if cfg.l_solver == "rcg":  # L-step: θ fixed (detached z), CG on St(d, l) warm-started at L
-            fixed = (anchor.detach(), positive.detach(), negative.detach())
-            new_L = minimize_stiefel(
-                lambda L: angular_triplet_loss(*fixed, L, cfg.alpha_deg, cfg.reduction),
-                self.projection.weight, cfg.l_max_iter, cfg.orthogonal,
-            )
-            with torch.no_grad():
-                self.projection.weight.copy_(new_L)
+        if cfg.l_solver == "rcg":
+            if cfg.alternate == "per_batch":  # L-step: θ fixed (detached z), CG on St(d, l) warm-started at L
+                fixed = (anchor.detach(), positive.detach(), negative.detach())
+                new_L = minimize_stiefel(
+                    lambda L: angular_triplet_loss(*fixed, L, cfg.alpha_deg, cfg.reduction),
+                    self.projection.weight, cfg.l_max_iter, cfg.orthogonal,
+                )
+                with torch.no_grad():
+                    self.projection.weight.copy_(new_L)
             L = self.projection.weight.detach()  # θ-step: L fixed
         else:
             L = self.projection.weight
@@ -280,6 +302,11 @@ def _auto_backbone(info: BuildInfo) -> str:
 def _validate(config: SSDMLConfig) -> None:
     if config.l_solver not in L_SOLVERS:
         raise ValueError(f"l_solver must be one of {L_SOLVERS}, got '{config.l_solver}'")
+    if config.alternate not in ALTERNATIONS:
+        raise ValueError(f"alternate must be one of {ALTERNATIONS}, got '{config.alternate}'")
+    if config.alternate != "per_batch" and config.l_solver != "rcg":
+        raise ValueError(f"alternate='{config.alternate}' schedules the rcg L-step; l_solver='{config.l_solver}' "
+                         "moves L with the optimizer every batch (use alternate='per_batch')")
     if config.k < 2 or config.k % 2:
         raise ValueError(f"k must be an even number ≥ 2 (k/2 positives and k/2 negatives per anchor), got {config.k}")
     if config.epochs_per_partition < 1:
