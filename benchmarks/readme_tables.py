@@ -23,7 +23,7 @@ METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("reca
 #: per-row fields shown when a results file has them (speed and memory benchmarks)
 EXTRA_COLUMNS = [("peak_rss_mb", "peak RSS MB"), ("seconds_ratio_vs_pml", "time ÷ PML"),
                  ("peak_rss_ratio_vs_pml", "memory ÷ PML"), ("images_per_second", "img/s"),
-                 ("paper_value", "paper")]
+                 ("best", "val-selected epoch: R@1 / NMI"), ("paper_value", "paper R@1 / NMI")]
 TITLES = {"evaluation_speed": "Evaluation speed: dmlkit.evaluate vs pytorch-metric-learning's AccuracyCalculator",
           "scale": "Scale: refresh and evaluation at 120,000 x 512",
           "propagation_scaling": "SSDML affinity propagation: dense vs sparse",
@@ -36,6 +36,15 @@ def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _dict_cell(key: str, values: list[dict]) -> str:
+    """``best`` (the epoch chosen on validation) and ``paper_value`` cells: R@1 / NMI in %."""
+    if len(values) != 1 or not values[0]:
+        return ""
+    value = values[0]
+    text = f"{100 * value['recall@1']:.1f} / {100 * value['nmi']:.1f}" if {"recall@1", "nmi"} <= set(value) else ""
+    return f"ep. {value['epoch']}: {text}" if key == "best" and "epoch" in value else text
 
 
 def table(result: dict) -> str:
@@ -59,7 +68,8 @@ def table(result: dict) -> str:
         cells.append(f"{statistics.mean(seconds):.1f}" if seconds else "")
         for key, _ in extras:
             values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-            cells.append(f"{statistics.mean(values):.3g}" if values else "")
+            records = [r[key] for r in rows if isinstance(r.get(key), dict)]
+            cells.append(f"{statistics.mean(values):.3g}" if values else _dict_cell(key, records))
         cells.append(str(len(rows)))
         lines.append("| " + " | ".join(cells) + " |")
     quick = any(r.get("quick") or "quick" in str(r.get("notes", "")) for rows in groups.values() for r in rows)
