@@ -24,11 +24,17 @@ weight decay 1e-4, constant learning rate; each round's student starts from its 
   random initialisation and only sets the selection thresholds);
 - ``supervised``: the same loss on the labeled set only, for as many epochs as the whole SLADE run.
 
+``--ssl-init RUN`` gives every run the paper's start instead (spec §3, ``student_init="ssl"``): the
+backbone of a finished dmlkit run without labels (e.g. ``runs/benchmarks/stml/full/stml-zero-shot``, STML
+on the train images of classes 0-4) initialises the teacher, each round's student and the ``supervised``
+row; rows and run directories get the suffix ``[ssl-init]``.
+
 Usage (from the repository root)::
 
     python benchmarks/slade.py            # full (about 25 min on 2 CPU cores)
-    python benchmarks/slade.py --quick    # 4,000 training / 1,000 test images, 1 epoch per stage
+    python benchmarks/slade.py --quick    # 8,000 training (5,000 labeled) / 1,000 test images, 1 epoch per stage
     python benchmarks/slade.py --only slade-all-pairs
+    python benchmarks/slade.py --ssl-init runs/benchmarks/stml/full/stml-zero-shot
 
 Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
 """
@@ -67,7 +73,7 @@ SHARED = {
     "pictures": False,
     "threads": 2,
 }
-QUICK = {"train_subset": 4000, "test_subset": 1000}
+QUICK = {"train_subset": 8000, "test_subset": 1000}  # the 5,000 labeled items + 3,000 of the pool
 SLADE_OPTIONS = {
     "backbone": "mnist-net",
     "embedding_dim": 128,
@@ -86,6 +92,9 @@ SUPERVISED_OPTIONS = {
     "backbone": "mnist-net",
     "embedding_dim": 128,
 }
+#: ``--ssl-init``: the backbone weights file every run starts from (None: random initialisation)
+SSL_WEIGHTS: str | None = None
+SSL_SUFFIX = "[ssl-init]"
 #: run name -> the rows it produces
 RUNS = {
     "slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
@@ -145,21 +154,24 @@ def register() -> None:
 def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[str, dict]:
     t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
     settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
+    ssl = {"pretrained": SSL_WEIGHTS} if SSL_WEIGHTS else {}
     if run == "supervised":
         return "supervised", {
             **settings,
             "epochs": t + ROUNDS * s,
             "batch_size": 32,
             "eval_every": t + ROUNDS * s,
-            "options": dict(SUPERVISED_OPTIONS),
+            "options": {**SUPERVISED_OPTIONS, **ssl},
         }
     rounds = ROUNDS if run == "slade" else 1
     options = {**SLADE_OPTIONS, "rounds": rounds, "teacher_epochs": t, "student_epochs": s}
+    if ssl:
+        options.update(ssl, student_init="ssl")
     if quick:
         options["basis_warmup_iters"] = 3
     if run in ABLATIONS:
         options.update(ABLATIONS[run])
-        teacher = out_root / "slade" / "stage-teacher.pt" if out_root is not None else None
+        teacher = out_root / run_dir_name("slade") / "stage-teacher.pt" if out_root is not None else None
         if teacher is not None and teacher.is_file():  # the very teacher of the slade run
             options.update(teacher_weights=str(teacher), teacher_epochs=0)
             t = 0
@@ -207,9 +219,27 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
     }
 
 
+def run_dir_name(run: str) -> str:
+    return run + SSL_SUFFIX if SSL_WEIGHTS else run
+
+
+def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
+    """Write the (student) backbone of a finished dmlkit run as a weights file ``pretrained=`` loads."""
+
+    from dmlkit.engine.checkpoint import atomic_torch_save, load_checkpoint_dict
+
+    state = load_checkpoint_dict(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    for prefix in ("method.student.backbone.", "method.backbone."):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            atomic_torch_save({k: v.contiguous() for k, v in weights.items()}, out)
+            return out
+    raise ValueError(f"{run_dir}: no backbone weights (looked for {prefix!r} keys); pass a run of a method with a backbone")
+
+
 def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
     method, settings = settings_for(run, quick, out_root)
-    result = dmlkit.train(method, NAME, str(out_root / run), **settings)
+    result = dmlkit.train(method, NAME, str(out_root / run_dir_name(run)), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
     at = {
@@ -229,7 +259,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         record = evaluated[at[name]]
         rows.append(
             {
-                "method": name,
+                "method": name + (SSL_SUFFIX if SSL_WEIGHTS else ""),
                 "dataset": DATASET,
                 "protocol": PROTOCOL,
                 "metrics": {k: float(record[k]) for k in METRICS if k in record},
@@ -243,7 +273,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
             }
         )
         if name in student_round:
-            quality = pseudo_label_quality(out_root / run, student_round[name])
+            quality = pseudo_label_quality(out_root / run_dir_name(run), student_round[name])
             if quality is not None:
                 rows[-1]["pseudo_labels"] = quality
     return rows
@@ -256,7 +286,7 @@ def _metric(key: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="4,000 training / 1,000 test images, 1 epoch per stage"
+        "--quick", action="store_true", help="8,000 training (5,000 labeled) / 1,000 test images, 1 epoch per stage"
     )
     names = sorted({n for rows in RUNS.values() for n in rows})
     parser.add_argument(
@@ -264,11 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="runs/benchmarks/slade", help="where the run directories go")
     parser.add_argument("--threads", type=int, default=SHARED["threads"], help="torch threads per run")
+    parser.add_argument("--ssl-init", metavar="RUN", help="start every run from this label-free dmlkit run's backbone")
     args = parser.parse_args(argv)
     SHARED["threads"] = args.threads
     register()
     runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
     out_root = Path(args.out) / ("quick" if args.quick else "full")
+    if args.ssl_init:
+        global SSL_WEIGHTS
+        out_root.mkdir(parents=True, exist_ok=True)
+        SSL_WEIGHTS = str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))
     rows, failed = [], []
     for run in runs:
         print(f"[slade benchmark] {run}{' (quick)' if args.quick else ''}", flush=True)

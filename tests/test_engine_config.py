@@ -59,3 +59,14 @@ def test_convolution_weights_are_channels_last_on_cpu(accelerator, channels_last
     method = build_method(config, prepare_data(config, "all").train)
     convs = [p for p in method.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]  # else both layouts agree
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in convs)
+
+
+def test_train_subset_too_small_for_the_labeled_items_of_a_semi_supervised_run_is_an_error():
+    from dmlkit.engine.run import prepare_data
+
+    config = resolve_config({"method": "ssdml", "dataset": "digits", "labels_per_class": 10, "train_subset": 50})
+    with pytest.raises(ValueError, match="keeps all 100 labeled items and leaves no room for unlabeled ones"):
+        prepare_data(config, "partial")
+    config = resolve_config({"method": "ssdml", "dataset": "digits", "labels_per_class": 10, "train_subset": 150})
+    train = prepare_data(config, "partial").train
+    assert len(train) == 150 and (train.labels >= 0).sum() == 100

@@ -56,7 +56,10 @@ def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
         elif uses_labels == "partial":  # keep every labeled item; subsample the unlabeled pool
             labeled = np.flatnonzero(train_set.labels >= 0)
             unlabeled = np.flatnonzero(train_set.labels < 0)
-            keep = max(0, config.train_subset - len(labeled))
+            if len(unlabeled) and config.train_subset <= len(labeled):
+                raise ValueError(f"train_subset={config.train_subset} keeps all {len(labeled)} labeled items and leaves "
+                                 f"no room for unlabeled ones; raise --train-subset above {len(labeled)}")
+            keep = config.train_subset - len(labeled)
             rng = np.random.default_rng(config.seed)
             chosen = rng.choice(unlabeled, min(keep, len(unlabeled)), replace=False)
             train_set = train_set.subset(np.sort(np.concatenate([labeled, chosen])))
