@@ -225,16 +225,16 @@ def run_dir_name(run: str) -> str:
 
 def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
     """Write the (student) backbone of a finished dmlkit run as a weights file ``pretrained=`` loads."""
-
     from dmlkit.engine.checkpoint import atomic_torch_save, load_checkpoint_dict
 
     state = load_checkpoint_dict(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
-    for prefix in ("method.student.backbone.", "method.backbone."):
+    prefixes = ("method.student.backbone.", "method.backbone.")
+    for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
             atomic_torch_save({k: v.contiguous() for k, v in weights.items()}, out)
             return out
-    raise ValueError(f"{run_dir}: no backbone weights (looked for {prefix!r} keys); pass a run of a method with a backbone")
+    raise ValueError(f"{run_dir}: no backbone weights (looked for keys starting with {' or '.join(prefixes)}); pass a run of a method with a backbone")
 
 
 def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
