@@ -27,8 +27,9 @@ Usage (from the repository root)::
     python benchmarks/plm.py --only plm --only raw-pixels --protocol zero-shot
     python benchmarks/plm.py --sweep --quick
     python benchmarks/plm.py --variant delta=1.0   # only rows plm[delta=1.0], both protocols
+    python benchmarks/plm.py --only plm --seeds 1 2   # more seeds: the README shows mean ± std
 
-Each run replaces its own rows (same method, dataset, protocol) in ``benchmarks/results/plm.json`` and
+Each run replaces its own rows (same method, dataset, protocol, seed) in ``benchmarks/results/plm.json`` and
 prints a markdown table.
 """
 
@@ -67,15 +68,22 @@ def preset_options() -> dict:
     return dict(load_preset(PRESET).get("options") or {})
 
 
-def base_settings(quick: bool, protocol: str) -> dict:
-    settings = {"protocol": protocol, "seed": 0, "progress": False, "pictures": False}
+def base_settings(quick: bool, protocol: str, seed: int = 0) -> dict:
+    settings = {"protocol": protocol, "seed": seed, "progress": False, "pictures": False}
     if quick:
         settings.update(QUICK)
     return settings
 
 
 def row(
-    method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, **extra
+    method: str,
+    protocol_name: str,
+    metrics: dict,
+    seconds: float,
+    notes: str,
+    quick: bool,
+    seed: int = 0,
+    **extra,
 ) -> dict:
     out = {
         "method": method,
@@ -83,7 +91,7 @@ def row(
         "protocol": protocol_name,
         "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
         "seconds": round(float(seconds), 2),
-        "seed": 0,
+        "seed": seed,
         "notes": notes,
         **extra,
     }
@@ -138,15 +146,16 @@ def piece_overhead(options: dict, iterations: int = 5) -> dict:
 
 
 def run_plm_variant(
-    name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str
+    name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str, seed: int = 0
 ) -> dict:
     overhead = piece_overhead(options)
     settings = {
-        **base_settings(quick, PROTOCOLS[protocol_name]),
+        **base_settings(quick, PROTOCOLS[protocol_name], seed),
         "preset": PRESET,
         "options": {**preset_options(), **options},
     }
-    result = dmlkit.train("plm", DATASET, str(out_root / f"{name}-{protocol_name}"), **settings)
+    run_dir = out_root / (f"{name}-{protocol_name}" + (f"-seed{seed}" if seed else ""))
+    result = dmlkit.train("plm", DATASET, str(run_dir), **settings)
     epochs = result["config"]["epochs"]
     return row(
         name,
@@ -155,6 +164,7 @@ def run_plm_variant(
         result["seconds"],
         f"preset {PRESET}{note}, {epochs} epoch(s); {PAPER_NOTE}",
         quick,
+        seed=seed,
         epochs=epochs,
         options=options,
         images_per_second=round(result.get("images_per_second", float("nan")), 1),
@@ -217,7 +227,9 @@ def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
 def runner(name: str):
     if name in ABLATIONS:
         note = "" if not ABLATIONS[name] else f" + {ABLATIONS[name]}"
-        return lambda protocol, quick, out: run_plm_variant(name, ABLATIONS[name], protocol, quick, out, note)
+        return lambda protocol, quick, out, seed=0: run_plm_variant(
+            name, ABLATIONS[name], protocol, quick, out, note, seed
+        )
     return {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixels}[name]
 
 
@@ -250,7 +262,7 @@ def table(rows: list[dict]) -> str:
 def variant_job(option: str, value: object, protocol: str) -> tuple:
     """``(row name, protocol, runner)`` for PLM with one option changed: row ``plm[OPTION=VALUE]``."""
     name, options = f"plm[{option}={value}]", {option: value}
-    return name, protocol, lambda p, q, o: run_plm_variant(name, options, p, q, o, f" + {options}")
+    return name, protocol, lambda p, q, o, seed=0: run_plm_variant(name, options, p, q, o, f" + {options}", seed)
 
 
 def parse_variant(text: str) -> tuple[str, object]:
@@ -283,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="OPTION=VALUE",
         help="also run PLM with one option changed, as row plm[OPTION=VALUE] on the chosen protocols (repeatable)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one run per seed for the PLM rows and variants (default: 0); the others run once, seed 0",
+    )
     parser.add_argument("--out", default="runs/benchmarks/plm", help="where the run directories go")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
@@ -298,9 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         jobs += [variant_job(option, value, "zero-shot") for option, values in SWEEP.items() for value in values]
     for name, protocol_name, run in jobs:
-        print(f"[plm benchmark] {name} / {protocol_name}{' (quick)' if args.quick else ''}", flush=True)
-        rows.append(run(protocol_name, args.quick, out_root))
-        save([rows[-1]])
+        seeded = name.startswith("plm")
+        for seed in args.seeds if seeded else [0]:
+            quick = " (quick)" if args.quick else ""
+            print(f"[plm benchmark] {name} / {protocol_name} / seed {seed}{quick}", flush=True)
+            extra = {"seed": seed} if seeded else {}
+            rows.append(run(protocol_name, args.quick, out_root, **extra))
+            save([rows[-1]])
     print(table(rows))
     return 0
 

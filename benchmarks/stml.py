@@ -17,8 +17,9 @@ Usage (from the repository root)::
     python benchmarks/stml.py              # full: ~25 min of training per protocol on 2 CPU cores
     python benchmarks/stml.py --quick      # a few minutes: 1 epoch on a 3,000-image subset
     python benchmarks/stml.py --only raw-pixels
+    python benchmarks/stml.py --only stml --seeds 1 2   # more seeds: the README shows mean ± std
 
-Each run replaces its own rows (same method, dataset, protocol) in ``benchmarks/results/stml.json``
+Each run replaces its own rows (same method, dataset, protocol, seed) in ``benchmarks/results/stml.json``
 and prints a markdown table.
 """
 from __future__ import annotations
@@ -55,8 +56,8 @@ def preset_options() -> dict:
     return dict(load_preset(PRESET).get("options") or {})
 
 
-def train_settings(quick: bool, protocol: str) -> dict:
-    settings = {"preset": PRESET, "protocol": protocol, "seed": 0, "progress": False, "pictures": False}
+def train_settings(quick: bool, protocol: str, seed: int = 0) -> dict:
+    settings = {"preset": PRESET, "protocol": protocol, "seed": seed, "progress": False, "pictures": False}
     if quick:
         settings.update(QUICK)
     return settings
@@ -73,10 +74,11 @@ def test_split(protocol: str, quick: bool):
     return prepare_data(resolve_config(settings), "none").query
 
 
-def row(method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, **extra) -> dict:
+def row(method: str, protocol_name: str, metrics: dict, seconds: float, notes: str, quick: bool, seed: int = 0,
+        **extra) -> dict:
     out = {"method": method, "dataset": DATASET, "protocol": protocol_name,
            "metrics": {k: float(metrics[k]) for k in METRICS if k in metrics},
-           "seconds": round(float(seconds), 2), "seed": 0, "notes": notes, **extra}
+           "seconds": round(float(seconds), 2), "seed": seed, "notes": notes, **extra}
     if quick:
         out["quick"] = True
     return out
@@ -123,17 +125,22 @@ def similarity_overhead(iterations: int = 5) -> dict:
             "similarity_fraction": round(similarity / iteration, 4)}
 
 
-def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
+def run_dir_name(name: str, protocol_name: str, seed: int) -> str:
+    """``stml-zero-shot`` for seed 0 (the name SLADE's ``--ssl-init`` reads), ``stml-zero-shot-seed1`` after."""
+    return f"{name}-{protocol_name}" + (f"-seed{seed}" if seed else "")
+
+
+def run_stml(protocol_name: str, quick: bool, out_root: Path, seed: int = 0) -> dict:
     overhead = similarity_overhead()
-    result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"),
-                          **train_settings(quick, PROTOCOLS[protocol_name]))
+    run_dir = out_root / run_dir_name("stml", protocol_name, seed)
+    result = dmlkit.train("stml", DATASET, str(run_dir), **train_settings(quick, PROTOCOLS[protocol_name], seed))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     epochs = result["config"]["epochs"]
     return row("stml", protocol_name, result["test"], result["seconds"],
-               f"preset {PRESET}, {epochs} epoch(s); {PAPER_NOTE}", quick,
+               f"preset {PRESET}, {epochs} epoch(s); {PAPER_NOTE}", quick, seed=seed,
                images_per_second=round(result["images_per_second"], 1), epochs=epochs,
                best_epoch=result.get("best", {}).get("epoch"), peak_rss_mb=round(peak_rss_mb, 1),
-               nmi_over_kmeans_seeds=nmi_over_kmeans_seeds(out_root / f"stml-{protocol_name}"), **overhead)
+               nmi_over_kmeans_seeds=nmi_over_kmeans_seeds(run_dir), **overhead)
 
 
 def nmi_over_kmeans_seeds(run_dir: Path, seeds: int = 5) -> dict:
@@ -176,8 +183,8 @@ RUNNERS = {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixel
 
 
 def save(rows: list[dict]) -> dict:
-    """Replace the rows with the same (method, dataset, protocol) in the results file."""
-    return save_rows("stml", rows, key=("method", "dataset", "protocol"))
+    """Replace the rows with the same (method, dataset, protocol, seed) in the results file."""
+    return save_rows("stml", rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -199,15 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 epoch on a 3,000-image subset, 1,000 test images")
     parser.add_argument("--only", choices=ROWS, action="append", help="run only this row (repeatable)")
     parser.add_argument("--protocol", choices=tuple(PROTOCOLS), action="append", help="only this protocol (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one stml run per seed (default: 0); initial and raw-pixels run once, seed 0")
     parser.add_argument("--out", default="runs/benchmarks/stml", help="where the run directories go")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
     rows = []
     for protocol_name in args.protocol or PROTOCOLS:
         for name in args.only or ROWS:
-            print(f"[stml benchmark] {name} / {protocol_name}{' (quick)' if args.quick else ''}", flush=True)
-            rows.append(RUNNERS[name](protocol_name, args.quick, out_root))
-            save([rows[-1]])
+            for seed in args.seeds if name == "stml" else [0]:
+                print(f"[stml benchmark] {name} / {protocol_name} / seed {seed}{' (quick)' if args.quick else ''}",
+                      flush=True)
+                extra = {"seed": seed} if name == "stml" else {}
+                rows.append(RUNNERS[name](protocol_name, args.quick, out_root, **extra))
+                save([rows[-1]])
     print(table(rows))
     return 0
 

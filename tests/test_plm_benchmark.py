@@ -46,3 +46,23 @@ def test_variant_parsing(bench):
     for bad in ("delta", "deltaa=1", "=1"):
         with pytest.raises(SystemExit, match="OPTION=VALUE"):
             bench.parse_variant(bad)
+
+
+def test_seeds_run_the_plm_rows_once_per_seed_and_keep_each_row(bench, tmp_path, monkeypatch):
+    seeds, dirs = [], []
+
+    def train(method, dataset, out, **settings):
+        seeds.append((method, settings["seed"]))
+        dirs.append(out.rsplit("/", 1)[-1])
+        return _fake_train([])(method, dataset, out, **settings)
+
+    monkeypatch.setattr(bench.dmlkit, "train", train)
+    monkeypatch.setattr(bench, "run_raw_pixels", lambda protocol, quick, out: bench.row(
+        "raw-pixels", protocol, {"recall@1": 0.8}, 1.0, "", quick))
+    argv = ["--quick", "--only", "plm", "--only", "raw-pixels", "--protocol", "zero-shot", "--seeds", "0", "2",
+            "--out", str(tmp_path / "runs")]
+    assert bench.main(argv) == 0
+    assert seeds == [("plm", 0), ("plm", 2)]
+    assert dirs == ["plm-zero-shot", "plm-zero-shot-seed2"]
+    rows = sys.modules["_common"].load_results("plm")["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("plm", 0), ("plm", 2), ("raw-pixels", 0)]
