@@ -229,3 +229,25 @@ def test_presets_share_stml_network_and_build():
     method = InstanceDiscrimination.from_options(load_preset("instance-fashion-mnist-moco")["options"], info)
     assert method.embed(torch.rand(3, 1, 28, 28)).shape == (3, 128)
     assert method.loss_fn.memory_size == 4096
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_loss_equals_pml_ntxent_loss_with_one_positive_per_anchor(with_memory):
+    """SupConLoss is used for speed (O(n²)); with one positive per anchor it must equal NTXentLoss exactly,
+    in-batch and through CrossBatchMemory with earlier keys in the queue."""
+    from pytorch_metric_learning.losses import CrossBatchMemory, NTXentLoss, SupConLoss
+
+    torch.manual_seed(0)
+    ours, reference = SupConLoss(temperature=0.2), NTXentLoss(temperature=0.2)
+    if not with_memory:
+        z = torch.nn.functional.normalize(torch.randn(16, 6), dim=1)
+        ids = instance_ids(8)  # [u ; u]: the two views share an id
+        assert ours(z, ids).item() == pytest.approx(reference(z, ids).item(), rel=1e-6)
+        return
+    ours, reference = CrossBatchMemory(ours, 6, memory_size=20), CrossBatchMemory(reference, 6, memory_size=20)
+    for step in range(3):
+        z = torch.nn.functional.normalize(torch.randn(8, 6), dim=1)
+        ids = instance_ids(4, offset=4 * step)
+        enqueue = torch.arange(8) >= 4
+        assert ours(z, ids, enqueue_mask=enqueue).item() == pytest.approx(
+            reference(z, ids, enqueue_mask=enqueue).item(), rel=1e-6)
