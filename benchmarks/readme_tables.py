@@ -3,7 +3,9 @@
     python benchmarks/readme_tables.py          # rewrites the block between the results markers
     python benchmarks/readme_tables.py --print  # prints it instead
 
-Rows of one (benchmark, dataset, protocol, method) over several seeds become mean ± std.
+Rows of one (benchmark, dataset, protocol, method) over several seeds become mean ± std. The block opens
+with the label-free comparison (issue 9): for each protocol, the untrained network, raw pixels, DeepCluster,
+instance discrimination, STML and PLM side by side, the best mean of each metric in bold.
 """
 from __future__ import annotations
 
@@ -78,13 +80,62 @@ def table(result: dict) -> str:
     return "\n".join([caption, "", *lines])
 
 
+#: (results file, methods taken from it) for the label-free comparison, in table order
+COMPARISON_SOURCES = (("stml", ("initial", "raw-pixels")), ("unsupervised_baselines", ("deepcluster", "instance")),
+                      ("stml", ("stml",)), ("plm", ("plm",)))
+COMPARISON_METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"),
+                      ("nmi", "NMI"), ("map@r", "MAP@R")]
+
+
+def comparison(results: dict[str, dict]) -> str:
+    """One table per protocol over the full (not ``--quick``) rows of ``COMPARISON_SOURCES``: mean ± std over
+    seeds, the best mean of each metric in bold; ``results`` maps a results-file stem to its content."""
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for stem, methods in COMPARISON_SOURCES:
+        for row in results.get(stem, {}).get("rows", []):
+            if row.get("method") in methods and not row.get("quick") and "metrics" in row:
+                groups[row["protocol"]].setdefault(row["method"], []).append(row)
+    if not groups:
+        return ""
+    order = [m for _, methods in COMPARISON_SOURCES for m in methods]
+    lines = []
+    for protocol in sorted(groups):
+        present = sorted(groups[protocol].items(), key=lambda item: order.index(item[0]))
+        means = {m: {k: statistics.mean(r["metrics"][k] for r in rows) for k, _ in COMPARISON_METRICS
+                     if all(k in r["metrics"] for r in rows)} for m, rows in present}
+        best = {k: max((v[k] for v in means.values() if k in v), default=None) for k, _ in COMPARISON_METRICS}
+        header = ["method", *[name for _, name in COMPARISON_METRICS], "seconds", "seeds"]
+        lines += [f"**{protocol}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method, rows in present:
+            cells = [method]
+            for key, _ in COMPARISON_METRICS:
+                if key not in means[method]:
+                    cells.append("")
+                    continue
+                text = _cell([r["metrics"][key] for r in rows])
+                cells.append(f"**{text}**" if means[method][key] == best[key] else text)
+            cells += [f"{statistics.mean(r['seconds'] for r in rows):.0f}", str(len(rows))]
+            lines.append("| " + " | ".join(cells) + " |")
+        winners = {name: [m for m, v in means.items() if v.get(key) == best[key]] for key, name in COMPARISON_METRICS
+                   if key in ("recall@1", "nmi", "map@r") and best[key] is not None}
+        lines += ["", "Best: " + "; ".join(f"{name} {', '.join(ms)}" for name, ms in winners.items()) + ".", ""]
+    return "\n".join(lines)
+
+
 def render() -> str:
+    results = {path.stem: json.loads(path.read_text())
+               for path in sorted((ROOT / "benchmarks" / "results").glob("*.json"))}
     parts = []
-    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
-        result = json.loads(path.read_text())
+    head = comparison(results)
+    if head:
+        parts.append("### Label-free comparison on Fashion-MNIST (mean ± std over seeds; best mean in bold)\n\n"
+                     "*From `stml.json`, `unsupervised_baselines.json` and `plm.json`: same network (mnist-net, "
+                     "128-d), batch and 10-epoch budget (PLM: 8); initial and raw pixels need no training.*\n\n"
+                     + head)
+    for stem, result in results.items():
         body = table(result)
         if body:
-            parts.append(f"### {TITLES.get(path.stem, path.stem)}\n\n{body}\n")
+            parts.append(f"### {TITLES.get(stem, stem)}\n\n{body}\n")
     return "\n".join(parts)
 
 

@@ -1,0 +1,35 @@
+"""benchmarks/readme_tables.py's label-free comparison: rows from several results files side by side per
+protocol, mean ± std over seeds, the best mean in bold, --quick rows and other methods left out."""
+from __future__ import annotations
+
+
+def _row(method, protocol, r1, nmi, seed=0, **extra):
+    return {"method": method, "dataset": "fashion-mnist", "protocol": protocol, "seed": seed, "seconds": 10.0,
+            "metrics": {"recall@1": r1, "recall@2": r1, "recall@4": r1, "recall@8": r1, "nmi": nmi, "map@r": 0.3},
+            **extra}
+
+
+def test_comparison_averages_seeds_and_bolds_the_best_mean(load_benchmark):
+    tables = load_benchmark("readme_tables.py")
+    results = {
+        "stml": {"rows": [_row("initial", "zero-shot", 0.80, 0.50), _row("stml", "zero-shot", 0.90, 0.40),
+                          _row("stml", "zero-shot", 0.70, 0.40, seed=1)]},
+        "unsupervised_baselines": {"rows": [_row("instance", "zero-shot", 0.85, 0.45),
+                                            _row("instance", "zero-shot", 0.99, 0.99, seed=1, quick=True),
+                                            _row("instance-moco", "zero-shot", 0.99, 0.99)]},
+        "plm": {"rows": [_row("plm-binary", "zero-shot", 0.99, 0.99), _row("plm", "unsupervised", 0.6, 0.2)]},
+    }
+    text = tables.comparison(results)
+    lines = text.splitlines()
+    zero_shot = lines[lines.index("**zero-shot**"):]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in zero_shot if line.startswith("| ") and "---" not in line}
+    assert list(rows) == ["method", "initial", "instance", "stml"]  # table order; quick, moco and ablations left out
+    assert "| 80.0 ± 14.1 |" in rows["stml"] and rows["stml"].endswith("| 2 |")  # mean ± sample std, 2 seeds
+    assert "**85.0**" in rows["instance"] and "**50.0**" in rows["initial"]  # best R@1 / best NMI
+    assert "**" not in rows["stml"].split(" | ")[1]
+    assert "Best: R@1 instance; NMI initial; MAP@R initial, instance, stml." in zero_shot
+    assert "**unsupervised**" in lines and "| plm | **60.0** |" in text
+
+
+def test_comparison_is_empty_without_rows(load_benchmark):
+    assert load_benchmark("readme_tables.py").comparison({}) == ""
