@@ -78,18 +78,16 @@ def row(name: str, metrics: dict, seconds: float, notes: str, quick: bool, **ext
     return out
 
 
-#: ``--epochs``: a shortened schedule for the trained rows (None = the preset's, the paper's 50)
-EPOCHS: int | None = None
-
-
-def settings_for(quick: bool, preset: str | None) -> dict:
+def settings_for(quick: bool, preset: str | None, epochs: int | None = None) -> dict:
+    """``dmlkit.train`` settings of a row; ``epochs`` (``--epochs``) shortens the schedule, None keeps the
+    preset's (the paper's 50)."""
     settings = {"protocol": "standard", "labels_per_class": 10, "seed": 0, "progress": False, "pictures": False}
     if preset:
         settings["preset"] = preset
     if quick:
         settings.update(QUICK)
-    if EPOCHS is not None:
-        settings["epochs"] = EPOCHS
+    if epochs is not None:
+        settings["epochs"] = epochs
     return settings
 
 
@@ -136,12 +134,13 @@ def last_partition_quality(run_dir: Path, options: dict, quick: bool) -> dict:
     return triplet_quality(state["triplets"], prepare_data(config, "partial").train.true_labels)
 
 
-def run_ssdml(name: str, options: dict, quick: bool, out_root: Path) -> dict:
+def run_ssdml(name: str, options: dict, quick: bool, out_root: Path, epochs: int | None = None) -> dict:
     from dmlkit.engine.config import load_preset
 
     merged = {**(load_preset(PRESET).get("options") or {}), **options, **(QUICK_OPTIONS if quick else {})}
     first = first_partition_quality(merged, quick)
-    result = dmlkit.train("ssdml", DATASET, str(out_root / name), **{**settings_for(quick, PRESET), "options": merged})
+    settings = {**settings_for(quick, PRESET, epochs), "options": merged}
+    result = dmlkit.train("ssdml", DATASET, str(out_root / name), **settings)
     quality = {"first_partition": first, "last_partition": last_partition_quality(out_root / name, merged, quick)}
     return row(name, result["test"], result["seconds"], f"preset {PRESET} + {options or 'paper defaults'}, "
                f"{result['config']['epochs']} epoch(s)", quick, options=options, best=result["best"],
@@ -151,7 +150,7 @@ def run_ssdml(name: str, options: dict, quick: bool, out_root: Path) -> dict:
                         for h in result.get("history", [])])
 
 
-def run_baseline(name: str, quick: bool, out_root: Path) -> dict | None:
+def run_baseline(name: str, quick: bool, out_root: Path, epochs: int | None = None) -> dict | None:
     from dmlkit.engine.config import ConfigError, load_preset
     from dmlkit.methods import method_class
 
@@ -165,7 +164,7 @@ def run_baseline(name: str, quick: bool, out_root: Path) -> dict | None:
         load_preset(preset)
     except ConfigError:
         preset = None
-    settings = settings_for(quick, preset)
+    settings = settings_for(quick, preset, epochs)
     if quick:
         settings["options"] = {"n_unlabeled_partition": QUICK_OPTIONS["n_unlabeled_partition"]}
     result = dmlkit.train(name, DATASET, str(out_root / name), **settings)
@@ -233,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha-sweep", action="store_true", help="Figure 2 middle: α from 35° to 55°")
     parser.add_argument("--out", default="runs/benchmarks/ssdml", help="run directories")
     args = parser.parse_args(argv)
-    global EPOCHS
-    EPOCHS = args.epochs
     out_root = ROOT / args.out
     rows: list[dict] = []
     for name in args.only or ROWS:
@@ -243,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "raw-pixels":
             rows.append(run_raw_pixels(args.quick, out_root))
         elif name == "ssdml":
-            rows.append(run_ssdml("ssdml", {}, args.quick, out_root))
+            rows.append(run_ssdml("ssdml", {}, args.quick, out_root, args.epochs))
         elif name == "ssdml-no-orth":
-            rows.append(run_ssdml("ssdml-no-orth", {"orthogonal": False}, args.quick, out_root))
+            rows.append(run_ssdml("ssdml-no-orth", {"orthogonal": False}, args.quick, out_root, args.epochs))
         else:
-            result = run_baseline(name, args.quick, out_root)
+            result = run_baseline(name, args.quick, out_root, args.epochs)
             if result is not None:
                 rows.append(result)
     if args.alpha_sweep:
-        sweep = [run_ssdml(f"ssdml[alpha={a:g}]", {"alpha_deg": a}, args.quick, out_root) for a in ALPHAS]
+        sweep = [run_ssdml(f"ssdml[alpha={a:g}]", {"alpha_deg": a}, args.quick, out_root, args.epochs)
+                 for a in ALPHAS]
         rows.extend(sweep)
         plot(sweep, RESULTS_DIR / "ssdml_alpha.png", "alpha", "SSDML: sensitivity to α (Fashion-MNIST)")
     saved = save_rows("ssdml", rows)
