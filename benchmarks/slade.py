@@ -92,8 +92,6 @@ SUPERVISED_OPTIONS = {
     "backbone": "mnist-net",
     "embedding_dim": 128,
 }
-#: ``--ssl-init``: the backbone weights file every run starts from (None: random initialisation)
-SSL_WEIGHTS: str | None = None
 SSL_SUFFIX = "[ssl-init]"
 #: run name -> the rows it produces
 RUNS = {
@@ -151,10 +149,20 @@ def register() -> None:
     )
 
 
-def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[str, dict]:
+def settings_for(
+    run: str,
+    quick: bool,
+    out_root: Path | None = None,
+    ssl_weights: str | None = None,
+    threads: int | None = None,
+) -> tuple[str, dict]:
+    """``(method, dmlkit.train settings)`` of one run; ``ssl_weights`` (``--ssl-init``): the backbone weights
+    file teacher, students and the supervised row start from (None: random initialisation)."""
     t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
     settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
-    ssl = {"pretrained": SSL_WEIGHTS} if SSL_WEIGHTS else {}
+    if threads is not None:
+        settings["threads"] = threads
+    ssl = {"pretrained": ssl_weights} if ssl_weights else {}
     if run == "supervised":
         return "supervised", {
             **settings,
@@ -171,7 +179,7 @@ def settings_for(run: str, quick: bool, out_root: Path | None = None) -> tuple[s
         options["basis_warmup_iters"] = 3
     if run in ABLATIONS:
         options.update(ABLATIONS[run])
-        teacher = out_root / run_dir_name("slade") / "stage-teacher.pt" if out_root is not None else None
+        teacher = out_root / run_dir_name("slade", ssl_weights) / "stage-teacher.pt" if out_root is not None else None
         if teacher is not None and teacher.is_file():  # the very teacher of the slade run
             options.update(teacher_weights=str(teacher), teacher_epochs=0)
             t = 0
@@ -219,8 +227,8 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
     }
 
 
-def run_dir_name(run: str) -> str:
-    return run + SSL_SUFFIX if SSL_WEIGHTS else run
+def run_dir_name(run: str, ssl_weights: str | None = None) -> str:
+    return run + SSL_SUFFIX if ssl_weights else run
 
 
 def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
@@ -237,9 +245,12 @@ def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
     raise ValueError(f"{run_dir}: no backbone weights (looked for keys starting with {' or '.join(prefixes)}); pass a run of a method with a backbone")
 
 
-def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
-    method, settings = settings_for(run, quick, out_root)
-    result = dmlkit.train(method, NAME, str(out_root / run_dir_name(run)), **settings)
+def run_rows(
+    run: str, quick: bool, out_root: Path, ssl_weights: str | None = None, threads: int | None = None
+) -> list[dict]:
+    method, settings = settings_for(run, quick, out_root, ssl_weights, threads)
+    run_dir = out_root / run_dir_name(run, ssl_weights)
+    result = dmlkit.train(method, NAME, str(run_dir), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
     at = {
@@ -259,7 +270,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
         record = evaluated[at[name]]
         rows.append(
             {
-                "method": name + (SSL_SUFFIX if SSL_WEIGHTS else ""),
+                "method": name + (SSL_SUFFIX if ssl_weights else ""),
                 "dataset": DATASET,
                 "protocol": PROTOCOL,
                 "metrics": {k: float(record[k]) for k in METRICS if k in record},
@@ -273,7 +284,7 @@ def run_rows(run: str, quick: bool, out_root: Path) -> list[dict]:
             }
         )
         if name in student_round:
-            quality = pseudo_label_quality(out_root / run_dir_name(run), student_round[name])
+            quality = pseudo_label_quality(run_dir, student_round[name])
             if quality is not None:
                 rows[-1]["pseudo_labels"] = quality
     return rows
@@ -296,19 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=SHARED["threads"], help="torch threads per run")
     parser.add_argument("--ssl-init", metavar="RUN", help="start every run from this label-free dmlkit run's backbone")
     args = parser.parse_args(argv)
-    SHARED["threads"] = args.threads
     register()
     runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
     out_root = Path(args.out) / ("quick" if args.quick else "full")
+    ssl_weights = None
     if args.ssl_init:
-        global SSL_WEIGHTS
         out_root.mkdir(parents=True, exist_ok=True)
-        SSL_WEIGHTS = str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))
+        ssl_weights = str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))
     rows, failed = [], []
     for run in runs:
         print(f"[slade benchmark] {run}{' (quick)' if args.quick else ''}", flush=True)
         try:
-            new = run_rows(run, args.quick, out_root)
+            new = run_rows(run, args.quick, out_root, ssl_weights, args.threads)
         except Exception as error:  # noqa: BLE001 - one broken run must not lose the others; reported below
             failed.append(f"{run}: {type(error).__name__}: {error}")
             print(f"[slade benchmark] FAILED {failed[-1]}", flush=True)

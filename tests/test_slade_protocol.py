@@ -116,3 +116,19 @@ def test_benchmark_pseudo_label_quality_by_hand(bench, tmp_path, monkeypatch):
     assert bench.pseudo_label_quality(tmp_path, 2) is None  # no such round
     torch.save({"round": 1, "pseudo_labels": torch.tensor([0, 1])}, stage)
     assert bench.pseudo_label_quality(tmp_path, 1) is None  # a subset run: indices no longer match the split
+
+
+def test_benchmark_ssl_init_reaches_every_run_and_names_its_directories(bench, tmp_path):
+    weights = str(tmp_path / "ssl-init-backbone.pt")
+    _, slade = bench.settings_for("slade", quick=True, ssl_weights=weights, threads=1)
+    _, supervised = bench.settings_for("supervised", quick=True, ssl_weights=weights)
+    assert slade["options"]["pretrained"] == weights and slade["options"]["student_init"] == "ssl"
+    assert supervised["options"]["pretrained"] == weights and slade["threads"] == 1
+    _, plain = bench.settings_for("slade", quick=True)
+    assert "pretrained" not in plain["options"] and plain["options"]["student_init"] == "teacher"
+    assert plain["threads"] == bench.SHARED["threads"]
+    assert bench.run_dir_name("slade", weights) == "slade[ssl-init]" and bench.run_dir_name("slade") == "slade"
+    (tmp_path / "slade[ssl-init]").mkdir()
+    (tmp_path / "slade[ssl-init]" / "stage-teacher.pt").write_bytes(b"")
+    _, ablation = bench.settings_for("slade-no-basis", quick=True, out_root=tmp_path, ssl_weights=weights)
+    assert ablation["options"]["teacher_weights"] == str(tmp_path / "slade[ssl-init]" / "stage-teacher.pt")
