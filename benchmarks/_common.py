@@ -87,6 +87,12 @@ def save_rows(benchmark: str, rows: Sequence[Mapping], key: Sequence[str] = DEFA
     return data
 
 
+def seeded_run_name(name: str, protocol: str, seed: int) -> str:
+    """Run directory of one benchmark row: ``stml-zero-shot`` for seed 0 (the name earlier runs and SLADE's
+    ``--ssl-init`` use), ``stml-zero-shot-seed1`` for the others."""
+    return f"{name}-{protocol}" + (f"-seed{seed}" if seed else "")
+
+
 def _cell(value: object, digits: int) -> str:
     if value is None:
         return "–"

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, save_rows
+from _common import ROOT, save_rows, seeded_run_name
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -154,7 +154,7 @@ def run_plm_variant(
         "preset": PRESET,
         "options": {**preset_options(), **options},
     }
-    run_dir = out_root / (f"{name}-{protocol_name}" + (f"-seed{seed}" if seed else ""))
+    run_dir = out_root / seeded_run_name(name, protocol_name, seed)
     result = dmlkit.train("plm", DATASET, str(run_dir), **settings)
     epochs = result["config"]["epochs"]
     return row(
@@ -319,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, protocol_name, run in jobs:
         seeded = name.startswith("plm")
         for seed in args.seeds if seeded else [0]:
-            quick = " (quick)" if args.quick else ""
-            print(f"[plm benchmark] {name} / {protocol_name} / seed {seed}{quick}", flush=True)
+            print(f"[plm benchmark] {name} / {protocol_name} / seed {seed}{' (quick)' if args.quick else ''}", flush=True)
             extra = {"seed": seed} if seeded else {}
             rows.append(run(protocol_name, args.quick, out_root, **extra))
             save([rows[-1]])

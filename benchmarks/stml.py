@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dmlkit  # noqa: E402
-from _common import save_rows  # noqa: E402
+from _common import save_rows, seeded_run_name  # noqa: E402
 
 DATASET = "fashion-mnist"
 PRESET = "stml-fashion-mnist"
@@ -125,14 +125,9 @@ def similarity_overhead(iterations: int = 5) -> dict:
             "similarity_fraction": round(similarity / iteration, 4)}
 
 
-def run_dir_name(name: str, protocol_name: str, seed: int) -> str:
-    """``stml-zero-shot`` for seed 0 (the name SLADE's ``--ssl-init`` reads), ``stml-zero-shot-seed1`` after."""
-    return f"{name}-{protocol_name}" + (f"-seed{seed}" if seed else "")
-
-
 def run_stml(protocol_name: str, quick: bool, out_root: Path, seed: int = 0) -> dict:
     overhead = similarity_overhead()
-    run_dir = out_root / run_dir_name("stml", protocol_name, seed)
+    run_dir = out_root / seeded_run_name("stml", protocol_name, seed)
     result = dmlkit.train("stml", DATASET, str(run_dir), **train_settings(quick, PROTOCOLS[protocol_name], seed))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     epochs = result["config"]["epochs"]
