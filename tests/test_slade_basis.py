@@ -94,6 +94,17 @@ def test_pair_selection_on_a_hand_made_matrix():
     assert torch.nonzero(neg).tolist() == [[0, 2]]
 
 
+def test_positive_only_selection_keeps_every_cross_cluster_pair():
+    """``select_negatives=False``: P_u as before, N_u = every pair of different clusters (the cross pair at
+    0.7, a hard negative, stays in), also when the thresholds switch selection off."""
+    s, pseudo = _hand_made()
+    pos, neg = select_pairs(s, pseudo, 0.602, 0.2, select_negatives=False)
+    assert torch.nonzero(pos).tolist() == [[0, 1]]
+    assert torch.nonzero(neg).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+    pos, neg = select_pairs(s, pseudo, 0.2, 0.6, select_negatives=False)
+    assert not pos.any() and torch.nonzero(neg).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+
+
 def test_no_selection_unless_mu_pos_above_mu_neg():
     s, pseudo = _hand_made()
     for t1, t2 in ((0.2, 0.2), (0.1, 0.6)):

@@ -325,3 +325,24 @@ def test_teacher_weights_skip_the_teacher_stage(tmp_path):
     with pytest.raises(ValueError, match="stage"):
         torch.save({"weights": 1}, tmp_path / "bad.pt")
         _method(teacher_weights=str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("selection", ["confident", "positives", "all"])
+def test_pair_selection_modes_reach_the_unlabeled_term(selection):
+    """``positives`` keeps every cross-cluster pair of the unlabeled half as a negative and filters only
+    the positives; ``confident`` filters both; ``all`` filters neither."""
+    data = _dataset()
+    method = _method(basis_warmup_iters=0, pair_selection=selection)
+    batch = _student(method, data)
+    pseudo = method.pseudo_labels[batch["index"][batch["label"] < 0]]
+    same = pseudo[:, None] == pseudo[None, :]
+    upper = torch.ones_like(same).triu(1)
+    losses = method.training_loss(batch)
+    cross, within = int((upper & ~same).sum()), int((upper & same).sum())
+    assert cross > 0 and within > 0
+    if selection == "confident":
+        assert losses["negative_pairs"].item() < cross and losses["positive_pairs"].item() <= within
+    elif selection == "positives":
+        assert losses["negative_pairs"].item() == cross and losses["positive_pairs"].item() <= within
+    else:
+        assert losses["negative_pairs"].item() == cross and losses["positive_pairs"].item() == within

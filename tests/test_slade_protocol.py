@@ -70,6 +70,12 @@ def test_benchmark_settings(bench, tmp_path):
     _, no_basis = bench.settings_for("slade-no-basis", quick=False, out_root=tmp_path)
     changed = {k: v for k, v in no_basis["options"].items() if slade["options"].get(k) != v}
     assert changed == {"lambda2": 0.0, "rounds": 1}  # one round without the basis loss, nothing else
+    assert slade["options"]["pair_selection"] == "positives" and slade["options"]["n_clusters"] == 10
+    _, both = bench.settings_for("slade-select-both", quick=False, out_root=tmp_path)
+    assert {k: v for k, v in both["options"].items() if slade["options"].get(k) != v} == {
+        "pair_selection": "confident",
+        "rounds": 1,
+    }
     (tmp_path / "slade").mkdir()
     (tmp_path / "slade" / "stage-teacher.pt").write_bytes(b"")
     for ablation in bench.ABLATIONS:

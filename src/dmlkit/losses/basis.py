@@ -168,22 +168,26 @@ def select_pairs(
     t1: float,
     t2: float,
     require_label_agreement: bool = True,
+    select_negatives: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Confident pairs among ``i < j``: ``-> (positive mask, negative mask)``, boolean ``[B, B]``.
 
     ``P = {s_ij ≥ t1} (∩ {ŷ_i = ŷ_j})``, ``N = {s_ij ≤ t2} (∩ {ŷ_i ≠ ŷ_j})``; both empty unless ``t1 > t2``.
+    ``select_negatives=False`` filters the positives only: ``N`` is every pair with ``ŷ_i ≠ ŷ_j`` (the
+    hard negatives, which a Multi-Similarity loss weights most, stay in; see ``SLADE.Config.pair_selection``).
     """
     n = len(pseudo_labels)
     upper = upper_pairs(n, similarity.device)
+    same = pseudo_labels[:, None] == pseudo_labels[None, :]
+    all_negatives = upper & ~same
     if not t1 > t2:
         empty = torch.zeros(n, n, dtype=torch.bool, device=similarity.device)
-        return empty, empty.clone()
+        return empty, empty.clone() if select_negatives else all_negatives
     s = similarity.detach()
     pos, neg = upper & (s >= t1), upper & (s <= t2)
     if require_label_agreement:
-        same = pseudo_labels[:, None] == pseudo_labels[None, :]
         pos, neg = pos & same, neg & ~same
-    return pos, neg
+    return pos, neg if select_negatives else all_negatives
 
 
 def all_pairs(pseudo_labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -84,7 +84,8 @@ class Config:
     sd_gradient: str = "momentum"  # §6: "momentum" | "batch"
     sd_labeled_pairs: bool = False  # §6: labeled pairs (true labels) also feed S⁺ / S⁻
     basis_warmup_iters: int = 100  # §6: steps per round training only W_a on detached f
-    pair_selection: str = "confident"  # §7: "confident" | "all" (the all-pairs ablation)
+    pair_selection: str = "confident"  # §7: "confident" (P_u and N_u by the thresholds) | "positives" (P_u
+    # by threshold, N_u every cross-cluster pair) | "all" (the all-pairs ablation)
     require_label_agreement: bool = True  # §7: P_u needs ŷ_i = ŷ_j, N_u needs ŷ_i ≠ ŷ_j
     kappa: float = 0.0  # §7: thresholds μ⁺ − κσ⁺ and μ⁻ + κσ⁻
     lambda1: float = 1.0  # §8: weight of the unlabeled ranking term
@@ -99,7 +100,7 @@ _CHOICES = {
     "rank_loss": ("ms", "contrastive"),
     "student_init": ("ssl", "teacher"),
     "cluster_init": ("prototypes", "k-means++"),
-    "pair_selection": ("confident", "all"),
+    "pair_selection": ("confident", "positives", "all"),
 }
 
 
@@ -366,6 +367,7 @@ class SLADE(Method):
                 pseudo,
                 *self.gaussians.thresholds(c.kappa),
                 require_label_agreement=c.require_label_agreement,
+                select_negatives=c.pair_selection == "confident",
             )
         if warm:  # basis warm-up: only W_a trains (the network gets no gradient at all)
             rank_l = rank_u = torch.zeros((), device=embeddings.device)
