@@ -17,14 +17,18 @@ Every PLM row also carries the cost of the pseudo labels: the seconds of buildin
 (views, both encoders, pieces, similarities, losses, backward, Adam step, EMA), measured in-situ.
 Target: pieces < 20 % of the iteration.
 
-``--sweep`` adds Figure 3's one-at-a-time sweeps (N_α, m, N_ρ, δ) on the zero-shot protocol as rows
-``plm[name=value]``.
+``--sweep`` runs Figure 3's one-at-a-time sweeps (N_ρ, m, N_α, δ) on the zero-shot protocol at a reduced
+scale (``SWEEP_SCALE``: 12,000 of the 30,000 training images, 2 epochs, the full 5,000-image test split; about
+1.5 min per run on one core) as rows ``plm-sweep`` (the defaults) and ``plm-sweep[option=value]``, one per
+seed, and draws Recall@1 mean ± std over the seeds against each option to
+``benchmarks/results/plm_sweep.png`` (the shape of the paper's Figure 3, which is on CUB with 5 runs).
 
 Usage (from the repository root)::
 
     python benchmarks/plm.py                 # full: ~25 min of training per row and protocol on 2 CPU cores
     python benchmarks/plm.py --quick         # a few minutes per row: 1 epoch, 3,000 training images
     python benchmarks/plm.py --only plm --only raw-pixels --protocol zero-shot
+    python benchmarks/plm.py --sweep --seeds 0 1 2    # Figure 3 at the reduced scale, ~45 min on 2 cores
     python benchmarks/plm.py --sweep --quick
     python benchmarks/plm.py --variant delta=1.0   # only rows plm[delta=1.0], both protocols
     python benchmarks/plm.py --only plm --seeds 1 2   # more seeds: the README shows mean ± std
@@ -41,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, save_rows, seeded_run_name
+from _common import ROOT, load_results, results_path, save_rows, seeded_run_name
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -56,7 +60,11 @@ STML_PRESET = "stml-fashion-mnist"
 PROTOCOLS = {"unsupervised": "standard", "zero-shot": "zero-shot"}
 ABLATIONS = {"plm": {}, "plm-no-selection": {"selection": False}, "plm-binary": {"similarity": "binary"}}
 ROWS = (*ABLATIONS, "stml", "initial", "raw-pixels")
-SWEEP = {"n_alpha": (1.0, 2.0, 6.0), "piece_dim": (2, 5), "n_proxies": (10, 300), "delta": (0.5, 1.0)}
+#: Figure 3's one-at-a-time sweeps: option -> the values besides the preset's (Sec. 4.1: N_ρ 100, m 3, N_α 4, δ 2)
+SWEEP = {"n_proxies": (10, 300), "piece_dim": (2, 5), "n_alpha": (1.0, 2.0, 6.0), "delta": (0.5, 1.0)}
+SWEEP_LABELS = {"n_proxies": "N_ρ (proxies)", "piece_dim": "m (piece dimension)", "n_alpha": "N_α", "delta": "δ"}
+SWEEP_SCALE = {"train_subset": 12000, "epochs": 2}
+SWEEP_BASE = "plm-sweep"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
 PAPER_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
@@ -146,10 +154,19 @@ def piece_overhead(options: dict, iterations: int = 5) -> dict:
 
 
 def run_plm_variant(
-    name: str, options: dict, protocol_name: str, quick: bool, out_root: Path, note: str, seed: int = 0
+    name: str,
+    options: dict,
+    protocol_name: str,
+    quick: bool,
+    out_root: Path,
+    note: str,
+    seed: int = 0,
+    scale: dict | None = None,
 ) -> dict:
+    """One PLM run as a row; ``scale`` (e.g. ``SWEEP_SCALE``) overrides the preset's size unless ``quick``."""
     overhead = piece_overhead(options)
     settings = {
+        **(scale or {}),
         **base_settings(quick, PROTOCOLS[protocol_name], seed),
         "preset": PRESET,
         "options": {**preset_options(), **options},
@@ -265,6 +282,83 @@ def variant_job(option: str, value: object, protocol: str) -> tuple:
     return name, protocol, lambda p, q, o, seed=0: run_plm_variant(name, options, p, q, o, f" + {options}", seed)
 
 
+def sweep_jobs() -> list[tuple]:
+    """Figure 3's runs on the zero-shot protocol at ``SWEEP_SCALE``: the defaults, then one option at a time."""
+    variants = [(SWEEP_BASE, {})] + [
+        (f"{SWEEP_BASE}[{option}={value}]", {option: value}) for option, values in SWEEP.items() for value in values
+    ]
+    note = f" at sweep scale {SWEEP_SCALE}"
+    return [
+        (
+            name,
+            "zero-shot",
+            lambda p, q, o, seed=0, name=name, options=options: run_plm_variant(
+                name, options, p, q, o, note + (f" + {options}" if options else ""), seed, SWEEP_SCALE
+            ),
+        )
+        for name, options in variants
+    ]
+
+
+def plm_defaults() -> dict:
+    """Every PLM option's value in the preset (the method's defaults where the preset is silent)."""
+    import dataclasses
+
+    from dmlkit.methods.plm import PLMConfig
+
+    return {**{f.name: f.default for f in dataclasses.fields(PLMConfig)}, **preset_options()}
+
+
+def sweep_points(rows: list[dict], metric: str = "recall@1") -> dict[str, list[tuple[float, float, float, int]]]:
+    """Per swept option, ``[(value, mean, std, runs)]`` sorted by value, from the ``plm-sweep*`` rows (full
+    runs only); the ``plm-sweep`` rows give each option's point at the preset's value."""
+    defaults = plm_defaults()
+    grouped: dict[str, dict[float, list[float]]] = {option: {} for option in SWEEP}
+    for r in rows:
+        method = r["method"]
+        if r.get("quick") or r["protocol"] != "zero-shot" or not method.startswith(SWEEP_BASE):
+            continue
+        if method == SWEEP_BASE:
+            for option in SWEEP:
+                grouped[option].setdefault(float(defaults[option]), []).append(r["metrics"][metric])
+            continue
+        option, _, value = method[len(SWEEP_BASE) + 1 : -1].partition("=")
+        if option in grouped:
+            grouped[option].setdefault(float(value), []).append(r["metrics"][metric])
+    return {
+        option: [(v, float(np.mean(x)), float(np.std(x)), len(x)) for v, x in sorted(values.items())]
+        for option, values in grouped.items()
+        if values
+    }
+
+
+def sweep_figure(rows: list[dict], path: Path) -> Path | None:
+    """Recall@1 (mean ± std over seeds) against each swept option, one panel each; None without rows."""
+    from dmlkit.viz.plots import new_figure
+    from dmlkit.viz.plots import save as save_figure
+
+    points = sweep_points(rows)
+    if not points:
+        return None
+    fig = new_figure(3.2 * len(points), 3.0)
+    axes = fig.subplots(1, len(points), squeeze=False)[0]
+    default = plm_defaults()
+    untrained = [r["metrics"]["recall@1"] for r in rows
+                 if r["method"] == "initial" and r["protocol"] == "zero-shot" and not r.get("quick")]
+    for ax, (option, series) in zip(axes, points.items()):
+        x, mean, std = (np.array([p[i] for p in series]) for i in range(3))
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label="PLM")
+        if untrained:
+            ax.axhline(untrained[0], color="tab:gray", linestyle="--", label="untrained network")
+        ax.axvline(float(default[option]), color="0.8", linestyle=":", zorder=0)
+        ax.set_xlabel(SWEEP_LABELS[option])
+        ax.set_ylabel("Recall@1")
+    axes[0].legend(fontsize=8)
+    runs = max(p[3] for series in points.values() for p in series)
+    fig.suptitle(f"PLM, Fashion-MNIST zero-shot (sweep scale {SWEEP_SCALE}); mean ± std over {runs} seed(s)")
+    return save_figure(fig, path)
+
+
 def parse_variant(text: str) -> tuple[str, object]:
     """``"delta=1.0"`` -> ``("delta", 1.0)``; the option must be a PLM option (YAML value syntax)."""
     import yaml
@@ -315,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         option, value = parse_variant(variant)
         jobs += [variant_job(option, value, protocol) for protocol in args.protocol or PROTOCOLS]
     if args.sweep:
-        jobs += [variant_job(option, value, "zero-shot") for option, values in SWEEP.items() for value in values]
+        jobs += sweep_jobs()
     for name, protocol_name, run in jobs:
         seeded = name.startswith("plm")
         for seed in args.seeds if seeded else [0]:
@@ -324,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run(protocol_name, args.quick, out_root, **extra))
             save([rows[-1]])
     print(table(rows))
+    if args.sweep and not args.quick:
+        figure = sweep_figure(load_results("plm")["rows"], results_path("plm").with_name("plm_sweep.png"))
+        print(f"[plm benchmark] Figure 3 sweep: {figure}")
     return 0
 
 

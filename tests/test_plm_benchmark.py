@@ -66,3 +66,35 @@ def test_seeds_run_the_plm_rows_once_per_seed_and_keep_each_row(bench, tmp_path,
     assert dirs == ["plm-zero-shot", "plm-zero-shot-seed2"]
     rows = sys.modules["_common"].load_results("plm")["rows"]
     assert sorted((r["method"], r["seed"]) for r in rows) == [("plm", 0), ("plm", 2), ("raw-pixels", 0)]
+
+
+def test_sweep_runs_figure_3_at_sweep_scale_and_draws_it(bench, tmp_path, monkeypatch):
+    """--sweep: the defaults plus one option at a time, zero-shot, at SWEEP_SCALE, one run per seed; the
+    figure's points are the mean and std over seeds of each value (the defaults' rows at the preset's value)."""
+    calls, settings_seen = [], []
+    fake = _fake_train(calls)
+
+    def train(method, dataset, out, **settings):
+        settings_seen.append(settings)
+        result = fake(method, dataset, out, **settings)
+        value = settings["options"].get("n_proxies", 100)
+        result["test"] = {**result["test"], "recall@1": 0.5 + value / 1000 + settings["seed"] / 100}
+        return result
+
+    monkeypatch.setattr(bench.dmlkit, "train", train)
+    assert bench.main(["--sweep", "--only", "plm", "--protocol", "zero-shot", "--seeds", "0", "1",
+                       "--out", str(tmp_path / "runs")]) == 0
+    variants = 1 + sum(len(v) for v in bench.SWEEP.values())
+    assert len(calls) == 2 * (1 + variants)  # the plm row and every sweep run, on two seeds
+    sweep_settings = [s for s in settings_seen if s.get("epochs") == bench.SWEEP_SCALE["epochs"]]
+    assert len(sweep_settings) == 2 * variants
+    assert all(s["train_subset"] == bench.SWEEP_SCALE["train_subset"] for s in sweep_settings)
+    rows = sys.modules["_common"].load_results("plm")["rows"]
+    points = bench.sweep_points(rows)
+    assert [p[0] for p in points["n_proxies"]] == [10.0, 100.0, 300.0]
+    value, mean, std, runs = points["n_proxies"][0]
+    assert runs == 2 and mean == pytest.approx(0.5 + 0.01 + 0.005) and std == pytest.approx(0.005)
+    assert points["piece_dim"] == [(2.0, pytest.approx(0.605), pytest.approx(0.005), 2),
+                                   (3.0, pytest.approx(0.605), pytest.approx(0.005), 2),
+                                   (5.0, pytest.approx(0.605), pytest.approx(0.005), 2)]
+    assert (tmp_path / "plm_sweep.png").stat().st_size > 0
