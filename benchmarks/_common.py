@@ -12,7 +12,9 @@ Usage from a benchmark script (run from the repository root)::
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -68,22 +70,36 @@ def load_results(benchmark: str) -> dict:
     return {"benchmark": benchmark, "rows": []}
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path.lock`` for the block: benchmark processes run side by side (one per
+    core) save into the same results file, and each read-modify-write must see the others' rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_rows(benchmark: str, rows: Sequence[Mapping], key: Sequence[str] = DEFAULT_KEY) -> dict:
     """Replace the rows of ``benchmarks/results/<benchmark>.json`` that share ``key`` with ``rows``.
 
     Other rows are kept; machine, commit and date are refreshed. The file is written to a temporary
-    name and renamed, so a crash never leaves half a file. Returns the written content.
+    name and renamed, so a crash never leaves half a file, under a lock, so processes saving at once
+    never drop each other's rows. Returns the written content.
     """
-    data = load_results(benchmark)
-    new_keys = {tuple(r.get(k) for k in key) for r in rows}
-    kept = [r for r in data.get("rows", []) if tuple(r.get(k) for k in key) not in new_keys]
-    data.update({"benchmark": benchmark, "machine": machine(), "commit": commit(),
-                 "date": datetime.date.today().isoformat(), "rows": kept + list(rows)})
     path = results_path(benchmark)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with _locked(path):
+        data = load_results(benchmark)
+        new_keys = {tuple(r.get(k) for k in key) for r in rows}
+        kept = [r for r in data.get("rows", []) if tuple(r.get(k) for k in key) not in new_keys]
+        data.update({"benchmark": benchmark, "machine": machine(), "commit": commit(),
+                     "date": datetime.date.today().isoformat(), "rows": kept + list(rows)})
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
     return data
 
 

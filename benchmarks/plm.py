@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [
         (name, protocol, runner(name))
         for protocol in args.protocol or PROTOCOLS
-        for name in args.only or (() if args.variant else ROWS)  # --variant alone: only its rows
+        for name in args.only or (() if args.variant or args.sweep else ROWS)  # --variant / --sweep alone: only their rows
     ]
     for variant in args.variant or ():
         option, value = parse_variant(variant)

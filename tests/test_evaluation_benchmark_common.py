@@ -33,3 +33,30 @@ def test_markdown_table(common):
     table = common.markdown_table([{"a": 1, "b": 0.123456, "c": None}], ["a", ("B", "b"), ("twice a", lambda r: 2 * r["a"]), "c"],
                                   digits=2)
     assert table.splitlines() == ["| a | B | twice a | c |", "|---|---|---|---|", "| 1 | 0.12 | 2 | – |"]
+
+
+def _save_many(path: str, worker: int, count: int) -> None:
+    spec = importlib.util.spec_from_file_location("bench_common_worker", COMMON)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.RESULTS_DIR = Path(path)
+    module.machine = module.commit = lambda: "test"  # keep each save short: the race is in the file
+    padding = "x" * 20_000  # a larger file widens each read-modify-write, as real results files do
+    for i in range(count):
+        module.save_rows("race", [{"method": f"w{worker}", "dataset": "d", "protocol": "p", "seed": i, "notes": padding}])
+
+
+def test_processes_saving_at_once_keep_every_row(tmp_path):
+    """Two processes each save 100 rows into one results file at the same time: all 200 survive."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_save_many, args=(str(tmp_path), w, 100)) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    rows = json.loads((tmp_path / "race.json").read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted((f"w{w}", i) for w in range(2) for i in range(100))
+    assert not list(tmp_path.glob("*.tmp"))
