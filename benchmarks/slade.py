@@ -9,7 +9,7 @@ Data arrangement (``pool_records``; no standard protocol gives it):
 The arrangement is registered as the dataset ``fashion-mnist-slade`` for the runs of this script only
 (``dmlkit.train`` reads datasets by name; ``register`` calls ``dmlkit.register_dataset``).
 
-Rows (seed 0), all from scratch with the same backbone (``mnist-net``), 128-d L2-normalised embedding,
+Rows (seed 0; ``--seeds`` adds others, the README shows mean ± std), all from scratch with the same backbone (``mnist-net``), 128-d L2-normalised embedding,
 Multi-Similarity loss (α 2, β 50, λ 0.5, miner ε 0.1), labeled batches of 5 classes x 6, AdamW at lr 1e-3,
 weight decay 1e-4, constant learning rate, K = 10 clusters (twice the labeled classes: the pool holds
 five more), confident positives with every cross-cluster negative (``pair_selection="positives"``); each
@@ -38,6 +38,7 @@ Usage (from the repository root)::
     python benchmarks/slade.py            # full (about 25 min on 2 CPU cores)
     python benchmarks/slade.py --quick    # 8,000 training (5,000 labeled) / 1,000 test images, 1 epoch per stage
     python benchmarks/slade.py --only slade-all-pairs
+    python benchmarks/slade.py --seeds 1 2        # more training seeds (same labeled set and pool)
     python benchmarks/slade.py --ssl-init runs/benchmarks/stml/full/stml-zero-shot
 
 Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
@@ -172,11 +173,13 @@ def settings_for(
     out_root: Path | None = None,
     ssl_weights: str | None = None,
     threads: int | None = None,
+    seed: int = 0,
 ) -> tuple[str, dict]:
     """``(method, dmlkit.train settings)`` of one run; ``ssl_weights`` (``--ssl-init``): the backbone weights
-    file teacher, students and the supervised row start from (None: random initialisation)."""
+    file teacher, students and the supervised row start from (None: random initialisation); ``seed``: the
+    training seed (the labeled/pool split stays the one of ``pool_records``)."""
     t, s = (1, 1) if quick else (TEACHER_EPOCHS, STUDENT_EPOCHS)
-    settings = {**SHARED, "seed": 0, **(QUICK if quick else {})}
+    settings = {**SHARED, "seed": seed, **(QUICK if quick else {})}
     if threads is not None:
         settings["threads"] = threads
     ssl = {"pretrained": ssl_weights} if ssl_weights else {}
@@ -196,8 +199,8 @@ def settings_for(
         options["basis_warmup_iters"] = 3
     if run in ABLATIONS:
         options.update(ABLATIONS[run])
-        teacher = out_root / run_dir_name("slade", ssl_weights) / "stage-teacher.pt" if out_root is not None else None
-        if teacher is not None and teacher.is_file():  # the very teacher of the slade run
+        teacher = out_root / run_dir_name("slade", ssl_weights, seed) / "stage-teacher.pt" if out_root is not None else None
+        if teacher is not None and teacher.is_file():  # the very teacher of the slade run (same seed)
             options.update(teacher_weights=str(teacher), teacher_epochs=0)
             t = 0
     return "slade", {
@@ -244,8 +247,9 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
     }
 
 
-def run_dir_name(run: str, ssl_weights: str | None = None) -> str:
-    return run + SSL_SUFFIX if ssl_weights else run
+def run_dir_name(run: str, ssl_weights: str | None = None, seed: int = 0) -> str:
+    """``slade``, ``slade[ssl-init]``, ``slade-seed1``...: seed 0 keeps the name of the earlier runs."""
+    return run + (SSL_SUFFIX if ssl_weights else "") + (f"-seed{seed}" if seed else "")
 
 
 def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
@@ -263,10 +267,15 @@ def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
 
 
 def run_rows(
-    run: str, quick: bool, out_root: Path, ssl_weights: str | None = None, threads: int | None = None
+    run: str,
+    quick: bool,
+    out_root: Path,
+    ssl_weights: str | None = None,
+    threads: int | None = None,
+    seed: int = 0,
 ) -> list[dict]:
-    method, settings = settings_for(run, quick, out_root, ssl_weights, threads)
-    run_dir = out_root / run_dir_name(run, ssl_weights)
+    method, settings = settings_for(run, quick, out_root, ssl_weights, threads, seed)
+    run_dir = out_root / run_dir_name(run, ssl_weights, seed)
     result = dmlkit.train(method, NAME, str(run_dir), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
@@ -292,7 +301,7 @@ def run_rows(
                 "protocol": PROTOCOL,
                 "metrics": {k: float(record[k]) for k in METRICS if k in record},
                 "seconds": round(float(result["seconds"]), 1),
-                "seed": 0,
+                "seed": seed,
                 "epochs": at[name],
                 "images_per_second": round(float(result.get("images_per_second", 0.0)), 1),
                 "notes": f"{method} run '{run}', metrics after epoch {at[name]} of {settings['epochs']}; "
@@ -323,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/benchmarks/slade", help="where the run directories go")
     parser.add_argument("--threads", type=int, default=SHARED["threads"], help="torch threads per run")
     parser.add_argument("--ssl-init", metavar="RUN", help="start every run from this label-free dmlkit run's backbone")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0); one row per seed")
     args = parser.parse_args(argv)
     register()
     runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
@@ -332,12 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         out_root.mkdir(parents=True, exist_ok=True)
         ssl_weights = str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))
     rows, failed = [], []
-    for run in runs:
-        print(f"[slade benchmark] {run}{' (quick)' if args.quick else ''}", flush=True)
+    for seed, run in ((seed, run) for seed in args.seeds for run in runs):
+        print(f"[slade benchmark] {run} / seed {seed}{' (quick)' if args.quick else ''}", flush=True)
         try:
-            new = run_rows(run, args.quick, out_root, ssl_weights, args.threads)
+            new = run_rows(run, args.quick, out_root, ssl_weights, args.threads, seed)
         except Exception as error:  # noqa: BLE001 - one broken run must not lose the others; reported below
-            failed.append(f"{run}: {type(error).__name__}: {error}")
+            failed.append(f"{run} / seed {seed}: {type(error).__name__}: {error}")
             print(f"[slade benchmark] FAILED {failed[-1]}", flush=True)
             continue
         rows += new

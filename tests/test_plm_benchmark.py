@@ -92,6 +92,7 @@ def test_sweep_runs_figure_3_at_sweep_scale_and_draws_it(bench, tmp_path, monkey
     points = bench.sweep_points(rows)
     assert [p[0] for p in points["n_proxies"]] == [10.0, 100.0, 300.0]
     value, mean, std, runs = points["n_proxies"][0]
+    assert value == 10.0
     assert runs == 2 and mean == pytest.approx(0.5 + 0.01 + 0.005) and std == pytest.approx(0.005)
     assert points["piece_dim"] == [(2.0, pytest.approx(0.605), pytest.approx(0.005), 2),
                                    (3.0, pytest.approx(0.605), pytest.approx(0.005), 2),

@@ -17,12 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import slade as module
-
-    yield module
-    sys.modules.pop("slade", None)
+def bench(load_benchmark):
+    return load_benchmark("slade.py")  # results redirected to tmp_path
 
 
 def _records() -> DatasetRecords:
@@ -138,3 +134,31 @@ def test_benchmark_ssl_init_reaches_every_run_and_names_its_directories(bench, t
     (tmp_path / "slade[ssl-init]" / "stage-teacher.pt").write_bytes(b"")
     _, ablation = bench.settings_for("slade-no-basis", quick=True, out_root=tmp_path, ssl_weights=weights)
     assert ablation["options"]["teacher_weights"] == str(tmp_path / "slade[ssl-init]" / "stage-teacher.pt")
+
+
+def test_benchmark_seeds_reach_settings_rows_and_the_reused_teacher(bench, tmp_path, monkeypatch):
+    """--seeds 0 1: each seed trains with its own seed, its rows carry it, seed 1's directories get
+    ``-seed1`` and its ablations reuse seed 1's teacher, never seed 0's."""
+    _, seeded = bench.settings_for("slade", quick=True, seed=1)
+    assert seeded["seed"] == 1 and bench.run_dir_name("slade", None, 1) == "slade-seed1"
+    assert bench.run_dir_name("slade", "w.pt", 2) == "slade[ssl-init]-seed2"
+    for name in ("slade", "slade-seed1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stage-teacher.pt").write_bytes(b"")
+    _, ablation = bench.settings_for("slade-all-pairs", quick=True, out_root=tmp_path, seed=1)
+    assert ablation["options"]["teacher_weights"] == str(tmp_path / "slade-seed1" / "stage-teacher.pt")
+
+    calls = []
+
+    def train(method, dataset, out, **settings):
+        calls.append((Path(out).name, settings["seed"]))
+        epochs = settings["epochs"]
+        record = {"recall@1": 0.5, "nmi": 0.4}
+        return {"history": [{"epoch": e, **record} for e in range(1, epochs + 1)], "seconds": 1.0}
+
+    monkeypatch.setattr(bench.dmlkit, "train", train)
+    monkeypatch.setattr(bench, "register", lambda: None)
+    assert bench.main(["--quick", "--only", "supervised", "--seeds", "0", "1", "--out", str(tmp_path / "runs")]) == 0
+    assert calls == [("supervised", 0), ("supervised-seed1", 1)]
+    rows = sys.modules["_common"].load_results("slade")["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("supervised", 0), ("supervised", 1)]
