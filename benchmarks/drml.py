@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np
+from _common import save_rows
 
 import dmlkit
-from _common import save_rows
 
 DATASET = "fashion-mnist"
 PROTOCOL = "zero-shot"

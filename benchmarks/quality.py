@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from _common import markdown_table, save_rows  # noqa: E402
+import numpy as np
+import torch
+from _common import markdown_table, save_rows
 
 MAX_ITEMS, BATCH, SEED = 3000, 120, 0
 

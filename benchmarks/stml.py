@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from _common import save_rows, seeded_run_name
 
-import dmlkit  # noqa: E402
-from _common import save_rows, seeded_run_name  # noqa: E402
+import dmlkit
 
 DATASET = "fashion-mnist"
 PRESET = "stml-fashion-mnist"

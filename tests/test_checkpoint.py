@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from dmlkit.engine.checkpoint import (AtomicCheckpointIO, CheckpointError, atomic_write_json, safe_torch_load)
+from dmlkit.engine.checkpoint import AtomicCheckpointIO, CheckpointError, atomic_write_json, safe_torch_load
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

@@ -75,7 +75,7 @@ def _step(loss_fn, x, lr=0.05):
 
 
 def test_lrml_terms_move_distances_as_the_paper_says():
-    x, labels, edges, weights = _line_batch()
+    x, labels, edges, _weights = _line_batch()
     none = torch.zeros(0, 2, dtype=torch.long)
     empty = torch.zeros(0, dtype=D)
     # similar term only (γ_D = 0, no edges): similar distance shrinks
@@ -127,7 +127,7 @@ def test_seraph_terms_move_distances_as_the_paper_says():
     assert C.pair_sq_dists(y, torch.tensor([[1, 2]])) > 0.04
     # entropy minimisation: an unlabeled pair closer than η gets closer, one farther gets farther
     unl = torch.tensor([-1, -1, -1, -1, -1, -1, -1])
-    only = lambda v: C.seraph_loss(v[3:], unl[3:], eta=1.0, mu=1.0)  # noqa: E731
+    only = lambda v: C.seraph_loss(v[3:], unl[3:], eta=1.0, mu=1.0)
     y = _step(only, x, lr=0.2)
     assert C.pair_sq_dists(y, torch.tensor([[3, 4]])) < 0.25
     assert C.pair_sq_dists(y, torch.tensor([[5, 6]])) > 1.6 ** 2

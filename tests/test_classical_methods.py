@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from dmlkit.data.base import DMLDataset
-from dmlkit.methods import method_class
 from dmlkit.methods import classical as M
+from dmlkit.methods import method_class
 from dmlkit.methods.base import BuildInfo, RefreshContext
 from dmlkit.models.heads import EmbeddingHead
 
@@ -174,7 +174,7 @@ def test_a_few_sgd_steps_lower_the_lrml_objective_on_a_fixed_batch():
     method.refresh(_context(data))
     batch = _collate(data, next(iter(method.batch_sampler(data, BATCH, 0, 0))))
     method.training_loss(batch)  # settle M on this batch
-    fixed = lambda: M.C.lrml_loss(method.embed(batch["image"]), batch["label"], *method._batch_edges(method._lookup[batch["index"]]))  # noqa: E731
+    fixed = lambda: M.C.lrml_loss(method.embed(batch["image"]), batch["label"], *method._batch_edges(method._lookup[batch["index"]]))
     start = fixed()["loss"].item()
     for _ in range(5):  # plain gradient descent, small steps: M stretches some directions ~50x
         method.zero_grad()

@@ -16,7 +16,6 @@ from dmlkit.losses import classical as cl
 from dmlkit.losses import manifold as mf
 from dmlkit.losses import relaxed_contrastive as rc
 from dmlkit.losses import supervised as sv
-
 from tests.fuzz_helpers import FUZZ, KINDS, finite, points
 
 

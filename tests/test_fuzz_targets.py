@@ -26,7 +26,6 @@ from dmlkit.targets.manifold import (
     proxy_similarity,
 )
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate
-
 from tests.fuzz_helpers import FUZZ, KINDS, finite, points
 
 EPS = 1e-5

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-BLOCK = re.compile(r"<!-- readme-test: (run|skip) -->\n```(\w+)\n(.*?)```", re.S)
+BLOCK = re.compile(r"<!-- readme-test: (run|skip) -->\n```(\w+)\n(.*?)```", re.DOTALL)
 BLOCKS = [(mode, lang, body) for mode, lang, body in BLOCK.findall(README)]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

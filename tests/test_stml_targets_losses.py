@@ -1,7 +1,6 @@
 """STML spec §10 tests 1-6: contextualized similarity and the two losses, pinned to hand values."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

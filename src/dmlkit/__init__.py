@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def evaluate(*args, **kwargs):  # noqa: D103 - documented in dmlkit.evaluation.evaluate
+def evaluate(*args, **kwargs):
     from dmlkit.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
@@ -22,7 +22,7 @@ def evaluate(*args, **kwargs):  # noqa: D103 - documented in dmlkit.evaluation.e
 
 evaluate.__doc__ = "Recall@K, NMI, P@1, R-Precision and MAP@R from one kNN search; see dmlkit.evaluation.evaluate."
 
-def train(*args, **kwargs):  # noqa: D103 - documented in dmlkit.engine.run.train
+def train(*args, **kwargs):
     from dmlkit.engine.run import train as _train
 
     return _train(*args, **kwargs)

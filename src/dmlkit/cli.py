@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -127,8 +128,8 @@ def _checkpoint(path: str, which: str) -> Path:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dmlkit.engine.checkpoint import atomic_write_json
     from dmlkit.engine.run import load_run, prepare_data
-    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.evaluation import evaluate
+    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.methods import method_class
 
     if args.protocol == "mlrc":
@@ -182,8 +183,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dmlkit.engine.checkpoint import atomic_write_bytes
-    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.methods import method_class
 
     config, method, _ = load_run(_checkpoint(args.run, args.checkpoint))

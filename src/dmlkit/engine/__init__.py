@@ -2,4 +2,4 @@
 from dmlkit.engine.config import ConfigError, RunConfig, resolve_config
 from dmlkit.engine.run import load_run, run, train
 
-__all__ = ["ConfigError", "RunConfig", "resolve_config", "run", "train", "load_run"]
+__all__ = ["ConfigError", "RunConfig", "load_run", "resolve_config", "run", "train"]

@@ -35,8 +35,8 @@ def load_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, s
         if not labels_path.is_file():
             raise FileNotFoundError(f"no labels for {source}: pass --labels FILE.npy (one integer per row)")
         return np.load(source, allow_pickle=False), np.load(labels_path, allow_pickle=False), source.name
-    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.engine.run import load_run, prepare_data
+    from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.methods import method_class
 
     config, method, _ = load_run(source)

@@ -14,8 +14,13 @@ import torch
 import yaml
 
 from dmlkit.data.base import DMLDataset, SplitData
-from dmlkit.engine.checkpoint import (AtomicCheckpointIO, atomic_torch_save, atomic_write_bytes, atomic_write_json,
-                                     load_checkpoint_dict)
+from dmlkit.engine.checkpoint import (
+    AtomicCheckpointIO,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint_dict,
+)
 from dmlkit.engine.config import RunConfig, resolve_config
 from dmlkit.methods import BuildInfo, Method, method_class
 
@@ -93,7 +98,7 @@ def build_method(config: RunConfig, train_set: DMLDataset) -> Method:
 
     visible = train_set.labels[train_set.labels >= 0]
     info = BuildInfo(channels=train_set.channels, image_size=train_set.image_size, num_train=len(train_set),
-                     num_classes=int(len(np.unique(visible))), dataset=config.dataset,
+                     num_classes=len(np.unique(visible)), dataset=config.dataset,
                      views_preset=preset_for(train_set))
     method = cls.from_options(dict(config.options), info)
     if _runs_on_cpu(config):

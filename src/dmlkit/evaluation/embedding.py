@@ -1,7 +1,7 @@
 """Embedding a whole split in order, in batches, without gradients (engine, CLI and protocols share it)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

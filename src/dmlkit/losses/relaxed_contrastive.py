@@ -123,6 +123,12 @@ class RelaxedContrastiveLoss(nn.Module):
 
 
 __all__ = [
-    "NORMALISERS", "pairwise_distances", "normalised_distances", "relaxed_contrastive_loss",
-    "relaxed_contrastive_from_distances", "kl_from_distances", "self_distillation_kl", "RelaxedContrastiveLoss",
+    "NORMALISERS",
+    "RelaxedContrastiveLoss",
+    "kl_from_distances",
+    "normalised_distances",
+    "pairwise_distances",
+    "relaxed_contrastive_from_distances",
+    "relaxed_contrastive_loss",
+    "self_distillation_kl",
 ]

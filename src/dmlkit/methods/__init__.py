@@ -50,4 +50,4 @@ def available_methods() -> dict[str, str]:
     return out
 
 
-__all__ = ["BuildInfo", "Method", "RefreshContext", "REGISTRY", "method_class", "available_methods"]
+__all__ = ["REGISTRY", "BuildInfo", "Method", "RefreshContext", "available_methods", "method_class"]

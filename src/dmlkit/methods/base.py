@@ -20,8 +20,9 @@ long ``[B]`` (positions in the training split).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ class Method(nn.Module):
                              f"not in {world_size} processes; use --devices 1 (devices=1 in Python)")
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], info: BuildInfo) -> "Method":
+    def from_options(cls, options: dict[str, Any], info: BuildInfo) -> Method:
         """Build from user options (names of ``cls.Config`` fields) over the paper defaults."""
         import dataclasses
 

@@ -17,8 +17,9 @@ live in :mod:`dmlkit.losses.classical`; the graph pieces shared with SSDML in
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ class _StochasticBaseline(Method):
         hit = (graph_keys[pos] == keys) & (a != b)
         return torch.stack([i[hit], j[hit]], dim=1), self._edge_weights[pos[hit]].float()
 
-    def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int) -> "_PartitionBatches":
+    def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int) -> _PartitionBatches:
         return _PartitionBatches(self, np.asarray(dataset.labels), batch_size, seed, epoch)
 
 

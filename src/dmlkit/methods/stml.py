@@ -17,8 +17,9 @@ At test time the embedding is the raw f.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -176,7 +177,7 @@ class STML(Method):
         return lambda: build_backbone(name, in_channels=info.channels, image_size=info.image_size,
                                       pretrained=pretrained, bn_freeze=config.bn_freeze)
 
-    def train(self, mode: bool = True) -> "STML":
+    def train(self, mode: bool = True) -> STML:
         """The teacher always stays in eval mode (spec §2)."""
         super().train(mode)
         self.teacher.eval()
@@ -268,4 +269,4 @@ class STML(Method):
             self.neighbours = torch.as_tensor(state["neighbours"]).long()
 
 
-__all__ = ["STML", "Config", "DEFAULT_BACKBONES"]
+__all__ = ["DEFAULT_BACKBONES", "STML", "Config"]

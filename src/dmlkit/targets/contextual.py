@@ -132,7 +132,6 @@ def contextual_similarity_parts(
     t = teacher_embeddings.detach()
     if normalize:
         t = F.normalize(t, dim=1)
-    n = t.shape[0]
     pairwise = torch.exp(-squared_distances(t) / sigma)  # Eq. 2
 
     ranking = pairwise.masked_fill(indices[:, None] == indices[None, :], 1.0)  # same image ranks first
@@ -165,5 +164,11 @@ def contextual_similarity(
     return contextual_similarity_parts(teacher_embeddings, indices, k, sigma, qe_size, normalize, tie_break).W
 
 
-__all__ = ["ContextualSimilarity", "contextual_similarity", "contextual_similarity_parts", "default_qe_size",
-           "squared_distances", "TIE_BREAKS"]
+__all__ = [
+    "TIE_BREAKS",
+    "ContextualSimilarity",
+    "contextual_similarity",
+    "contextual_similarity_parts",
+    "default_qe_size",
+    "squared_distances",
+]
