@@ -10,7 +10,9 @@ A learnable basis ``W_a [n_basis, d]`` (rows ``a_c``, one per labeled class) map
   updated only on batches holding pairs of its kind).
 
 Confident pairs (no gradient): ``P_u = {ŷ_i = ŷ_j, s_ij ≥ T_1}``, ``N_u = {ŷ_i ≠ ŷ_j, s_ij ≤ T_2}`` with
-``T_1 = μ⁺ − κσ⁺``, ``T_2 = μ⁻ + κσ⁻``; active only when ``T_1 > T_2`` (κ = 0: ``μ⁺ > μ⁻``).
+``T_1 = μ⁺ − κσ⁺``, ``T_2 = μ⁻ + κσ⁻``; active only when ``T_1 > T_2`` (κ = 0: ``μ⁺ > μ⁻``). Filtering
+the positives only (``select_negatives=False``) keeps every cross-cluster pair in ``N_u``: the spec's
+``N_u`` holds the easy half of the negatives, and a Multi-Similarity loss learns mostly from the hard ones.
 
 The ranking loss ``L_rank`` (contrastive or Multi-Similarity) runs on labels, or on the selected pairs:
 ``L_rank(B_u; P_u, N_u)`` (§8).
