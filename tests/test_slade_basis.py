@@ -103,6 +103,9 @@ def test_positive_only_selection_keeps_every_cross_cluster_pair():
     assert torch.nonzero(neg).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
     pos, neg = select_pairs(s, pseudo, 0.2, 0.6, select_negatives=False)
     assert not pos.any() and torch.nonzero(neg).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+    pos, neg = select_pairs(s, pseudo, 0.602, 0.2, require_label_agreement=False, select_negatives=False)
+    assert torch.nonzero(pos).tolist() == [[0, 1], [1, 3]]  # the cross pair at 0.7 is a positive, not both
+    assert torch.nonzero(neg).tolist() == [[0, 2], [0, 3], [1, 2]]
 
 
 def test_no_selection_unless_mu_pos_above_mu_neg():

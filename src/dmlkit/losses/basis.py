@@ -175,8 +175,9 @@ def select_pairs(
     """Confident pairs among ``i < j``: ``-> (positive mask, negative mask)``, boolean ``[B, B]``.
 
     ``P = {s_ij ≥ t1} (∩ {ŷ_i = ŷ_j})``, ``N = {s_ij ≤ t2} (∩ {ŷ_i ≠ ŷ_j})``; both empty unless ``t1 > t2``.
-    ``select_negatives=False`` filters the positives only: ``N`` is every pair with ``ŷ_i ≠ ŷ_j`` (the
-    hard negatives, which a Multi-Similarity loss weights most, stay in; see ``SLADE.Config.pair_selection``).
+    ``select_negatives=False`` filters the positives only: ``N`` is every pair with ``ŷ_i ≠ ŷ_j`` not in ``P``
+    (the hard negatives, which a Multi-Similarity loss weights most, stay in; see
+    ``SLADE.Config.pair_selection``).
     """
     n = len(pseudo_labels)
     upper = upper_pairs(n, similarity.device)
@@ -189,7 +190,7 @@ def select_pairs(
     pos, neg = upper & (s >= t1), upper & (s <= t2)
     if require_label_agreement:
         pos, neg = pos & same, neg & ~same
-    return pos, neg if select_negatives else all_negatives
+    return pos, neg if select_negatives else all_negatives & ~pos  # a pair is never both
 
 
 def all_pairs(pseudo_labels: Tensor) -> tuple[Tensor, Tensor]:
