@@ -103,10 +103,15 @@ def save_rows(benchmark: str, rows: Sequence[Mapping], key: Sequence[str] = DEFA
     return data
 
 
+def seed_suffix(seed: int) -> str:
+    """``""`` for seed 0 (run directories keep the names earlier runs and SLADE's ``--ssl-init`` use),
+    ``"-seed1"`` for seed 1, and so on."""
+    return f"-seed{seed}" if seed else ""
+
+
 def seeded_run_name(name: str, protocol: str, seed: int) -> str:
-    """Run directory of one benchmark row: ``stml-zero-shot`` for seed 0 (the name earlier runs and SLADE's
-    ``--ssl-init`` use), ``stml-zero-shot-seed1`` for the others."""
-    return f"{name}-{protocol}" + (f"-seed{seed}" if seed else "")
+    """Run directory of one benchmark row: ``stml-zero-shot``, ``stml-zero-shot-seed1``, ..."""
+    return f"{name}-{protocol}{seed_suffix(seed)}"
 
 
 def _cell(value: object, digits: int) -> str:

@@ -9,8 +9,8 @@ Data arrangement (``pool_records``; no standard protocol gives it):
 The arrangement is registered as the dataset ``fashion-mnist-slade`` for the runs of this script only
 (``dmlkit.train`` reads datasets by name; ``register`` calls ``dmlkit.register_dataset``).
 
-Rows (seed 0; ``--seeds`` adds others, the README shows mean ± std), all from scratch with the same backbone (``mnist-net``), 128-d L2-normalised embedding,
-Multi-Similarity loss (α 2, β 50, λ 0.5, miner ε 0.1), labeled batches of 5 classes x 6, AdamW at lr 1e-3,
+Rows (seed 0; ``--seeds`` adds others, the README shows mean ± std), all from scratch with the same
+backbone (``mnist-net``), 128-d L2-normalised embedding, Multi-Similarity loss (α 2, β 50, λ 0.5, miner ε 0.1), labeled batches of 5 classes x 6, AdamW at lr 1e-3,
 weight decay 1e-4, constant learning rate, K = 10 clusters (twice the labeled classes: the pool holds
 five more), confident positives with every cross-cluster negative (``pair_selection="positives"``); each
 round's student starts from its teacher's weights
@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
-from _common import markdown_table, save_rows
+from _common import markdown_table, save_rows, seed_suffix
 
 import dmlkit
 from dmlkit.data.base import DatasetRecords
@@ -249,7 +249,7 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
 
 def run_dir_name(run: str, ssl_weights: str | None = None, seed: int = 0) -> str:
     """``slade``, ``slade[ssl-init]``, ``slade-seed1``...: seed 0 keeps the name of the earlier runs."""
-    return run + (SSL_SUFFIX if ssl_weights else "") + (f"-seed{seed}" if seed else "")
+    return run + (SSL_SUFFIX if ssl_weights else "") + seed_suffix(seed)
 
 
 def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:

@@ -13,8 +13,6 @@ from dmlkit.data.splits import make_split
 from dmlkit.engine.config import load_preset
 from dmlkit.methods import method_class
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture()
 def bench(load_benchmark):
