@@ -32,6 +32,8 @@ Usage (from the repository root)::
     python benchmarks/plm.py --sweep --quick
     python benchmarks/plm.py --variant delta=1.0   # only rows plm[delta=1.0], both protocols
     python benchmarks/plm.py --only plm --seeds 1 2   # more seeds: the README shows mean ± std
+    python benchmarks/plm.py --ssl-init runs/benchmarks/stml/full/stml-unsupervised-seed1 --only plm \
+        --protocol unsupervised --variant delta=1.0   # from STML's backbone: rows plm[ssl-init], plm[delta=1.0][ssl-init]
 
 Each run replaces its own rows (same method, dataset, protocol, seed) in ``benchmarks/results/plm.json`` and
 prints a markdown table.
@@ -67,6 +69,7 @@ SWEEP_SCALE = {"train_subset": 12000, "epochs": 2}
 SWEEP_BASE = "plm-sweep"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
+SSL_SUFFIX = "[ssl-init]"
 PAPER_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
 
 
@@ -241,11 +244,13 @@ def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
     )
 
 
-def runner(name: str):
+def runner(name: str, start: dict | None = None):
+    """The row's run; ``start`` (``--ssl-init``): ``{"pretrained": weights}`` for the PLM rows, suffixed ``[ssl-init]``."""
     if name in ABLATIONS:
-        note = "" if not ABLATIONS[name] else f" + {ABLATIONS[name]}"
+        options = {**ABLATIONS[name], **(start or {})}
+        note = "" if not options else f" + {options}"
         return lambda protocol, quick, out, seed=0: run_plm_variant(
-            name, ABLATIONS[name], protocol, quick, out, note, seed
+            name + (SSL_SUFFIX if start else ""), options, protocol, quick, out, note, seed
         )
     return {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixels}[name]
 
@@ -276,9 +281,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def variant_job(option: str, value: object, protocol: str) -> tuple:
-    """``(row name, protocol, runner)`` for PLM with one option changed: row ``plm[OPTION=VALUE]``."""
-    name, options = f"plm[{option}={value}]", {option: value}
+def variant_job(option: str, value: object, protocol: str, start: dict | None = None) -> tuple:
+    """``(row name, protocol, runner)`` for PLM with one option changed: row ``plm[OPTION=VALUE]`` (with
+    ``start``, the ``--ssl-init`` weights: ``plm[OPTION=VALUE][ssl-init]``)."""
+    name, options = f"plm[{option}={value}]" + (SSL_SUFFIX if start else ""), {option: value, **(start or {})}
     return name, protocol, lambda p, q, o, seed=0: run_plm_variant(name, options, p, q, o, f" + {options}", seed)
 
 
@@ -397,17 +403,25 @@ def main(argv: list[str] | None = None) -> int:
         help="one run per seed for the PLM rows and variants (default: 0); the others run once, seed 0",
     )
     parser.add_argument("--out", default="runs/benchmarks/plm", help="where the run directories go")
+    parser.add_argument("--ssl-init", metavar="RUN", help="start the PLM rows and variants from this finished "
+                        "label-free run's backbone (as the paper starts from ImageNet weights); rows get [ssl-init]")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
+    start = None
+    if args.ssl_init:
+        from slade import backbone_weights_of_run
+
+        out_root.mkdir(parents=True, exist_ok=True)
+        start = {"pretrained": str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))}
     rows = []
     jobs = [
-        (name, protocol, runner(name))
+        (name, protocol, runner(name, start))
         for protocol in args.protocol or PROTOCOLS
         for name in args.only or (() if args.variant or args.sweep else ROWS)  # --variant / --sweep alone: only their rows
     ]
     for variant in args.variant or ():
         option, value = parse_variant(variant)
-        jobs += [variant_job(option, value, protocol) for protocol in args.protocol or PROTOCOLS]
+        jobs += [variant_job(option, value, protocol, start) for protocol in args.protocol or PROTOCOLS]
     if args.sweep:
         jobs += sweep_jobs()
     for name, protocol_name, run in jobs:

@@ -21,7 +21,9 @@ METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("reca
            ("recall@10", "R@10"), ("recall@100", "R@100"), ("recall@1000", "R@1000"), ("nmi", "NMI"),
            ("precision@1", "P@1"), ("r_precision", "RP"), ("map@r", "MAP@R"),
            ("purity", "purity"), ("correlation", "corr. with same-class"), ("pair_precision", "pair P@0.5"),
-           ("pair_recall", "pair R@0.5")]
+           ("pair_recall", "pair R@0.5"), ("positive_same_class", "positive same class"),
+           ("negative_same_class", "negative same class"), ("correct", "correct triplets"),
+           ("inverted", "inverted triplets")]
 #: per-row fields shown when a results file has them (speed and memory benchmarks)
 EXTRA_COLUMNS = [("peak_rss_mb", "peak RSS MB"), ("seconds_ratio_vs_pml", "time ÷ PML"),
                  ("peak_rss_ratio_vs_pml", "memory ÷ PML"), ("images_per_second", "img/s"),
@@ -31,7 +33,8 @@ TITLES = {"evaluation_speed": "Evaluation speed: dmlkit.evaluate vs pytorch-metr
           "propagation_scaling": "SSDML affinity propagation: dense vs sparse",
           "quality": "Pseudo-supervision quality on training embeddings (PLM Table 2 style; x100)", "stml": "STML (no labels)", "plm": "PLM (no labels)", "ssdml": "SSDML (10 labels per class)",
           "slade": "SLADE (labeled teacher + unlabeled pool)", "drml": "DRML (supervised, zero-shot)",
-          "unsupervised_baselines": "Label-free baselines"}
+          "unsupervised_baselines": "Label-free baselines",
+          "ssdml_mining": "SSDML triplet mining against the hidden classes (first partition; % of triplets)"}
 
 
 def _cell(values: list[float]) -> str:

@@ -28,6 +28,10 @@ round's student starts from its teacher's weights
   the negatives (only cross-cluster pairs with ``s <= mu-`` stay);
 - ``supervised``: the same loss on the labeled set only, for as many epochs as the whole SLADE run.
 
+``--test-classes seen`` keeps the labeled set and the pool but retrieves on the test images of the labeled
+classes 0-4 (dataset ``fashion-mnist-slade-seen``, run directories under ``full-seen-test``): there the
+basis, a classifier of those very classes, should tell right pseudo-pairs from wrong ones best.
+
 ``--ssl-init RUN`` gives every run the paper's start instead (spec §3, ``student_init="ssl"``): the
 backbone of a finished dmlkit run without labels (e.g. ``runs/benchmarks/stml/full/stml-zero-shot``, STML
 on the train images of classes 0-4) initialises the teacher, each round's student and the ``supervised``
@@ -40,6 +44,7 @@ Usage (from the repository root)::
     python benchmarks/slade.py --only slade-all-pairs
     python benchmarks/slade.py --seeds 1 2        # more training seeds (same labeled set and pool)
     python benchmarks/slade.py --ssl-init runs/benchmarks/stml/full/stml-zero-shot
+    python benchmarks/slade.py --test-classes seen --only slade --only slade-all-pairs   # test on classes 0-4
 
 Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
 """
@@ -66,6 +71,8 @@ DATASET, NAME, PROTOCOL = (
     "fashion-mnist-slade",
     "labeled 0-4 + pool of all other train / test 5-9",
 )
+#: ``--test-classes seen``: the same labeled set and pool, retrieval on the test images of the labeled classes
+SEEN_NAME, SEEN_PROTOCOL = "fashion-mnist-slade-seen", "labeled 0-4 + pool of all other train / test 0-4"
 LABELED_PER_CLASS = 1000
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 TEACHER_EPOCHS, STUDENT_EPOCHS, ROUNDS = 5, 5, 2
@@ -123,14 +130,15 @@ ABLATIONS = {
 
 
 def pool_records(
-    base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLASS, seed: int = 0
+    base: DatasetRecords, labeled_per_class: int = LABELED_PER_CLASS, seed: int = 0, test_seen: bool = False
 ) -> DatasetRecords:
     """Labeled: ``labeled_per_class`` train images of each class in the first half of the classes; pool: the
-    other train images; test: the test images of the second half of the classes."""
+    other train images; test: the test images of the second half of the classes (``test_seen``: of the
+    first half, the labeled classes)."""
     classes = np.unique(base.labels)
     seen = classes[: len(classes) // 2]
     train = base.splits == "train"
-    keep = np.flatnonzero(train | ((base.splits != "train") & ~np.isin(base.labels, seen)))
+    keep = np.flatnonzero(train | ((base.splits != "train") & (np.isin(base.labels, seen) == test_seen)))
     labels, splits = base.labels[keep], base.splits[keep]
     rng = np.random.default_rng(seed)
     labeled = np.zeros(len(keep), dtype=bool)
@@ -143,7 +151,7 @@ def pool_records(
         labeled[rng.choice(members, labeled_per_class, replace=False)] = True
     images = base.images[keep] if isinstance(base.images, np.ndarray) else [base.images[i] for i in keep]
     return DatasetRecords(
-        NAME,
+        SEEN_NAME if test_seen else NAME,
         images,
         labels,
         splits,
@@ -156,15 +164,17 @@ def pool_records(
 
 
 def register() -> None:
-    """Make ``fashion-mnist-slade`` loadable by name in this process (idempotent: a second call replaces it)."""
+    """Make ``fashion-mnist-slade`` (test 5-9) and ``fashion-mnist-slade-seen`` (test 0-4) loadable by name in
+    this process (idempotent: a second call replaces them)."""
     from dmlkit.data import load_records
 
-    dmlkit.register_dataset(
-        NAME,
-        lambda root: pool_records(load_records(DATASET, root)),
-        "Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test 5-9",
-        overwrite=True,
-    )
+    for name, test_seen, test in ((NAME, False, "5-9"), (SEEN_NAME, True, "0-4")):
+        dmlkit.register_dataset(
+            name,
+            lambda root, test_seen=test_seen: pool_records(load_records(DATASET, root), test_seen=test_seen),
+            f"Fashion-MNIST: 1,000 labeled images of classes 0-4 + pool of all other train; test {test}",
+            overwrite=True,
+        )
 
 
 def settings_for(
@@ -273,10 +283,11 @@ def run_rows(
     ssl_weights: str | None = None,
     threads: int | None = None,
     seed: int = 0,
+    test_seen: bool = False,
 ) -> list[dict]:
     method, settings = settings_for(run, quick, out_root, ssl_weights, threads, seed)
     run_dir = out_root / run_dir_name(run, ssl_weights, seed)
-    result = dmlkit.train(method, NAME, str(run_dir), **settings)
+    result = dmlkit.train(method, SEEN_NAME if test_seen else NAME, str(run_dir), **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
     at = {
@@ -298,7 +309,7 @@ def run_rows(
             {
                 "method": name + (SSL_SUFFIX if ssl_weights else ""),
                 "dataset": DATASET,
-                "protocol": PROTOCOL,
+                "protocol": SEEN_PROTOCOL if test_seen else PROTOCOL,
                 "metrics": {k: float(record[k]) for k in METRICS if k in record},
                 "seconds": round(float(result["seconds"]), 1),
                 "seed": seed,
@@ -333,10 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=SHARED["threads"], help="torch threads per run")
     parser.add_argument("--ssl-init", metavar="RUN", help="start every run from this label-free dmlkit run's backbone")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0); one row per seed")
+    parser.add_argument("--test-classes", choices=("unseen", "seen"), default="unseen",
+                        help="retrieve on the test images of classes 5-9 (default, zero-shot) or 0-4 (the labeled ones)")
     args = parser.parse_args(argv)
     register()
     runs = [run for run, rows in RUNS.items() if not args.only or set(rows) & set(args.only)]
-    out_root = Path(args.out) / ("quick" if args.quick else "full")
+    test_seen = args.test_classes == "seen"
+    out_root = Path(args.out) / (("quick" if args.quick else "full") + ("-seen-test" if test_seen else ""))
     ssl_weights = None
     if args.ssl_init:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -345,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed, run in ((seed, run) for seed in args.seeds for run in runs):
         print(f"[slade benchmark] {run} / seed {seed}{' (quick)' if args.quick else ''}", flush=True)
         try:
-            new = run_rows(run, args.quick, out_root, ssl_weights, args.threads, seed)
+            new = run_rows(run, args.quick, out_root, ssl_weights, args.threads, seed, test_seen)
         except Exception as error:  # noqa: BLE001 - one broken run must not lose the others; reported below
             failed.append(f"{run} / seed {seed}: {type(error).__name__}: {error}")
             print(f"[slade benchmark] FAILED {failed[-1]}", flush=True)

@@ -39,6 +39,28 @@ def test_variant_alone_runs_only_its_rows_with_the_option(bench, tmp_path, monke
     ]
 
 
+def test_ssl_init_starts_the_plm_rows_from_the_runs_backbone(bench, tmp_path, monkeypatch):
+    """--ssl-init: the label-free run's backbone is written once and passed as ``pretrained`` to the PLM row
+    and the variant, whose names get the suffix [ssl-init]; raw pixels and STML are not PLM rows."""
+    import torch
+
+    run = tmp_path / "stml-run"
+    (run / "checkpoints").mkdir(parents=True)
+    weights = {"method.backbone.conv.weight": torch.ones(2, 1, 3, 3)}
+    torch.save({"state_dict": {**weights, "method.f.weight": torch.zeros(4, 2)}}, run / "checkpoints" / "last.ckpt")
+    calls = []
+    monkeypatch.setattr(bench.dmlkit, "train", _fake_train(calls))
+    out = tmp_path / "runs"
+    assert bench.main(["--quick", "--ssl-init", str(run), "--only", "plm", "--protocol", "unsupervised",
+                       "--variant", "delta=1.0", "--out", str(out)]) == 0
+    written = out / "quick" / "ssl-init-backbone.pt"
+    assert list(torch.load(written, weights_only=True)) == ["conv.weight"]
+    assert [options.get("pretrained") for _, _, options in calls] == [str(written)] * 2
+    assert calls[1][2]["delta"] == 1.0
+    rows = sys.modules["_common"].load_results("plm")["rows"]
+    assert sorted(r["method"] for r in rows) == ["plm[delta=1.0][ssl-init]", "plm[ssl-init]"]
+
+
 def test_variant_parsing(bench):
     assert bench.parse_variant("delta=0.5") == ("delta", 0.5)
     assert bench.parse_variant("selection=false") == ("selection", False)

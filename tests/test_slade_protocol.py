@@ -87,13 +87,20 @@ def test_benchmark_registers_its_dataset_through_the_public_hook(bench, dataset_
 
     register_dataset("fashion-mnist", lambda root: _records(), "toy stand-in", overwrite=True)
     pool_records = bench.pool_records
-    monkeypatch.setattr(bench, "pool_records", lambda base: pool_records(base, labeled_per_class=3))
+    monkeypatch.setattr(bench, "pool_records", lambda base, **kw: pool_records(base, labeled_per_class=3, **kw))
     bench.register()
     bench.register()  # idempotent: the second call replaces the first
     assert "1,000 labeled images" in list_datasets()[bench.NAME]
     records = load_records(bench.NAME)
     assert records.name == bench.NAME and len(records) == 60 + 12  # every train image + test of classes 3-5
     assert records.labeled.sum() == 9
+    # --test-classes seen: the very same train part (labeled set and pool), test images of classes 0-2
+    seen = load_records(bench.SEEN_NAME)
+    train, seen_train = records.splits == "train", seen.splits == "train"
+    assert seen.name == bench.SEEN_NAME and len(seen) == 60 + 12
+    assert np.array_equal(seen.labeled[seen_train], records.labeled[train])
+    assert np.array_equal(np.asarray(seen.images)[seen_train], np.asarray(records.images)[train])
+    assert set(seen.labels[~seen_train].tolist()) == {0, 1, 2} and set(records.labels[~train].tolist()) == {3, 4, 5}
 
 
 def test_benchmark_pseudo_label_quality_by_hand(bench, tmp_path, monkeypatch):
