@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         values = nmi_over_seeds(run_embeddings(path, images), labels, args.seeds, n_classes)
         rows.append(row(path.name, values, f"test embeddings of {run}"))
     save_rows("nmi_spread", rows)
-    stat = lambda key: lambda r: r["nmi_over_kmeans_seeds"][key]  # noqa: E731
+    stat = lambda key: lambda r: r["nmi_over_kmeans_seeds"][key]
     print(markdown_table(rows, ["method", *[(key, stat(key)) for key in ("mean", "std", "min", "max")]], digits=3))
     return 0
 
