@@ -10,7 +10,9 @@ images, seed 0) and count, against the hidden classes:
   the share whose images differ in class;
 
 overall and split by where the pair's true classes lie: both in the labeled classes 0-4 (``seen``),
-both in 5-9 (``unseen``, the test classes) or one in each (``mixed``). Rows (one per run) go to
+both in 5-9 (``unseen``, the test classes) or one in each (``mixed``); and, over the same-cluster pairs, the
+Pearson correlation of the basis similarity with the embeddings' cosine similarity (high: the selection
+drops the positives the embedding already finds hard). Rows (one per run) go to
 ``benchmarks/results/slade_pairs.json``.
 
 Usage (from the repository root, after ``benchmarks/slade.py``; about a minute per run)::
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from _common import markdown_table, save_rows
 
 GROUPS = ("all", "seen", "unseen", "mixed")
@@ -71,27 +74,34 @@ def measure(run_dir: Path, batches: int = 150, per_cluster: int = 4, clusters_pe
     train = records.splits == "train"
     true = torch.as_tensor(records.labels[train])
     images = np.asarray(records.images)[train]
-    _, method, _ = load_run(run_dir)
+    config, method, _ = load_run(run_dir)
     method.eval()
     pseudo = method.pseudo_labels.clone()
     pool = torch.nonzero(pseudo >= 0).squeeze(1)
     thresholds = method.gaussians.thresholds(method.config.kappa)
     generator = torch.Generator().manual_seed(0)
     totals: dict[str, np.ndarray] = {}
+    basis_values, cosine_values = [], []
     for _ in range(batches):
         clusters = torch.randperm(int(pseudo.max()) + 1, generator=generator)[:clusters_per_batch]
         index = torch.cat([members[torch.randperm(len(members), generator=generator)[:per_cluster]]
                            for members in (pool[pseudo[pool] == c] for c in clusters)])
         x = torch.as_tensor(images[index.numpy()]).float().div(255.0)
         x = x if x.dim() == 4 else x.unsqueeze(1)
-        similarity = method.basis.similarity(method.embed(x))
+        embeddings = method.embed(x)
+        similarity = method.basis.similarity(embeddings)
+        same_cluster = torch.triu(pseudo[index][:, None] == pseudo[index][None, :], diagonal=1)
+        basis_values.append(similarity[same_cluster])
+        cosine_values.append((F.normalize(embeddings, dim=1) @ F.normalize(embeddings, dim=1).T)[same_cluster])
         for key, value in pair_counts(similarity, pseudo[index], true[index], thresholds, len(np.unique(true)) // 2).items():
             totals[key] = totals.get(key, 0) + value
     metrics = {}
     for key, (right, total) in totals.items():
         metrics[f"{key}/precision"] = float(right / total) if total else float("nan")
         metrics[f"{key}/per_batch"] = float(total / batches)
-    return {"thresholds": [round(float(t), 4) for t in thresholds], "pair_metrics": metrics}
+    correlation = np.corrcoef(torch.cat(basis_values).numpy(), torch.cat(cosine_values).numpy())[0, 1]
+    return {"dataset": config.dataset, "thresholds": [round(float(t), 4) for t in thresholds], "pair_metrics": metrics,
+            "positives_basis_vs_embedding_correlation": round(float(correlation), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (path / "checkpoints" / "last.ckpt").is_file():
             print(f"skipping {run}: no finished run there (run benchmarks/slade.py first)")
             continue
-        rows.append({"method": path.name, "dataset": "fashion-mnist-slade", "protocol": "pool pairs", "seed": 0,
-                     **measure(path), "notes": "last round's student, basis, Gaussians and pseudo labels; "
+        rows.append({"method": path.name, "protocol": "pool pairs", "seed": 0, **measure(path), "notes": "last round's student, basis, Gaussians and pseudo labels; "
                      "150 pool batches of 8 clusters x 4"})
     if rows:
         save_rows("slade_pairs", rows)
