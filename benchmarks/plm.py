@@ -47,7 +47,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plm_sweep
 from _common import ROOT, load_results, results_path, save_rows, seeded_run_name
+from plm_sweep import SWEEP, SWEEP_BASE, SWEEP_SCALE
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -62,11 +64,6 @@ STML_PRESET = "stml-fashion-mnist"
 PROTOCOLS = {"unsupervised": "standard", "zero-shot": "zero-shot"}
 ABLATIONS = {"plm": {}, "plm-no-selection": {"selection": False}, "plm-binary": {"similarity": "binary"}}
 ROWS = (*ABLATIONS, "stml", "initial", "raw-pixels")
-#: Figure 3's one-at-a-time sweeps: option -> the values besides the preset's (Sec. 4.1: N_ρ 100, m 3, N_α 4, δ 2)
-SWEEP = {"n_proxies": (10, 300), "piece_dim": (2, 5), "n_alpha": (1.0, 2.0, 6.0), "delta": (0.5, 1.0)}
-SWEEP_LABELS = {"n_proxies": "N_ρ (proxies)", "piece_dim": "m (piece dimension)", "n_alpha": "N_α", "delta": "δ"}
-SWEEP_SCALE = {"train_subset": 12000, "epochs": 2}
-SWEEP_BASE = "plm-sweep"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
 SSL_SUFFIX = "[ssl-init]"
@@ -316,53 +313,13 @@ def plm_defaults() -> dict:
 
 
 def sweep_points(rows: list[dict], metric: str = "recall@1") -> dict[str, list[tuple[float, float, float, int]]]:
-    """Per swept option, ``[(value, mean, std, runs)]`` sorted by value, from the ``plm-sweep*`` rows (full
-    runs only); the ``plm-sweep`` rows give each option's point at the preset's value."""
-    defaults = plm_defaults()
-    grouped: dict[str, dict[float, list[float]]] = {option: {} for option in SWEEP}
-    for r in rows:
-        method = r["method"]
-        if r.get("quick") or r["protocol"] != "zero-shot" or not method.startswith(SWEEP_BASE):
-            continue
-        if method == SWEEP_BASE:
-            for option in SWEEP:
-                grouped[option].setdefault(float(defaults[option]), []).append(r["metrics"][metric])
-            continue
-        option, _, value = method[len(SWEEP_BASE) + 1 : -1].partition("=")
-        if option in grouped:
-            grouped[option].setdefault(float(value), []).append(r["metrics"][metric])
-    return {
-        option: [(v, float(np.mean(x)), float(np.std(x)), len(x)) for v, x in sorted(values.items())]
-        for option, values in grouped.items()
-        if values
-    }
+    """``plm_sweep.sweep_points`` with this preset's defaults."""
+    return plm_sweep.sweep_points(rows, plm_defaults(), metric)
 
 
 def sweep_figure(rows: list[dict], path: Path) -> Path | None:
-    """Recall@1 (mean ± std over seeds) against each swept option, one panel each; None without rows."""
-    from dmlkit.viz.plots import new_figure
-    from dmlkit.viz.plots import save as save_figure
-
-    points = sweep_points(rows)
-    if not points:
-        return None
-    fig = new_figure(3.2 * len(points), 3.0)
-    axes = fig.subplots(1, len(points), squeeze=False)[0]
-    default = plm_defaults()
-    untrained = [r["metrics"]["recall@1"] for r in rows
-                 if r["method"] == "initial" and r["protocol"] == "zero-shot" and not r.get("quick")]
-    for ax, (option, series) in zip(axes, points.items()):
-        x, mean, std = (np.array([p[i] for p in series]) for i in range(3))
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label="PLM")
-        if untrained:
-            ax.axhline(untrained[0], color="tab:gray", linestyle="--", label="untrained network")
-        ax.axvline(float(default[option]), color="0.8", linestyle=":", zorder=0)
-        ax.set_xlabel(SWEEP_LABELS[option])
-        ax.set_ylabel("Recall@1")
-    axes[0].legend(fontsize=8)
-    runs = max(p[3] for series in points.values() for p in series)
-    fig.suptitle(f"PLM, Fashion-MNIST zero-shot (sweep scale {SWEEP_SCALE}); mean ± std over {runs} seed(s)")
-    return save_figure(fig, path)
+    """``plm_sweep.sweep_figure`` with this preset's defaults."""
+    return plm_sweep.sweep_figure(rows, path, plm_defaults())
 
 
 def parse_variant(text: str) -> tuple[str, object]:
