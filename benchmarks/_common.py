@@ -1,4 +1,5 @@
-"""Shared helpers for ``benchmarks/*.py``: machine string, git commit, results file, markdown table.
+"""Shared helpers for ``benchmarks/*.py``: machine string, git commit, results file, markdown table, and the
+backbone weights of a finished run (``--ssl-init``).
 
 Results files follow DESIGN.md ("Benchmarks and results")::
 
@@ -25,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DEFAULT_KEY = ("method", "dataset", "protocol", "seed")
+#: suffix of rows and run directories started from a label-free run's backbone (``--ssl-init``)
+SSL_SUFFIX = "[ssl-init]"
 
 Column = str | tuple[str, str | Callable[[Mapping], object]]
 
@@ -130,3 +133,17 @@ def markdown_table(rows: Iterable[Mapping], columns: Sequence[Column], digits: i
         cells = [_cell(get(row) if callable(get) else row.get(get), digits) for _, get in specs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
+    """Write the (student) backbone of a finished dmlkit run as a weights file ``pretrained=`` loads."""
+    from dmlkit.engine.checkpoint import atomic_torch_save, load_checkpoint_dict
+
+    state = load_checkpoint_dict(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    prefixes = ("method.student.backbone.", "method.backbone.")
+    for prefix in prefixes:
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            atomic_torch_save({k: v.contiguous() for k, v in weights.items()}, out)
+            return out
+    raise ValueError(f"{run_dir}: no backbone weights (looked for keys starting with {' or '.join(prefixes)}); pass a run of a method with a backbone")

@@ -48,7 +48,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plm_sweep
-from _common import ROOT, load_results, results_path, save_rows, seeded_run_name
+from _common import (
+    ROOT,
+    SSL_SUFFIX,
+    backbone_weights_of_run,
+    load_results,
+    results_path,
+    save_rows,
+    seeded_run_name,
+)
 from plm_sweep import SWEEP, SWEEP_BASE, SWEEP_SCALE
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -66,7 +74,6 @@ ABLATIONS = {"plm": {}, "plm-no-selection": {"selection": False}, "plm-binary": 
 ROWS = (*ABLATIONS, "stml", "initial", "raw-pixels")
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
-SSL_SUFFIX = "[ssl-init]"
 PAPER_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
 
 
@@ -366,8 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     out_root = Path(args.out) / ("quick" if args.quick else "full")
     start = None
     if args.ssl_init:
-        from slade import backbone_weights_of_run
-
         out_root.mkdir(parents=True, exist_ok=True)
         start = {"pretrained": str(backbone_weights_of_run(Path(args.ssl_init), out_root / "ssl-init-backbone.pt"))}
     rows = []

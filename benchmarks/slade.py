@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
-from _common import markdown_table, save_rows, seed_suffix
+from _common import SSL_SUFFIX, backbone_weights_of_run, markdown_table, save_rows, seed_suffix
 
 import dmlkit
 from dmlkit.data.base import DatasetRecords
@@ -112,7 +112,6 @@ SUPERVISED_OPTIONS = {
     "backbone": "mnist-net",
     "embedding_dim": 128,
 }
-SSL_SUFFIX = "[ssl-init]"
 #: run name -> the rows it produces
 RUNS = {
     "slade": ("slade-teacher", "slade-round-1", "slade-round-2", "slade"),
@@ -260,20 +259,6 @@ def pseudo_label_quality(run_dir: Path, round_: int) -> dict | None:
 def run_dir_name(run: str, ssl_weights: str | None = None, seed: int = 0) -> str:
     """``slade``, ``slade[ssl-init]``, ``slade-seed1``...: seed 0 keeps the name of the earlier runs."""
     return run + (SSL_SUFFIX if ssl_weights else "") + seed_suffix(seed)
-
-
-def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
-    """Write the (student) backbone of a finished dmlkit run as a weights file ``pretrained=`` loads."""
-    from dmlkit.engine.checkpoint import atomic_torch_save, load_checkpoint_dict
-
-    state = load_checkpoint_dict(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
-    prefixes = ("method.student.backbone.", "method.backbone.")
-    for prefix in prefixes:
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if weights:
-            atomic_torch_save({k: v.contiguous() for k, v in weights.items()}, out)
-            return out
-    raise ValueError(f"{run_dir}: no backbone weights (looked for keys starting with {' or '.join(prefixes)}); pass a run of a method with a backbone")
 
 
 def run_rows(

@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, markdown_table, save_rows
+from _common import ROOT, backbone_weights_of_run, markdown_table, save_rows
+from ssdml import triplet_quality
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -51,11 +52,9 @@ QUICK_OPTIONS = {"n_unlabeled_partition": 1500}
 
 
 def triplet_fractions(triplets: torch.Tensor, true_labels: torch.Tensor) -> dict[str, float]:
-    """Fractions of ``[T, 3]`` (anchor, positive, negative) triplets by class agreement with the anchor."""
-    y = true_labels[triplets]
-    positive, negative = y[:, 1] == y[:, 0], y[:, 2] == y[:, 0]
-    return {"positive_same_class": float(positive.double().mean()), "negative_same_class": float(negative.double().mean()),
-            "correct": float((positive & ~negative).double().mean()), "inverted": float((~positive & negative).double().mean())}
+    """The four fractions of ``ssdml.triplet_quality`` (without its triplet count)."""
+    quality = triplet_quality(triplets, np.asarray(true_labels))
+    return {key: value for key, value in quality.items() if key != "triplets"}
 
 
 def orderings(graph, labels: torch.Tensor, true_labels: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
@@ -94,9 +93,6 @@ def partition_features(features_run: str | None, quick: bool) -> tuple[torch.Ten
     options = {**(load_preset(PRESET).get("options") or {}), **(QUICK_OPTIONS if quick else {})}
     name = "untrained"
     if features_run:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from slade import backbone_weights_of_run
-
         weights = ROOT / "runs" / "benchmarks" / "ssdml_mining" / "features-backbone.pt"
         weights.parent.mkdir(parents=True, exist_ok=True)
         options["pretrained"] = str(backbone_weights_of_run(Path(features_run), weights))
