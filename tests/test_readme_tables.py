@@ -33,3 +33,17 @@ def test_comparison_averages_seeds_and_bolds_the_best_mean(load_benchmark):
 
 def test_comparison_is_empty_without_rows(load_benchmark):
     assert load_benchmark("readme_tables.py").comparison({}) == ""
+
+
+def test_committed_tables_are_generated_from_the_results(load_benchmark):
+    """README's headline and docs/results.md equal what the results files give (regenerate with
+    `python benchmarks/readme_tables.py` after a benchmark writes rows)."""
+    from pathlib import Path
+
+    tables = load_benchmark("readme_tables.py")
+    root = Path(__file__).resolve().parent.parent
+    results = tables.load_results()
+    readme = (root / "README.md").read_text()
+    assert tables.readme_with_headline(readme, results) == readme
+    assert (root / "docs" / "results.md").read_text() == tables.render(results)
+    assert "### Label-free comparison" in readme and "### DRML" not in readme  # README: the headline only

@@ -41,4 +41,12 @@ def register_dataset(
     _register_dataset(name, reader, description, overwrite=overwrite)
 
 
-__all__ = ["__version__", "evaluate", "register_dataset", "train"]
+def register_method(name: str, cls: type, *, overwrite: bool = False) -> None:
+    """Make ``cls`` (a subclass of ``dmlkit.methods.Method``) a method name for :func:`train` and
+    ``dmlkit methods`` in this process. See dmlkit.methods.register_method and docs/adding_a_method.md."""
+    from dmlkit.methods import register_method as _register_method
+
+    _register_method(name, cls, overwrite=overwrite)
+
+
+__all__ = ["__version__", "evaluate", "register_dataset", "register_method", "train"]
