@@ -69,14 +69,18 @@ def table(result: dict) -> str:
         cells = [dataset, protocol, method]
         for key, _ in used:
             values = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
-            cells.append(_cell(values) if values else "")
+            spread = [r["metrics"].get(f"{key}_std") for r in rows]
+            if len(values) == 1 and spread[0] is not None and len(rows[0].get("seeds", ())) > 1:  # harness row
+                cells.append(f"{100 * values[0]:.1f} ± {100 * spread[0]:.1f}")
+            else:
+                cells.append(_cell(values) if values else "")
         seconds = [r["seconds"] for r in rows if r.get("seconds")]
         cells.append(f"{statistics.mean(seconds):.1f}" if seconds else "")
         for key, _ in extras:
             values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
             records = [r[key] for r in rows if isinstance(r.get(key), dict)]
             cells.append(f"{statistics.mean(values):.3g}" if values else _dict_cell(key, records))
-        cells.append(str(len(rows)))
+        cells.append(str(sum(len(r["seeds"]) if isinstance(r.get("seeds"), list) else 1 for r in rows)))
         lines.append("| " + " | ".join(cells) + " |")
     quick = any(r.get("quick") or "quick" in str(r.get("notes", "")) for rows in groups.values() for r in rows)
     caption = (f"*{result.get('machine', '?')}, commit {result.get('commit', '?')}, {result.get('date', '?')}"

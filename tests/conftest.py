@@ -38,6 +38,7 @@ def load_benchmark(tmp_path, monkeypatch):
     def load(filename: str):
         spec = importlib.util.spec_from_file_location(f"bench_{Path(filename).stem}", folder / filename)
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
         spec.loader.exec_module(module)
         if "_common" in sys.modules:  # scripts that write results (readme_tables.py only reads)
             monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)

@@ -1,0 +1,189 @@
+"""The benchmark harness: run a suite declared as data, one result schema, one results file per suite.
+
+    python -m benchmarks --suite glyphs [--quick] [--seeds 0 1 2] [--only stml initial]
+    python -m benchmarks --list
+
+A suite (``benchmarks/suites.py``) is a list of :class:`Entry` rows — method or preset, dataset,
+protocol, seeds, settings and method options, and what ``--quick`` changes. Each entry runs once per
+seed through ``dmlkit.train`` (``raw-pixels`` rows evaluate the L2-normalised pixels of the test split
+instead) and becomes one row of ``benchmarks/results/<suite>.json``::
+
+    {"method": "stml", "base_method": "stml", "preset": null, "dataset": "glyphs", "protocol": "standard",
+     "seeds": [0, 1, 2], "metrics": {"recall@1": mean, "recall@1_std": sample std, ...},
+     "seconds": mean wall time per seed, "per_seed": [{"seed": 0, "metrics": {...}, "seconds": ...}],
+     "quick": false, "notes": "..."}
+
+Rows are keyed by (method, dataset, protocol, quick): a re-run replaces its own row and keeps the others.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, markdown_table, save_rows
+
+#: metrics every row reports (fractions in [0, 1])
+METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
+ROW_KEY = ("method", "dataset", "protocol", "quick")
+RAW_PIXELS = "raw-pixels"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a suite.
+
+    Attributes:
+        row: the row's name in tables (``stml``, ``stml-512``, ``raw-pixels`` ...).
+        method: the dmlkit method; ``"raw-pixels"`` evaluates the test split's pixels (no network).
+        dataset, protocol: as ``dmlkit train`` spells them.
+        preset: a shipped preset the settings start from (``dmlkit presets``), or None.
+        seeds: training seeds; the row reports mean ± sample std over them.
+        settings: ``dmlkit.train`` settings (epochs, batch_size, lr, labels_per_class, ...).
+        options: method options (``--set`` names).
+        quick: settings that replace ``settings`` under ``--quick`` (a smoke run, not a result).
+        notes: why the entry is set up the way it is (budget, optimizer choice, ...).
+    """
+
+    row: str
+    method: str
+    dataset: str
+    protocol: str = "standard"
+    preset: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    entries: tuple[Entry, ...]
+
+
+def train_settings(entry: Entry, seed: int, quick: bool) -> dict[str, Any]:
+    """What ``dmlkit.train`` gets for one seed of ``entry``."""
+    settings: dict[str, Any] = {"protocol": entry.protocol, "seed": seed, "progress": False, "pictures": False,
+                                **entry.settings, **(entry.quick if quick else {})}
+    if entry.preset:
+        settings["preset"] = entry.preset
+    if entry.options:
+        settings["options"] = dict(entry.options)
+    return settings
+
+
+def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
+    """L2-normalised pixels of the test split (the protocol's query set), Euclidean kNN."""
+    import numpy as np
+    import torch
+
+    import dmlkit
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.run import prepare_data
+
+    start = time.perf_counter()
+    config = resolve_config({"method": "initial", "dataset": entry.dataset, **train_settings(entry, seed, quick)})
+    query = prepare_data(config, "none").query
+    pixels = torch.from_numpy(np.asarray(query.images, dtype=np.float32).reshape(len(query), -1) / 255.0)
+    metrics = dmlkit.evaluate(torch.nn.functional.normalize(pixels, dim=1), query.true_labels,
+                              recall_at=query.recall_at, seed=0)
+    return metrics, time.perf_counter() - start
+
+
+def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> tuple[dict[str, float], float]:
+    import dmlkit
+
+    out = runs_root / f"{entry.row}-{entry.protocol}-seed{seed}{'-quick' if quick else ''}"
+    result = dmlkit.train(entry.method, entry.dataset, str(out), **train_settings(entry, seed, quick))
+    return result["test"], float(result["seconds"])
+
+
+Runner = Callable[[Entry, int, bool], tuple[dict[str, float], float]]
+
+
+def aggregate(entry: Entry, per_seed: Sequence[Mapping[str, Any]], quick: bool) -> dict[str, Any]:
+    """One row from the per-seed results: each metric's mean, and its sample std (0 for one seed)."""
+    metrics: dict[str, float] = {}
+    for key in METRIC_KEYS:
+        values = [float(r["metrics"][key]) for r in per_seed if r["metrics"].get(key) is not None]
+        if values:
+            metrics[key] = statistics.mean(values)
+            metrics[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"method": entry.row, "base_method": entry.method, "preset": entry.preset, "dataset": entry.dataset,
+            "protocol": entry.protocol, "seeds": [r["seed"] for r in per_seed], "metrics": metrics,
+            "seconds": statistics.mean(r["seconds"] for r in per_seed), "per_seed": list(per_seed),
+            "quick": quick, "notes": entry.notes}
+
+
+def run_entry(entry: Entry, quick: bool, seeds: Sequence[int] | None, runner: Runner) -> dict[str, Any]:
+    per_seed = []
+    for seed in seeds if seeds is not None else entry.seeds:
+        metrics, seconds = runner(entry, seed, quick)
+        per_seed.append({"seed": seed, "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
+                         "seconds": round(seconds, 2)})
+    return aggregate(entry, per_seed, quick)
+
+
+def run_suite(suite: Suite, *, quick: bool = False, seeds: Sequence[int] | None = None,
+              only: Sequence[str] | None = None, runs_root: Path | None = None,
+              runner: Runner | None = None) -> list[dict[str, Any]]:
+    """Run (the ``only`` rows of) ``suite`` and save each row as it finishes; returns the rows."""
+    runs_root = runs_root or ROOT / "runs" / "benchmarks" / suite.name
+    unknown = sorted(set(only or ()) - {e.row for e in suite.entries})
+    if unknown:
+        raise SystemExit(f"suite '{suite.name}' has no row(s) {', '.join(unknown)}; its rows: "
+                         f"{', '.join(e.row for e in suite.entries)}")
+
+    def default_runner(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
+        if entry.method == RAW_PIXELS:
+            return run_raw_pixels(entry, seed, quick)
+        return run_training(entry, seed, quick, runs_root)
+
+    rows = []
+    for entry in suite.entries:
+        if only and entry.row not in only:
+            continue
+        row = run_entry(entry, quick, None if entry.method == RAW_PIXELS and seeds else seeds, runner or default_runner)
+        save_rows(suite.name, [row], key=ROW_KEY)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    def cell(key: str) -> Callable[[Mapping], str]:
+        def get(row: Mapping) -> str:
+            mean, std = row["metrics"].get(key), row["metrics"].get(f"{key}_std")
+            if mean is None:
+                return "–"
+            return f"{mean:.3f}" + (f" ± {std:.3f}" if len(row["seeds"]) > 1 else "")
+        return get
+
+    return markdown_table(rows, ["method", "protocol", ("R@1", cell("recall@1")), ("NMI", cell("nmi")),
+                                 ("MAP@R", cell("map@r")), ("seconds", lambda r: f"{r['seconds']:.0f}"),
+                                 ("seeds", lambda r: len(r["seeds"]))])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from suites import SUITES
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES))
+    parser.add_argument("--list", action="store_true", help="list the suites and their rows")
+    parser.add_argument("--quick", action="store_true", help="the reduced smoke version of every row")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override every row's seeds")
+    parser.add_argument("--only", nargs="+", help="run only these rows")
+    args = parser.parse_args(argv)
+    if args.list or not args.suite:
+        for suite in SUITES.values():
+            print(f"{suite.name}: {suite.description}\n  rows: {', '.join(e.row for e in suite.entries)}")
+        return
+    rows = run_suite(SUITES[args.suite], quick=args.quick, seeds=args.seeds, only=args.only)
+    print(summary(rows))

@@ -1,0 +1,69 @@
+"""benchmarks/harness.py: suites as data, one row per entry with mean ± sample std over seeds, one schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+FAKE = {0: 0.50, 1: 0.70, 2: 0.60}  # recall@1 per seed
+
+
+def _fake_runner(entry, seed, quick):
+    value = FAKE[seed] - (0.1 if quick else 0.0)
+    return {"recall@1": value, "nmi": 0.4, "map@r": 0.2, "recall@2": value}, 10.0 + seed
+
+
+def _suite(harness):
+    return harness.Suite("toy", "a toy suite", (
+        harness.Entry("stml", "stml", "glyphs", seeds=(0, 1, 2), options={"sigma": 3}),
+        harness.Entry("raw-pixels", harness.RAW_PIXELS, "glyphs"),
+    ))
+
+
+def test_rows_carry_mean_sample_std_and_seeds(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    rows = harness.run_suite(_suite(harness), runner=_fake_runner, runs_root=tmp_path)
+    stml, pixels = rows
+    assert stml["seeds"] == [0, 1, 2] and stml["method"] == "stml" and stml["dataset"] == "glyphs"
+    assert stml["metrics"]["recall@1"] == pytest.approx(0.6)  # (0.5 + 0.7 + 0.6) / 3
+    assert stml["metrics"]["recall@1_std"] == pytest.approx(0.1)  # sample std of 0.5, 0.7, 0.6
+    assert stml["metrics"]["nmi_std"] == 0.0 and stml["seconds"] == pytest.approx(11.0)
+    assert [r["seed"] for r in stml["per_seed"]] == [0, 1, 2]
+    assert pixels["seeds"] == [0] and pixels["metrics"]["recall@1_std"] == 0.0
+    saved = json.loads((tmp_path / "toy.json").read_text())  # load_benchmark redirects RESULTS_DIR to tmp_path
+    assert {"benchmark", "machine", "commit", "date", "rows"} <= set(saved)
+    assert [r["method"] for r in saved["rows"]] == ["stml", "raw-pixels"]
+
+
+def test_rerun_replaces_its_own_row_and_quick_rows_stay_apart(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    suite = _suite(harness)
+    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path)
+    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, quick=True, only=["stml"])
+    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, seeds=[1], only=["stml"])
+    rows = json.loads((tmp_path / "toy.json").read_text())["rows"]
+    full = [r for r in rows if r["method"] == "stml" and not r["quick"]]
+    quick = [r for r in rows if r["method"] == "stml" and r["quick"]]
+    assert len(full) == 1 and full[0]["seeds"] == [1] and full[0]["metrics"]["recall@1"] == pytest.approx(0.7)
+    assert len(quick) == 1 and quick[0]["metrics"]["recall@1"] == pytest.approx(0.5)  # 0.6 - 0.1
+
+
+def test_settings_and_unknown_rows(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    entry = harness.Entry("stml-512", "stml", "glyphs", "zero-shot", preset="stml-glyphs", settings={"epochs": 3},
+                          options={"embedding_dim": 512}, quick={"epochs": 1, "train_subset": 100})
+    full, quick = harness.train_settings(entry, 2, False), harness.train_settings(entry, 2, True)
+    assert full["epochs"] == 3 and quick["epochs"] == 1 and quick["train_subset"] == 100 and "train_subset" not in full
+    assert full["seed"] == 2 and full["protocol"] == "zero-shot" and full["preset"] == "stml-glyphs"
+    assert full["options"] == {"embedding_dim": 512}
+    with pytest.raises(SystemExit, match="no row.*nope"):
+        harness.run_suite(_suite(harness), runner=_fake_runner, runs_root=tmp_path, only=["nope"])
+
+
+def test_declared_suites_are_well_formed(load_benchmark):
+    load_benchmark("harness.py")
+    suites = load_benchmark("suites.py").SUITES
+    for name, suite in suites.items():
+        assert suite.name == name and suite.entries
+        keys = [(e.row, e.dataset, e.protocol) for e in suite.entries]
+        assert len(keys) == len(set(keys)), f"suite {name} repeats a row"
