@@ -1,4 +1,4 @@
-"""The ``dmlkit`` command line: train, eval, embed, quality, methods, datasets, presets.
+"""The ``dmlkit`` command line: train, eval, embed, quality, serve, methods, datasets, presets.
 
 Exit codes: 0 success; 2 bad input (dataset, config, checkpoint, options) with one error line that
 names the problem and the fix; 3 a non-finite loss (the message names the step, the method and the
@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_embed(sub)
     _add_quality(sub)
+    _add_serve(sub)
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("datasets", help="list the dataset readers")
     sub.add_parser("presets", help="list the shipped YAML presets")
@@ -279,8 +280,28 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local retrieval page over a trained run",
+                       description="Embed a run's split and serve a page at http://HOST:PORT/: browse the images, "
+                                   "click one to see its nearest neighbours (green = same class), its R@1 and AP, "
+                                   "query with an uploaded image, filter by class, worst queries first, and the "
+                                   "run's metrics and pictures. Works offline; serves only the run directory.")
+    p.add_argument("run", help="run directory written by `dmlkit train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port, printed)")
+    p.add_argument("--split", choices=["test", "train", "gallery"], default="test")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dmlkit.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, split=args.split, checkpoint=args.checkpoint)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "quality": cmd_quality,
-            "methods": cmd_methods, "datasets": cmd_datasets, "presets": cmd_presets}
+            "methods": cmd_methods, "datasets": cmd_datasets, "presets": cmd_presets, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

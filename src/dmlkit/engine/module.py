@@ -192,7 +192,8 @@ class MethodModule(L.LightningModule):
         folder = Path(self.settings["run_dir"]) / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
         viz.embedding_map(self.embed(self.query).numpy(), self.query.true_labels,
-                          folder / f"embedding_map_epoch{epoch}.png", seed=self.settings["seed"], title=f"epoch {epoch}")
+                          folder / f"embedding_map_epoch{epoch}.png", seed=self.settings["seed"], title=f"epoch {epoch}",
+                          class_names=self.query.class_names)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate_split(self, which: str = "test") -> dict[str, float]:

@@ -263,11 +263,13 @@ def _pictures(module, out: Path, config: RunConfig) -> list[str]:
     embeddings = module.embed(query).numpy()
     made = []
     try:
-        viz.embedding_map(embeddings, query.true_labels, pictures_dir / "embedding_map.png", seed=config.seed)
+        names = query.class_names
+        viz.embedding_map(embeddings, query.true_labels, pictures_dir / "embedding_map.png", seed=config.seed,
+                          class_names=names)
         made.append("pictures/embedding_map.png")
         images = np.stack([query.image(i).numpy() for i in range(min(len(query), 4000))])
         viz.retrieval_grid(images, embeddings[: len(images)], query.true_labels[: len(images)],
-                           pictures_dir / "retrieval_grid.png", seed=config.seed)
+                           pictures_dir / "retrieval_grid.png", seed=config.seed, class_names=names)
         made.append("pictures/retrieval_grid.png")
         viz.metric_curves(module.history, pictures_dir / "metric_curves.png")
         made.append("pictures/metric_curves.png")
@@ -292,7 +294,8 @@ def _similarity_grid(module, path: Path, config: RunConfig) -> bool:
     if similarity is None:
         return False
     # ground truth only colours the borders of the picture; training never read it
-    viz.similarity_grid(images.numpy(), similarity.cpu(), path, labels=train.true_labels[batch], seed=config.seed)
+    viz.similarity_grid(images.numpy(), similarity.cpu(), path, labels=train.true_labels[batch], seed=config.seed,
+                        class_names=train.class_names)
     return True
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dmlkit.evaluation.knn import knn_search
+from dmlkit.viz.names import class_name, is_unit_norm, similarity_scores
 from dmlkit.viz.plots import new_figure, save
 
 SAME, OTHER, QUERY = "#1a9850", "#d73027", "#4575b4"
@@ -55,27 +56,34 @@ def retrieval_grid(
     top_k: int = 5,
     metric: str = "euclidean",
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """One row per query (blue border), then its ``top_k`` nearest other items: green border = same
-    class, red = another class (self removed by index, ties by index, as in :mod:`dmlkit.evaluation`)."""
+    class, red = another class (self removed by index, ties by index, as in :mod:`dmlkit.evaluation`).
+
+    Each tile is captioned with its class (``class_names[label]`` where given) and each neighbour with
+    its similarity to the query (:func:`dmlkit.viz.names.similarity_scores`)."""
     x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
     y = np.asarray(torch.as_tensor(np.asarray(labels)).cpu())
     if x.shape[0] != len(y) or len(images) != len(y):  # type: ignore[arg-type]
         raise ValueError(f"images ({len(images)}), embeddings ({x.shape[0]}) and labels ({len(y)}) must align")  # type: ignore[arg-type]
     top_k = min(top_k, len(y) - 1)
     queries = _pick(len(y), n_queries, seed)
-    _, idx = knn_search(x[queries], top_k + 1, gallery=x, metric=metric)
+    dist, idx = knn_search(x[queries], top_k + 1, gallery=x, metric=metric)
     own = idx == torch.as_tensor(queries).unsqueeze(1)
     own[~own.any(dim=1), -1] = True
     idx = idx[~own].view(len(queries), top_k).numpy()
+    scores, score_name = similarity_scores(dist[~own].view(len(queries), top_k), metric, is_unit_norm(x))
     fig = new_figure(1.3 * (top_k + 1), 1.45 * len(queries))
     for r, q in enumerate(queries):
         ax = fig.add_subplot(len(queries), top_k + 1, r * (top_k + 1) + 1)
-        _tile(ax, _image(images, int(q)), QUERY, f"query ({y[q]})")
+        _tile(ax, _image(images, int(q)), QUERY, f"query: {class_name(y[q], class_names)}")
         for c, j in enumerate(idx[r]):
             ax = fig.add_subplot(len(queries), top_k + 1, r * (top_k + 1) + c + 2)
-            _tile(ax, _image(images, int(j)), SAME if y[j] == y[q] else OTHER, f"#{c + 1} ({y[j]})")
-    fig.suptitle(f"query (blue) and its top-{top_k}: green = same class, red = other class", fontsize=10)
+            _tile(ax, _image(images, int(j)), SAME if y[j] == y[q] else OTHER,
+                  f"#{c + 1} {class_name(y[j], class_names)}\n{float(scores[r, c]):.3f}")
+    fig.suptitle(f"query (blue) and its top-{top_k}: green = same class, red = other class; "
+                 f"under each: class, {score_name}", fontsize=10)
     return save(fig, path)
 
 
@@ -87,9 +95,11 @@ def similarity_grid(
     n_anchors: int = 6,
     labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """For a few anchors of a batch, the ``top`` items of highest pseudo-similarity, each captioned
-    with its value (STML supplement Fig. 2). With ``labels`` the borders show same class (green) or not (red).
+    with its value (STML supplement Fig. 2). With ``labels`` the borders show same class (green) or not (red)
+    and the captions name the class (``class_names[label]`` where given).
 
     ``similarity``: ``[b, b]`` over the ``b`` images of one batch (the anchor itself is skipped).
     """
@@ -106,10 +116,11 @@ def similarity_grid(
     fig = new_figure(1.3 * (top + 1), 1.5 * len(anchors))
     for r, a in enumerate(anchors):
         ax = fig.add_subplot(len(anchors), top + 1, r * (top + 1) + 1)
-        _tile(ax, _image(images, int(a)), QUERY, "anchor")
+        _tile(ax, _image(images, int(a)), QUERY, "anchor" if y is None else f"anchor: {class_name(y[a], class_names)}")
         for c, j in enumerate(order[r]):
             colour = None if y is None else (SAME if y[j] == y[a] else OTHER)
+            named = "" if y is None else f"{class_name(y[j], class_names)}\n"
             ax = fig.add_subplot(len(anchors), top + 1, r * (top + 1) + c + 2)
-            _tile(ax, _image(images, int(j)), colour, f"{float(s[a, j]):.2f}")
+            _tile(ax, _image(images, int(j)), colour, f"{named}{float(s[a, j]):.2f}")
     fig.suptitle(f"anchor (blue) and its top-{top} by pseudo-similarity", fontsize=10)
     return save(fig, path)

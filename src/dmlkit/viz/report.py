@@ -48,7 +48,9 @@ def write_report(
         metrics: the final metrics (``{"recall@1": ..}``) or the engine's ``{"test": {...}, ...}``.
         history: per-epoch dicts; adds "last epoch" and "best-on-test epoch by ``select``" rows
             (the latter is labelled as selection on test, EVALUATION.md §6).
-        pictures: caption -> path (or a list of paths), linked relative to ``run_dir``.
+        pictures: caption -> path (or a list of paths); a relative path is taken inside ``run_dir`` (as the
+            engine's ``pictures/x.png``), and every link is written relative to ``run_dir``, so it opens
+            from there whatever the working directory.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,8 @@ def write_report(
         lines += [f"Wall time: {float(metrics['seconds']):.1f} s", ""]
     items = pictures.items() if isinstance(pictures, Mapping) else ((Path(p).stem, p) for p in pictures)
     for caption, p in items:
-        rel = os.path.relpath(Path(p).resolve(), run_dir.resolve())
+        picture = Path(p) if Path(p).is_absolute() else run_dir / p  # relative paths are the run's own
+        rel = os.path.relpath(picture.resolve(), run_dir.resolve())
         lines += [f"## {caption}", "", f"![{caption}]({Path(rel).as_posix()})", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
