@@ -4,3 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 dmlkit train --preset demo --out runs/demo "$@"
+echo
+echo "Look at the neighbours (a page on this machine, works offline): dmlkit serve runs/demo"

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Install dmlkit and what it needs on a fresh Debian-like machine with Python >= 3.10.
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist package where apt can run;
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package where apt can run, and so does the
+# headless browser of the `dmlkit serve` page test (chromium, driven by Playwright from the dev extra;
+# never `playwright install`, which downloads a browser). Both are optional: tests that need them skip.
 # torch is pinned first so that pip never pulls the multi-GB CUDA wheels on a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+APT_PACKAGES=()
+[ -d /usr/share/datasets/fashion-mnist ] || APT_PACKAGES+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
+if command -v apt-get >/dev/null 2>&1 && [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
   if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
-    ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist) \
-      || echo "install.sh: could not install dataset-fashion-mnist; set DMLKIT_DATA to a folder with the IDX files"
+    $SUDO apt-get update -qq || true
+    for package in "${APT_PACKAGES[@]}"; do  # one at a time: a missing browser never blocks the dataset
+      $SUDO apt-get install -y -qq "$package" \
+        || echo "install.sh: could not install $package (dataset-fashion-mnist: set DMLKIT_DATA to a folder with the IDX files; chromium: the browser test skips)"
+    done
   fi
 fi
 python3 -m pip install -q "torch==2.13.0" || python3 -m pip install -q torch

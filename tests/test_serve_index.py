@@ -104,3 +104,21 @@ def test_report_links_open_from_the_run_directory_whatever_the_working_directory
     monkeypatch.chdir(tmp_path)  # the engine passes "pictures/map.png", relative to the run
     text = write_report(run, {"recall@1": 0.5}, pictures=["pictures/map.png"]).read_text()
     assert "![map](pictures/map.png)" in text
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_gallery_index_returns_what_knn_search_returns(backend, metric):
+    from dmlkit.evaluation.knn import GalleryIndex, knn_search
+
+    g = torch.Generator().manual_seed(3)
+    gallery = torch.randint(-2, 3, (300, 4), generator=g).float()  # small integer grid: many exact ties
+    query = torch.cat([gallery[:5], torch.randn(7, 4, generator=g)])
+    index = GalleryIndex(gallery, metric, backend)
+    d, i = index.search(query, 9)
+    d_ref, i_ref = knn_search(query, 9, gallery=gallery, metric=metric, backend=backend)
+    assert torch.equal(i, i_ref) and torch.allclose(d, d_ref, atol=1e-5)
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(torch.zeros(1, 3), 2)
+    with pytest.raises(ValueError, match="k=301"):
+        index.search(query, 301)

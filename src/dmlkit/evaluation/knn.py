@@ -241,3 +241,54 @@ def refresh_knn(embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     distances, indices = knn_search(x, k - 1, None, True)
     zero = torch.zeros(x.shape[0], 1, dtype=distances.dtype, device=distances.device)
     return torch.cat([zero, distances], dim=1), torch.cat([own, indices], dim=1)
+
+
+class GalleryIndex:
+    """A gallery searched many times (``dmlkit serve``): validated, normalised and indexed once.
+
+    ``GalleryIndex(g, metric, backend).search(q, k)`` returns what ``knn_search(q, k, gallery=g,
+    metric=metric, backend=backend)`` returns, without re-validating, re-normalising or re-indexing the
+    ``[M, D]`` gallery on every call (at M = 100,000 those passes cost more than the search itself).
+    """
+
+    def __init__(self, gallery: torch.Tensor | np.ndarray, metric: str = "euclidean", backend: str = "torch") -> None:
+        check_options(metric, backend)
+        g = as_embeddings(gallery, "gallery")
+        self.gallery = F.normalize(g, dim=1) if metric == "cosine" else g
+        self.metric, self.backend = metric, backend
+        self._g_sq = (self.gallery * self.gallery).sum(1) if metric == "euclidean" else None
+        self._faiss = None
+        if backend == "faiss":
+            import faiss
+
+            gn = np.ascontiguousarray(self.gallery.detach().cpu().float().numpy())
+            self._faiss = faiss.IndexFlatL2(gn.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(gn.shape[1])
+            self._faiss.add(gn)
+
+    def __len__(self) -> int:
+        return self.gallery.shape[0]
+
+    def search(self, query: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(distances [Q, k], indices [Q, k])`` sorted by (distance, gallery index), as :func:`knn_search`."""
+        q = as_embeddings(query, "query").to(self.gallery.device, self.gallery.dtype)
+        if q.shape[1] != self.gallery.shape[1]:
+            raise ValueError(f"query has dimension {q.shape[1]} but gallery has {self.gallery.shape[1]}; "
+                             "embed both with one model")
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k={k} but the gallery has {len(self)} items; pass 1 <= k <= {len(self)}")
+        if self.metric == "cosine":
+            q = F.normalize(q, dim=1)
+        if self._faiss is not None:
+            dist, ind = self._faiss.search(np.ascontiguousarray(q.detach().cpu().float().numpy()), k)
+            d, i = torch.from_numpy(dist), torch.from_numpy(ind)
+            d = d.clamp_min_(0) if self.metric == "euclidean" else d.neg_().add_(1.0).clamp_min_(0)
+            d, i = _sort_by_distance_then_index(d, i)
+            d, i = d.to(q.device, q.dtype), i.to(q.device)
+        else:
+            if self._g_sq is not None:
+                d = torch.addmm(self._g_sq.unsqueeze(0), q, self.gallery.T, alpha=-2.0)
+                d = d.add_((q * q).sum(1, keepdim=True)).clamp_min_(0)
+            else:
+                d = torch.mm(q, self.gallery.T).neg_().add_(1.0).clamp_min_(0)
+            d, i = topk_block(d, k)
+        return (d.sqrt_() if self.metric == "euclidean" else d), i

@@ -5,7 +5,8 @@ does (self removed by index, ties by index, lone queries flagged): ``recall@1`` 
 neighbour shares the query's class, and ``ap`` is the query's MAP@R term
 ``(1/R) sum_{i<=R} P(i) rel_i`` (MLRC; R = other items of its class), so their means over the
 non-lone queries are the run's R@1 and MAP@R. Later searches (one item, or an uploaded image) go
-through the same kNN (:func:`dmlkit.evaluation.knn.knn_search`, faiss when installed).
+through the project's kNN too, on a gallery indexed once (:class:`dmlkit.evaluation.knn.GalleryIndex`,
+faiss when installed; the same lists as :func:`dmlkit.evaluation.knn.knn_search`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmlkit.evaluation.knn import as_embeddings, iter_knn, knn_search
+from dmlkit.evaluation.knn import GalleryIndex, as_embeddings, iter_knn
 from dmlkit.evaluation.metrics import retrieval_scores
 from dmlkit.viz.names import class_name, is_unit_norm, similarity_scores
 
@@ -39,7 +40,8 @@ class RetrievalIndex:
         gallery, gallery_labels: the searched set (In-shop); None = the queries, self excluded.
         class_names: names indexed by class id; None shows the ids.
         metric: the evaluator's metric (``"euclidean"``).
-        backend: ``"torch"`` or ``"faiss"``; default: faiss when installed.
+        backend: the per-click search, ``"torch"`` or ``"faiss"``; default: faiss when installed. The
+            start-up scoring always uses the evaluator's torch search.
         score_queries: run the start-up search that scores every query (R@1, AP).
     """
 
@@ -65,6 +67,7 @@ class RetrievalIndex:
         self.class_names = list(class_names) if class_names is not None else None
         self.metric, self.backend = metric, backend or default_backend()
         self.unit_norm = is_unit_norm(self.query) and (self.same or is_unit_norm(self.gallery))
+        self.searcher = GalleryIndex(self.gallery, metric, self.backend)  # indexed once, searched per click
         self.recall1 = np.full(len(self.query), np.nan)
         self.ap = np.full(len(self.query), np.nan)
         self.num_relevant = self._num_relevant()
@@ -86,7 +89,9 @@ class RetrievalIndex:
         num_relevant = torch.from_numpy(self.num_relevant)
         g_labels = torch.from_numpy(self.gallery_labels)
         q_labels = torch.from_numpy(self.query_labels)
-        for start, _, idx in iter_knn(self.query, k, g, True, self.metric, self.backend):
+        # the evaluator's torch search: its (distance, index) tie rule is exact, so these scores average to
+        # metrics.json's recall@1 and map@r (faiss orders ties only within its list)
+        for start, _, idx in iter_knn(self.query, k, g, True, self.metric, "torch"):
             stop = start + idx.shape[0]
             relevant = g_labels[idx.cpu()] == q_labels[start:stop].unsqueeze(1)
             scores = retrieval_scores(relevant, num_relevant[start:stop], (1,), (1,))
@@ -108,7 +113,7 @@ class RetrievalIndex:
         q = torch.as_tensor(embedding).reshape(1, -1)
         k = max(1, min(int(k), len(self.gallery) - int(exclude is not None)))
         extra = int(exclude is not None)
-        dist, idx = knn_search(q, k + extra, gallery=self.gallery, metric=self.metric, backend=self.backend)
+        dist, idx = self.searcher.search(q, k + extra)
         dist, idx = dist[0], idx[0]
         if exclude is not None:
             keep = idx != exclude

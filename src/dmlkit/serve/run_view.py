@@ -43,7 +43,7 @@ def decode_image(data: bytes, channels: int, size: int) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(im, dtype=np.uint8)
+            array = np.array(im, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot read the uploaded file as an image ({type(error).__name__}); "
                            "send a PNG, JPEG or another format PIL reads") from None
