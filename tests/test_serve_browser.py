@@ -71,6 +71,13 @@ def test_report_links_resolve_from_the_run_directory(run_dir, server):
         assert raw_get(server, f"/files/{link}")[0] == 200
 
 
+def test_page_scores_average_to_the_run_metrics(run_dir, server):
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    means = server.view.index.means()
+    assert means["recall@1"] == pytest.approx(test["recall@1"], abs=1e-9)
+    assert means["map@r"] == pytest.approx(test["map@r"], abs=1e-9)
+
+
 def test_files_outside_the_run_directory_are_refused(run_dir, server, tmp_path):
     outside = run_dir.parent / "secret.txt"
     outside.write_text("not for the page")

@@ -122,3 +122,23 @@ def test_gallery_index_returns_what_knn_search_returns(backend, metric):
         index.search(torch.zeros(1, 3), 2)
     with pytest.raises(ValueError, match="k=301"):
         index.search(query, 301)
+
+
+def test_serve_cli_bad_run_directory_exits_2_with_one_line(tmp_path, capsys):
+    from dmlkit.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run directory" in err[0] and "dmlkit train --out" in err[0]
+
+
+def test_a_busy_port_is_a_one_line_error(monkeypatch):
+    import socket
+
+    from dmlkit.serve.server import make_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ValueError, match="pick another --port"):
+            make_server(object(), "127.0.0.1", taken.getsockname()[1])

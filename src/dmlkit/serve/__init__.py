@@ -10,6 +10,7 @@ Example::
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def open_run(run_dir: str | Path, split: str = "test", checkpoint: str = "last")
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, split: str = "test",
           checkpoint: str = "last") -> None:
     """Serve ``run_dir`` until interrupted; prints the URL (with the real port when ``port`` is 0)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
     view = open_run(run_dir, split, checkpoint)
     server = make_server(view, host, port)
     bound_host, bound_port = server.server_address[:2]

@@ -34,7 +34,7 @@ log = logging.getLogger("dmlkit")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
 TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
-         ".md": "text/markdown; charset=utf-8", ".json": "application/json", ".yaml": "text/plain; charset=utf-8",
+         ".md": "text/plain; charset=utf-8", ".json": "application/json", ".yaml": "text/plain; charset=utf-8",
          ".csv": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8"}
 MAX_UPLOAD = 20 * 2**20
 THUMB = re.compile(r"^/thumb/([qg])/(\d+)\.png$")
