@@ -24,6 +24,7 @@ IDX_STEMS = {
     "test-labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -147,6 +148,7 @@ def read_cifar10(root: str | None = None) -> DatasetRecords:
     if (folder / "batches.meta").is_file():
         meta = load_pickle(folder / "batches.meta")
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])] or None
+    names = names or list(CIFAR10_CLASSES)  # the batches' meta file is optional; CIFAR-10's names are fixed
     return DatasetRecords("cifar10", np.concatenate(images), np.concatenate(labels), np.array(splits),
                           names, image_size=32, channels=3)
 
