@@ -55,10 +55,10 @@ def server(run_dir):
     srv.server_close()
 
 
-def raw_get(srv, path: str) -> tuple[int, bytes]:
+def raw_get(srv, path: str, headers: dict | None = None) -> tuple[int, bytes]:
     """GET with the path sent exactly as written (browsers and urllib would normalise ``..``)."""
     connection = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
-    connection.request("GET", path)
+    connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
     return response.status, response.read()
 
@@ -88,6 +88,8 @@ def test_files_outside_the_run_directory_are_refused(run_dir, server, tmp_path):
         assert status in (403, 404), path
         assert b"not for the page" not in body and b"root:" not in body
     assert raw_get(server, "/files/config.yaml")[0] == 200
+    assert raw_get(server, "/files/config.yaml", {"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+    assert raw_get(server, "/files/config.yaml", {"Host": "localhost"})[0] == 200
 
 
 def test_path_query_and_bad_input_answer_one_line(server, run_dir, tmp_path):

@@ -142,3 +142,11 @@ def test_a_busy_port_is_a_one_line_error(monkeypatch):
         taken.listen()
         with pytest.raises(ValueError, match="pick another --port"):
             make_server(object(), "127.0.0.1", taken.getsockname()[1])
+
+
+def test_json_answers_carry_no_nan():
+    from dmlkit.serve.server import finite, host_name
+
+    assert finite({"a": [float("nan"), 1.5, {"b": float("inf")}], "c": "x"}) == {"a": [None, 1.5, {"b": None}], "c": "x"}
+    assert host_name("127.0.0.1:8765") == "127.0.0.1" and host_name("[::1]:80") == "[::1]"
+    assert host_name("localhost") == "localhost"

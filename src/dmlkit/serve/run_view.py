@@ -62,16 +62,16 @@ class RunView:
     """
 
     def __init__(self, run_dir: str | Path, split: str = "test", checkpoint: str = "last") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.run_dir = Path(run_dir).resolve()
+        if not (self.run_dir / "config.yaml").is_file():  # before the engine's (slow) imports
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); pass a directory "
+                                    "written by `dmlkit train --out DIR`")
         from dmlkit.engine.run import load_run, prepare_data
         from dmlkit.evaluation.embedding import embed_dataset
         from dmlkit.methods import method_class
 
-        if split not in SPLITS:
-            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-        self.run_dir = Path(run_dir).resolve()
-        if not (self.run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); pass a directory "
-                                    "written by `dmlkit train --out DIR`")
         self.config, self.method, _ = load_run(self.run_dir / "checkpoints" / f"{checkpoint}.ckpt")
         data = prepare_data(self.config, method_class(self.config.method).uses_labels)
         chosen = {"train": data.train, "test": data.query, "gallery": data.gallery}[split]

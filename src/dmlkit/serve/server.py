@@ -18,6 +18,7 @@ import base64
 import ipaddress
 import json
 import logging
+import math
 import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,7 @@ TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg
          ".md": "text/plain; charset=utf-8", ".json": "application/json", ".yaml": "text/plain; charset=utf-8",
          ".csv": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8"}
 MAX_UPLOAD = 20 * 2**20
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
 THUMB = re.compile(r"^/thumb/([qg])/(\d+)\.png$")
 
 
@@ -68,6 +70,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (JSON has no NaN; metrics of lone-only splits are NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header: ``127.0.0.1:8765`` -> ``127.0.0.1``, ``[::1]:8765`` -> ``[::1]``."""
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0]
+
+
 def _int(params: dict[str, list[str]], name: str, default: int | None) -> int | None:
     raw = params.get(name, [""])[0]
     if raw == "":
@@ -93,15 +113,28 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+        if status >= 400:  # an unread request body must not be taken for the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _json(self, obj: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
+        self._send(status, json.dumps(finite(obj), allow_nan=False).encode(), "application/json")
+
+    def _check_host(self) -> None:
+        """On a loopback bind, answer only requests addressed to this machine by name or address: a web page
+        elsewhere that rebinds its own DNS name to 127.0.0.1 must not read the run (DNS rebinding)."""
+        if not self.server.allow_paths:
+            return
+        host = host_name(self.headers.get("Host") or "")
+        if host not in LOOPBACK_NAMES and host != self.server.server_address[0]:
+            raise ClientError(HTTPStatus.FORBIDDEN, f"unexpected Host header {host!r}; open the page at 127.0.0.1")
 
     def _guard(self, action) -> None:
         try:
+            self._check_host()
             action()
         except ClientError as error:
             self._json({"error": str(error)}, error.status)
