@@ -1,8 +1,9 @@
-"""The ``dmlkit`` command line: train, eval, embed, quality, serve, methods, datasets, presets.
+"""The ``dmlkit`` command line: train, eval, embed, quality, serve, methods, options, datasets, presets.
 
-Exit codes: 0 success; 2 bad input (dataset, config, checkpoint, options) with one error line that
-names the problem and the fix; 3 a non-finite loss (the message names the step, the method and the
-last good checkpoint).
+Exit codes: 0 success; 2 bad input (dataset, config, checkpoint, options, run directory) with one error
+line that names the problem and the fix (``-v`` adds the traceback); 3 a non-finite loss (the message
+names the step, the method and the last good checkpoint); 130 Ctrl-C (names the epoch, the step and the
+last checkpoint). docs/troubleshooting.md lists every error line and its fix.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130
 
 METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@20", "recall@30",
                 "recall@40", "recall@50", "recall@100", "recall@1000", "nmi", "precision@1", "r_precision", "map@r")
@@ -50,8 +52,13 @@ def _add_train(sub) -> None:
     p.add_argument("--train-subset", type=int, help="train on a stratified subset of N items (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N test items")
     p.add_argument("--data-root", help="where datasets live (else $DMLKIT_DATA, system packages, ~/.cache/dmlkit)")
-    p.add_argument("--out", help="run directory (default runs/latest)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--out", help="run directory (default: a new runs/<date>-<time>-<method>-<dataset>, and "
+                                 "runs/latest points at it); an existing non-empty one needs --resume or --overwrite")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default runs/latest) from its last checkpoint; --epochs may "
+                        "raise the total, settings of the recipe cannot change")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dmlkit run in --out (only a directory dmlkit created; other files stay)")
     p.add_argument("--accelerator", help="auto, cpu or gpu")
     p.add_argument("--devices", type=int, help="number of devices/processes (DDP when > 1)")
     p.add_argument("--strategy", help="auto or ddp")
@@ -96,12 +103,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _train_settings(args)
     if args.resume:
-        from dmlkit.engine.run import resume_config
+        from dmlkit.engine.resume import resume_config
 
-        config = resume_config(settings.get("out") or "runs/latest")
+        config = resume_config(settings.pop("out", None) or "runs/latest", settings)
     else:
         config = resolve_config(settings)
-    result = run(config, resume=bool(args.resume))
+    result = run(config, resume=bool(args.resume), overwrite=args.overwrite)
     if result:
         print(format_metrics(result["test"], title=f"{config.method} on {config.dataset} ({config.protocol}), "
                                                     f"{result['seconds']:.0f} s — test split"))
@@ -214,6 +221,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_options(args: argparse.Namespace) -> int:
+    from dmlkit.engine.validate import method_options
+    from dmlkit.methods.options import format_option_docs
+
+    method_options(args.method, {})  # an unknown method: one error line with the nearest name
+    print(format_option_docs(args.method))
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from dmlkit.data import list_datasets
 
@@ -247,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep metric learning with few or no labels: STML, PLM, SSDML (+5 classical baselines), "
                     "SLADE, DRML; one engine, one evaluator (Recall@K, NMI, P@1, R-Precision, MAP@R).",
         epilog="Start with: dmlkit train --preset demo --out runs/demo")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    from dmlkit import __version__
+
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging, and tracebacks with errors")
+    parser.add_argument("--version", action="version", version=f"dmlkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
@@ -255,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quality(sub)
     _add_serve(sub)
     sub.add_parser("methods", help="list the methods")
+    sub.add_parser("options", help="list a method's options: type, default, meaning").add_argument(
+        "method", help="method name (`dmlkit methods`)")
     sub.add_parser("datasets", help="list the dataset readers")
     sub.add_parser("presets", help="list the shipped YAML presets")
     return parser
@@ -301,35 +322,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "quality": cmd_quality,
-            "methods": cmd_methods, "datasets": cmd_datasets, "presets": cmd_presets, "serve": cmd_serve}
+            "methods": cmd_methods, "options": cmd_options, "datasets": cmd_datasets, "presets": cmd_presets,
+            "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dmlkit.data.base import DatasetError
-    from dmlkit.engine.checkpoint import CheckpointError
-    from dmlkit.engine.config import ConfigError
-    from dmlkit.engine.module import NonFiniteLossError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
-    except NonFiniteLossError as error:
-        out = getattr(args, "out", None) or "runs/latest"
-        pointer = Path(out) / "checkpoints" / "latest.json"
-        last = json.loads(pointer.read_text()) if pointer.is_file() else None
-        where = (f"last good checkpoint: {out}/checkpoints/{last['last']} (epoch {last['epoch']})" if last
-                 else "no checkpoint was written yet")
-        print(f"dmlkit: error: {error}; {where}. Lower the learning rate, or pass --on-nan skip", file=sys.stderr)
-        return EXIT_NONFINITE
-    except (DatasetError, ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
-        message = error.args[0] if error.args else str(error)
-        print(f"dmlkit: error: {message}", file=sys.stderr)
-        if os.environ.get("DMLKIT_DEBUG"):
+    except BaseException as error:  # each kind maps to one line and an exit code; others re-raise
+        code = _error_line(error, args)
+        if code is None or args.verbose or os.environ.get("DMLKIT_DEBUG"):
             raise
+        return code
+
+
+def _error_line(error: BaseException, args: argparse.Namespace) -> int | None:
+    """Print the one line for ``error`` and return the exit code; None for an unexpected error."""
+    from dmlkit.data.base import DatasetError
+    from dmlkit.engine.checkpoint import CheckpointError
+    from dmlkit.engine.config import ConfigError
+    from dmlkit.engine.module import NonFiniteLossError
+    from dmlkit.engine.rundir import RunInterrupted
+
+    if isinstance(error, RunInterrupted):
+        print(f"dmlkit: interrupted at epoch {error.epoch}, step {error.step}; {_last_checkpoint(error.out)}; "
+              f"continue with `dmlkit train --resume --out {error.out}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, KeyboardInterrupt):
+        print("dmlkit: interrupted before training started; nothing to continue, run the command again",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, NonFiniteLossError):
+        out = Path(getattr(error, "run_dir", None) or getattr(args, "out", None) or ".")
+        print(f"dmlkit: error: {error}; {_last_checkpoint(out, good=True)}. Lower the learning rate, or pass "
+              "--on-nan skip", file=sys.stderr)
+        return EXIT_NONFINITE
+    if isinstance(error, (DatasetError, ConfigError, CheckpointError, KeyError, ValueError, ImportError)):
+        print(f"dmlkit: error: {error.args[0] if error.args else error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if isinstance(error, OSError):  # FileNotFoundError with our message, or a write the system refused
+        where = f" ({error.filename})" if error.filename and str(error.filename) not in str(error) else ""
+        text = error.strerror if error.strerror and not isinstance(error, FileNotFoundError) else str(error)
+        print(f"dmlkit: error: {text}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return None
+
+
+def _last_checkpoint(out: Path, good: bool = False) -> str:
+    pointer = out / "checkpoints" / "latest.json"
+    try:
+        last = json.loads(pointer.read_text())
+        return f"last{' good' if good else ''} checkpoint: {out}/checkpoints/{last['last']} (epoch {last['epoch']})"
+    except (OSError, ValueError, KeyError):
+        return "no checkpoint was written yet"
 
 
 if __name__ == "__main__":

@@ -15,12 +15,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be trusted or read. The CLI exits with code 2."""
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it: racy in threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would (``0o666`` less the umask), not the
+    ``0o600`` of a temporary file, so colleagues can read a shared run directory.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_read_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

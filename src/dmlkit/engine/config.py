@@ -26,7 +26,7 @@ class RunConfig:
 
     method: str = "stml"
     dataset: str = "fashion-mnist"
-    out: str = "runs/latest"
+    out: str | None = None  # None: a new runs/<date>-<time>-<method>-<dataset>
     protocol: str = "standard"
     labels_per_class: int | None = None
     fold: int | None = None
@@ -80,13 +80,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(
             f"preset '{name_or_path}' not found (looked for {path}); `dmlkit presets` lists the shipped ones"
         )
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset {path} must be a YAML mapping of settings")
-    unknown = sorted(set(data) - RUN_KEYS)
-    if unknown:
-        raise ConfigError(f"preset {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(RUN_KEYS))}")
-    return data
+    from dmlkit.engine.validate import load_settings_yaml
+
+    return load_settings_yaml(path, "preset")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -111,7 +107,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def _parse_scalar(raw: str) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:  # not a YAML scalar: the raw text (the option's type check names it)
+        return raw
     if isinstance(value, str):  # YAML reads 1e-4 as a string
         try:
             return float(value)
@@ -122,18 +121,17 @@ def _parse_scalar(raw: str) -> Any:
 
 def resolve_config(settings: dict[str, Any]) -> RunConfig:
     """Merge method defaults, the preset named in ``settings['preset']`` and ``settings``."""
+    from dmlkit.engine.validate import method_options, nearest, validate_run
     from dmlkit.methods import method_class
 
-    unknown = sorted(set(settings) - RUN_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(RUN_KEYS))}")
+    for key in settings:
+        if key not in RUN_KEYS:
+            raise ConfigError(f"unknown setting '{key}'{nearest(key, RUN_KEYS)}")
     preset = load_preset(settings["preset"]) if settings.get("preset") else {}
     merged: dict[str, Any] = {}
     method_name = settings.get("method") or preset.get("method") or RunConfig.method
-    try:
-        cls = method_class(method_name)
-    except KeyError as error:
-        raise ConfigError(str(error.args[0])) from None
+    method_options(method_name, {})  # an unknown method: one line with the nearest name
+    cls = method_class(method_name)
     for key in TRAINING_KEYS:
         if key in cls.defaults:
             merged[key] = cls.defaults[key]
@@ -146,18 +144,7 @@ def resolve_config(settings: dict[str, Any]) -> RunConfig:
     merged["options"] = options
     merged["method"] = method_name
     config = RunConfig(**merged)
-    _validate(config)
+    validate_run(config)
     return config
 
 
-def _validate(config: RunConfig) -> None:
-    if config.protocol not in ("standard", "zero-shot"):
-        raise ConfigError(f"protocol '{config.protocol}' is not one of standard, zero-shot")
-    if config.on_nan not in ("stop", "skip"):
-        raise ConfigError(f"on_nan must be 'stop' or 'skip', got '{config.on_nan}'")
-    for key in ("epochs", "batch_size", "eval_every", "devices"):
-        value = getattr(config, key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    if config.labels_per_class is not None and config.labels_per_class < 1:
-        raise ConfigError(f"labels_per_class must be at least 1, got {config.labels_per_class}")

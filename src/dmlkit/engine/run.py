@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +20,17 @@ from dmlkit.engine.checkpoint import (
     load_checkpoint_dict,
 )
 from dmlkit.engine.config import RunConfig, resolve_config
+from dmlkit.engine.record import run_record
+from dmlkit.engine.resume import ExtendSchedule, read_run_config, resume_config
+from dmlkit.engine.rundir import (
+    RunLock,
+    check_out,
+    default_out,
+    interrupt_raises,
+    is_rank_zero,
+    point_latest,
+    start_run_dir,
+)
 from dmlkit.methods import BuildInfo, Method, method_class
 
 log = logging.getLogger("dmlkit")
@@ -36,13 +45,17 @@ def train(method: str | None = None, dataset: str | None = None, out: str | None
 
         result = dmlkit.train("stml", "fashion-mnist", "runs/stml", epochs=2, train_subset=2000)
         result["test"]["recall@1"]
+
+    ``out=None`` makes a new ``runs/<date>-<time>-<method>-<dataset>``; an existing non-empty ``out`` is
+    refused unless ``resume=True`` (continue it) or ``overwrite=True`` (replace a dmlkit run there).
     """
     for key, value in (("method", method), ("dataset", dataset), ("out", out)):
         if value is not None:
             settings[key] = value
+    overwrite = bool(settings.pop("overwrite", False))
     if settings.pop("resume", False):
-        return run(resume_config(settings.get("out", RunConfig.out)), resume=True)
-    return run(resolve_config(settings))
+        return run(resume_config(settings.pop("out", "runs/latest"), settings), resume=True)
+    return run(resolve_config(settings), overwrite=overwrite)
 
 
 def prepare_data(config: RunConfig, uses_labels: str) -> SplitData:
@@ -120,39 +133,61 @@ def _settings(config: RunConfig) -> dict[str, Any]:
             "picture_every": config.picture_every if config.pictures else None}
 
 
-def run(config: RunConfig, resume: bool | str = False) -> dict:
-    """Train ``config`` and write its run directory; returns the metrics.json content."""
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Train ``config`` and write its run directory; returns the metrics.json content.
 
-    from dmlkit.engine.module import MethodModule
-
+    Everything is checked before the first file is written: the settings, the data, the method's
+    options and the run directory (:func:`dmlkit.engine.rundir.check_out`).
+    """
     start = time.perf_counter()
+    defaulted = not config.out
+    out = default_out(config.method, config.dataset) if defaulted else Path(config.out)
+    config.out = str(out)
+    rank_zero = is_rank_zero()
+    if rank_zero:
+        check_out(out, resume=bool(resume), overwrite=overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = Path(config.out)
-    checkpoint_dir = out / "checkpoints"
-    resume_path = _resume_path(out, resume)
-    L.seed_everything(config.seed, workers=True, verbose=False)
     cls = method_class(config.method)
     if cls.trains:  # before any process starts or the run directory is touched
         cls.check_world_size(config.devices)
+    import lightning as L
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(config, cls.uses_labels)
     method = build_method(config, data.train)
     if cls.trains and len(data.train) < config.batch_size and cls.uses_labels != "partial":
         raise ValueError(f"the training split has {len(data.train)} items, fewer than one batch of {config.batch_size}; "
                          "lower --batch-size or use more data")
-    recall_at = data.query.recall_at
-    module = MethodModule(method, data.train, data.query, data.gallery, data.val, _settings(config), recall_at)
-    rank_zero = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0))) == 0
-    if rank_zero and resume_path is None:
-        _start_run_dir(out)
-    if rank_zero:
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
-    if not cls.trains:
+    if not rank_zero:
+        return _fit(config, method, data, out, None, start)
+    log.info("run directory: %s", out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        resume_path = _resume_path(out, resume)
+        if resume_path is None:
+            start_run_dir(out, overwrite=overwrite)
+        if defaulted:
+            point_latest(out)
+        record = run_record(config, method, data.train)
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(record, sort_keys=False, allow_unicode=True).encode())
+        return _fit(config, method, data, out, resume_path, start)
+
+
+def _fit(config: RunConfig, method: Method, data: SplitData, out: Path, resume_path: Path | None,
+         start: float) -> dict:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from dmlkit.engine.module import MethodModule, NonFiniteLossError
+
+    checkpoint_dir = out / "checkpoints"
+    module = MethodModule(method, data.train, data.query, data.gallery, data.val, _settings(config),
+                          data.query.recall_at)
+    if not method_class(config.method).trains:
         module.history.append({"epoch": 0, "epoch_seconds": 0.0, "images_per_second": 0.0,
                                **module.evaluate_split("test")})
-        if rank_zero:  # a checkpoint of the untrained network, so `dmlkit eval/embed` work on it too
+        if is_rank_zero():  # a checkpoint of the untrained network, so `dmlkit eval/embed` work on it too
             atomic_torch_save({"state_dict": {f"method.{k}": v for k, v in method.state_dict().items()},
                                "dmlkit": {"history": module.history, "method_state": method.extra_state_for_checkpoint()}},
                               checkpoint_dir / LAST)
@@ -175,22 +210,17 @@ def run(config: RunConfig, resume: bool | str = False) -> dict:
             logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tb")],
             plugins=[AtomicCheckpointIO()], enable_checkpointing=False, enable_progress_bar=config.progress,
             enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
-            limit_val_batches=0, log_every_n_steps=10, deterministic=False,
+            limit_val_batches=0, log_every_n_steps=10, deterministic=False, callbacks=[ExtendSchedule(config.epochs)],
         )
-        trainer.fit(module, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
+        try:
+            with interrupt_raises(out, lambda: (trainer.current_epoch + 1, trainer.global_step)):
+                trainer.fit(module, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
+        except NonFiniteLossError as error:
+            error.run_dir = out  # the CLI names the last good checkpoint in it
+            raise
     if trainer.global_rank != 0:
         return {}
-    result = _finish(module, config, out, time.perf_counter() - start)
-    return result
-
-
-def resume_config(out: str | Path) -> RunConfig:
-    """The configuration a run in ``out`` was started with (resuming never changes the recipe)."""
-    out = Path(out)
-    if not (out / "checkpoints" / LAST).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {out}/checkpoints/{LAST}; start without --resume")
-    raw = yaml.safe_load((out / "config.yaml").read_text())
-    return RunConfig(**raw)
+    return _finish(module, config, out, time.perf_counter() - start)
 
 
 def _resume_path(out: Path, resume: bool | str) -> Path | None:
@@ -202,17 +232,6 @@ def _resume_path(out: Path, resume: bool | str) -> Path | None:
     for leftover in path.parent.glob(".*.tmp"):  # a write the kill interrupted; the renamed file is intact
         leftover.unlink()
     return path
-
-
-def _start_run_dir(out: Path) -> None:
-    """A fresh run: remove what a previous run in ``out`` left, so nothing stale looks complete."""
-    for name in ("metrics.json", "report.md", "pictures", "checkpoints", "logs"):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _save_checkpoints(trainer, module, checkpoint_dir: Path, record: dict, config: RunConfig) -> None:
@@ -316,11 +335,10 @@ def load_run(path: str | Path) -> tuple[RunConfig, Method, dict]:
     path = Path(path)
     ckpt_path = path / "checkpoints" / LAST if path.is_dir() else path
     run_dir = ckpt_path.parent.parent
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"no config.yaml beside {ckpt_path}; pass a run directory written by `dmlkit train`")
     checkpoint = load_checkpoint_dict(ckpt_path)
-    config = RunConfig(**yaml.safe_load(config_path.read_text()))
+    config = read_run_config(run_dir)
     cls = method_class(config.method)
     data = prepare_data(config, cls.uses_labels)
     method = build_method(config, data.train)

@@ -41,8 +41,8 @@ class Config:
     # base-loss settings (§3)
     pa_delta: float = 0.2  # DRML's ProxyAnchor margin (baseline: 0.1)
     pa_alpha: float = 64.0  # DRML's ProxyAnchor scale (baseline: 32)
-    cosface_m: float = 0.35
-    cosface_s: float = 64.0
+    cosface_m: float = 0.35  # CosFace additive cosine margin m
+    cosface_s: float = 64.0  # CosFace scale s
     triplet_margin: float = 1.0  # old DRML triplet configs
     semihard_margin: float = 0.2  # TSH window d_ap < d_an < d_ap + 0.2
     hard_cutoff: float = 0.5  # hard miner clamps distances at min(max d_pos, 0.5)
@@ -58,8 +58,8 @@ class Config:
     recon_error: str = "mse_per_dim"  # "l2_mean": unsquared L2 norm
     integrator_init: str = "identity"  # "kaiming"
     # optimisation (§5): trunk at the engine lr (5e-5), head ×20 (1e-3), proxies / β ×200 (1e-2)
-    head_lr_multiplier: float = 20.0
-    proxy_lr_multiplier: float = 200.0
+    head_lr_multiplier: float = 20.0  # learning rate of the head (relation module, integrator): trunk lr x this
+    proxy_lr_multiplier: float = 200.0  # learning rate of the loss's proxies and margin β: trunk lr x this
     skip_empty_branch_step: bool = False  # §3 open choice: code steps an empty branch's proxies anyway
     warmup_epochs: int = 1  # §5: first epoch steps only the head and the proxy groups
     grad_clip: float = 10.0  # §5: gradient-norm clipping per module (0 = off)

@@ -78,9 +78,9 @@ class InitialMethod(Method):
 class SupervisedConfig:
     loss: str = "MultiSimilarityLoss"  # triplet, margin, proxy_anchor, cosface, or a pytorch-metric-learning loss
     miner: str | None = None  # optional pytorch-metric-learning miner class name
-    backbone: str = "auto"
-    embedding_dim: int = 128
-    pretrained: str | None = None
+    backbone: str = "auto"  # "auto": the default for the data (mnist-net 28-px grey, cifar-net 32-px colour, resnet50 224 px)
+    embedding_dim: int = 128  # size of the linear embedding head
+    pretrained: str | None = None  # local weights file (or "imagenet") for the backbone; None = random init
     samples_per_class: int | None = None  # m of m-per-class batches; None: P = min(classes, batch/4), m = batch/P
     normalize: bool = True  # L2-normalise the embedding
     proxy_lr_multiplier: float = 100.0  # learning-rate multiplier of the loss's own parameters (proxies)

@@ -63,12 +63,14 @@ class Backbone(nn.Module):
         name: the registry name.
         out_dim: feature size (the trunk's channel count).
         trunk: the network; its state-dict keys match the published weights.
+        weights: the file its starting weights were loaded from; None = random init.
     """
 
     def __init__(self, name: str, trunk: nn.Module, out_dim: int, *, in_channels: int, input_norm: str,
                  pooling: str, rgb: bool) -> None:
         super().__init__()
         self.name = name
+        self.weights: str | None = None
         self.trunk = trunk
         self.out_dim = out_dim
         self.in_channels = in_channels
@@ -267,11 +269,15 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
         raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
     rgb = spec.rgb or input_norm != "none"
     trunk = spec.build(3 if rgb else in_channels)
-    if pretrained is not None:
-        load_trunk_weights(trunk, _weights_path(name, spec, pretrained))
+    weights = None if pretrained is None else _weights_path(name, spec, pretrained)
+    if weights is not None:
+        load_trunk_weights(trunk, weights)
     if bn_freeze:
         trunk = frozen_batchnorm(trunk)
-    return Backbone(name, trunk, int(trunk.out_channels), in_channels=in_channels, input_norm=input_norm, pooling=pooling, rgb=rgb)
+    backbone = Backbone(name, trunk, int(trunk.out_channels), in_channels=in_channels, input_norm=input_norm,
+                        pooling=pooling, rgb=rgb)
+    backbone.weights = None if weights is None else str(weights)  # where the starting weights came from
+    return backbone
 
 
 def _weights_path(name: str, spec: _Spec, pretrained: str | os.PathLike) -> Path:
@@ -300,7 +306,12 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
     extra leading singleton dimension (Cadene's BN-Inception file stores BN vectors as ``[1, C]``) are
     squeezed; any other mismatch is a ``ValueError`` naming the keys.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError (code in the pickle), a truncated or foreign file
+        raise ValueError(f"pretrained weights {path} are not a plain state dict (tensors only); it may be truncated, "
+                         f"from another program, or crafted to run code ({type(error).__name__}); "
+                         "pass a weights file saved with torch.save(model.state_dict())") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
