@@ -73,7 +73,7 @@ def settings_for(name: str, seed: int, quick: bool) -> tuple[str, dict]:
 
 def run_row(name: str, seed: int, quick: bool, out_root: Path) -> dict:
     method, settings = settings_for(name, seed, quick)
-    result = dmlkit.train(method, DATASET, str(out_root / f"{name}-seed{seed}"), **settings)
+    result = dmlkit.train(method, DATASET, str(out_root / f"{name}-seed{seed}"), overwrite=True, **settings)
     config = result.get("config", {})
     row = {
         "method": name, "dataset": DATASET, "protocol": PROTOCOL,

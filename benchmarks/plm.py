@@ -179,7 +179,7 @@ def run_plm_variant(
         "options": {**preset_options(), **options},
     }
     run_dir = out_root / seeded_run_name(name, protocol_name, seed)
-    result = dmlkit.train("plm", DATASET, str(run_dir), **settings)
+    result = dmlkit.train("plm", DATASET, str(run_dir), overwrite=True, **settings)
     epochs = result["config"]["epochs"]
     return row(
         name,
@@ -199,7 +199,7 @@ def run_plm_variant(
 
 def run_stml(protocol_name: str, quick: bool, out_root: Path) -> dict:
     settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "preset": STML_PRESET}
-    result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"), **settings)
+    result = dmlkit.train("stml", DATASET, str(out_root / f"stml-{protocol_name}"), overwrite=True, **settings)
     return row(
         "stml",
         protocol_name,
@@ -214,7 +214,7 @@ def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
     options = {key: value for key, value in preset_options().items() if key in ("backbone", "embedding_dim")}
     settings = {**base_settings(quick, PROTOCOLS[protocol_name]), "options": options}
     settings.pop("epochs", None)
-    result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), **settings)
+    result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), overwrite=True, **settings)
     return row(
         "initial",
         protocol_name,

@@ -272,7 +272,7 @@ def run_rows(
 ) -> list[dict]:
     method, settings = settings_for(run, quick, out_root, ssl_weights, threads, seed)
     run_dir = out_root / run_dir_name(run, ssl_weights, seed)
-    result = dmlkit.train(method, SEEN_NAME if test_seen else NAME, str(run_dir), **settings)
+    result = dmlkit.train(method, SEEN_NAME if test_seen else NAME, str(run_dir), overwrite=True, **settings)
     evaluated = {r["epoch"]: r for r in result["history"] if "recall@1" in r}
     t, s = settings["options"].get("teacher_epochs"), settings["options"].get("student_epochs")
     at = {

@@ -140,7 +140,7 @@ def run_ssdml(name: str, options: dict, quick: bool, out_root: Path, epochs: int
     merged = {**(load_preset(PRESET).get("options") or {}), **options, **(QUICK_OPTIONS if quick else {})}
     first = first_partition_quality(merged, quick)
     settings = {**settings_for(quick, PRESET, epochs), "options": merged}
-    result = dmlkit.train("ssdml", DATASET, str(out_root / name), **settings)
+    result = dmlkit.train("ssdml", DATASET, str(out_root / name), overwrite=True, **settings)
     quality = {"first_partition": first, "last_partition": last_partition_quality(out_root / name, merged, quick)}
     return row(name, result["test"], result["seconds"], f"preset {PRESET} + {options or 'paper defaults'}, "
                f"{result['config']['epochs']} epoch(s)", quick, options=options, best=result["best"],
@@ -167,7 +167,7 @@ def run_baseline(name: str, quick: bool, out_root: Path, epochs: int | None = No
     settings = settings_for(quick, preset, epochs)
     if quick:
         settings["options"] = {"n_unlabeled_partition": QUICK_OPTIONS["n_unlabeled_partition"]}
-    result = dmlkit.train(name, DATASET, str(out_root / name), **settings)
+    result = dmlkit.train(name, DATASET, str(out_root / name), overwrite=True, **settings)
     return row(name, result["test"], result["seconds"], f"preset {preset}, {result['config']['epochs']} epoch(s)", quick,
                best=result["best"], epochs=result["config"]["epochs"])
 
@@ -175,7 +175,7 @@ def run_baseline(name: str, quick: bool, out_root: Path, epochs: int | None = No
 def run_initial(quick: bool, out_root: Path) -> dict:
     settings = {**settings_for(quick, None), "options": {"backbone": "mnist-net", "embedding_dim": 128}}
     settings.pop("epochs", None)
-    result = dmlkit.train("initial", DATASET, str(out_root / "initial"), **settings)
+    result = dmlkit.train("initial", DATASET, str(out_root / "initial"), overwrite=True, **settings)
     return row("initial", result["test"], result["seconds"], "untrained mnist-net + FC(500→128) + l2", quick)
 
 

@@ -128,7 +128,7 @@ def similarity_overhead(iterations: int = 5) -> dict:
 def run_stml(protocol_name: str, quick: bool, out_root: Path, seed: int = 0) -> dict:
     overhead = similarity_overhead()
     run_dir = out_root / seeded_run_name("stml", protocol_name, seed)
-    result = dmlkit.train("stml", DATASET, str(run_dir), **train_settings(quick, PROTOCOLS[protocol_name], seed))
+    result = dmlkit.train("stml", DATASET, str(run_dir), overwrite=True, **train_settings(quick, PROTOCOLS[protocol_name], seed))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     epochs = result["config"]["epochs"]
     return row("stml", protocol_name, result["test"], result["seconds"],
@@ -159,7 +159,7 @@ def run_initial(protocol_name: str, quick: bool, out_root: Path) -> dict:
                 "options": options}
     if quick:
         settings.update(train_subset=QUICK["train_subset"], test_subset=QUICK["test_subset"])
-    result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), **settings)
+    result = dmlkit.train("initial", DATASET, str(out_root / f"initial-{protocol_name}"), overwrite=True, **settings)
     return row("initial", protocol_name, result["test"], result["seconds"],
                f"untrained {options.get('backbone', 'default')} + linear {options.get('embedding_dim', 128)}-d head", quick)
 

@@ -64,7 +64,7 @@ def run_row(name: str, protocol_name: str, seed: int, quick: bool, out_root: Pat
                 "pictures": False}
     if quick:
         settings.update(QUICK)
-    result = dmlkit.train(method, DATASET, str(out_root / f"{name}-{protocol_name}-seed{seed}"), **settings)
+    result = dmlkit.train(method, DATASET, str(out_root / f"{name}-{protocol_name}-seed{seed}"), overwrite=True, **settings)
     epochs = result["config"]["epochs"]
     row = {"method": name, "dataset": DATASET, "protocol": protocol_name,
            "metrics": {k: float(result["test"][k]) for k in METRICS if k in result["test"]},

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-dmlkit train --preset demo --out runs/demo "$@"
+# --overwrite: a second run replaces the first one's runs/demo (only a directory dmlkit created is replaced)
+dmlkit train --preset demo --out runs/demo --overwrite "$@"
 echo
 echo "Look at the neighbours (a page on this machine, works offline): dmlkit serve runs/demo"

@@ -98,10 +98,12 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.config import ConfigError, resolve_config
     from dmlkit.engine.run import run
 
     settings = _train_settings(args)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     if args.resume:
         from dmlkit.engine.resume import resume_config
 
@@ -365,9 +367,8 @@ def _error_line(error: BaseException, args: argparse.Namespace) -> int | None:
         print(f"dmlkit: error: {error.args[0] if error.args else error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if isinstance(error, OSError):  # FileNotFoundError with our message, or a write the system refused
-        where = f" ({error.filename})" if error.filename and str(error.filename) not in str(error) else ""
-        text = error.strerror if error.strerror and not isinstance(error, FileNotFoundError) else str(error)
-        print(f"dmlkit: error: {text}{where}", file=sys.stderr)
+        text = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
+        print(f"dmlkit: error: {text}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return None
 

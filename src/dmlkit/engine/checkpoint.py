@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,9 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a file written by `dmlkit train`")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses a file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle.UnpicklingError, RuntimeError from a truncated zip, ...
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain dmlkit checkpoint (tensors and plain values only); "

@@ -23,6 +23,7 @@ from dmlkit.engine.config import RunConfig, resolve_config
 from dmlkit.engine.record import run_record
 from dmlkit.engine.resume import ExtendSchedule, read_run_config, resume_config
 from dmlkit.engine.rundir import (
+    RunDirError,
     RunLock,
     check_out,
     default_out,
@@ -161,8 +162,11 @@ def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) 
                          "lower --batch-size or use more data")
     if not rank_zero:
         return _fit(config, method, data, out, None, start)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"--out {out}: cannot create the directory ({error.strerror}); pass a writable --out") from None
     log.info("run directory: %s", out)
-    out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         resume_path = _resume_path(out, resume)
         if resume_path is None:

@@ -35,6 +35,7 @@ downloaded; a missing file is an error that says where to fetch it and where to 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -307,7 +308,9 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
     squeezed; any other mismatch is a ``ValueError`` naming the keys.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses a file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError (code in the pickle), a truncated or foreign file
         raise ValueError(f"pretrained weights {path} are not a plain state dict (tensors only); it may be truncated, "
                          f"from another program, or crafted to run code ({type(error).__name__}); "

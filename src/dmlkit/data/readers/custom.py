@@ -17,6 +17,7 @@ label values (numerically when every label is an integer).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,17 @@ def read_csv(path: str) -> DatasetRecords:
     csv_path = Path(path).expanduser()
     if not csv_path.is_file():
         raise DatasetError(f"csv:{path}: file {csv_path.resolve()} does not exist")
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    raw = csv_path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is not part of the header
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DatasetError(
+            f"csv:{path}: line {line}, column {column}: byte 0x{raw[error.start]:02x} is not UTF-8; the CSV must be "
+            "UTF-8 text (re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+        ) from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         unknown = [c for c in columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
