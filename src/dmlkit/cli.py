@@ -130,7 +130,9 @@ def _add_eval(sub) -> None:
 
 
 def _checkpoint(path: str, which: str) -> Path:
-    p = Path(path)
+    from dmlkit.engine.rundir import resolve_latest
+
+    p = resolve_latest(Path(path))  # runs/latest, also where it is dmlkit's text file instead of a symlink
     return p / "checkpoints" / f"{which}.ckpt" if p.is_dir() else p
 
 

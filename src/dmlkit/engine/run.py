@@ -32,6 +32,7 @@ from dmlkit.engine.rundir import (
     point_latest,
     start_run_dir,
 )
+from dmlkit.engine.validate import check_machine
 from dmlkit.methods import BuildInfo, Method, method_class
 
 log = logging.getLogger("dmlkit")
@@ -147,6 +148,7 @@ def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) 
     rank_zero = is_rank_zero()
     if rank_zero:
         check_out(out, resume=bool(resume), overwrite=overwrite)
+    check_machine(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     cls = method_class(config.method)
@@ -160,8 +162,8 @@ def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) 
     if cls.trains and len(data.train) < config.batch_size and cls.uses_labels != "partial":
         raise ValueError(f"the training split has {len(data.train)} items, fewer than one batch of {config.batch_size}; "
                          "lower --batch-size or use more data")
-    if not rank_zero:
-        return _fit(config, method, data, out, None, start)
+    if not rank_zero:  # a DDP worker: rank 0 owns the directory
+        return _fit(config, method, data, out, _resume_path(out, resume, clean=False), start)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -227,14 +229,16 @@ def _fit(config: RunConfig, method: Method, data: SplitData, out: Path, resume_p
     return _finish(module, config, out, time.perf_counter() - start)
 
 
-def _resume_path(out: Path, resume: bool | str) -> Path | None:
+def _resume_path(out: Path, resume: bool | str, clean: bool = True) -> Path | None:
     if not resume:
         return None
     path = Path(resume) if isinstance(resume, str) else out / "checkpoints" / LAST
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}; start without --resume")
-    for leftover in path.parent.glob(".*.tmp"):  # a write the kill interrupted; the renamed file is intact
-        leftover.unlink()
+    if clean:  # rank 0, before it writes anything: a checkpoint that cannot be trusted stops here
+        load_checkpoint_dict(path)
+        for leftover in path.parent.glob(".*.tmp"):  # a write a kill interrupted; the renamed file is intact
+            leftover.unlink()
     return path
 
 

@@ -104,6 +104,10 @@ def _check_training(config: RunConfig) -> None:
     if config.scheduler is not None and config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler '{config.scheduler}' is not one of {', '.join(SCHEDULERS)}"
                           f"{nearest(config.scheduler, SCHEDULERS)}")
+
+
+def check_machine(config: RunConfig) -> None:
+    """What this machine must offer the run (checked when it starts, not when it is configured)."""
     if config.accelerator in ("gpu", "cuda"):
         import torch
 
