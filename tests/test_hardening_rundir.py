@@ -170,7 +170,7 @@ def test_resume_refuses_a_recipe_change_by_name(copy, capsys, flags, words):
 
 
 @needs_fmnist
-def test_a_live_lock_refuses_train_and_resume_at_once_naming_the_process(copy, capsys):
+def test_a_live_lock_refuses_train_and_resume_at_once_naming_the_process(copy, tmp_path, capsys):
     holder = os.getppid()  # a live process other than this one
     (copy / LOCK).write_text(json.dumps({"pid": holder, "host": socket.gethostname()}))
     before = _digest(copy)
@@ -178,6 +178,27 @@ def test_a_live_lock_refuses_train_and_resume_at_once_naming_the_process(copy, c
         line = _error(capsys, argv)
         assert f"in use by process {holder}" in line and str(copy / LOCK) in line
     assert _digest(copy) == before
+    from dmlkit.engine.rundir import check_lock
+
+    (copy / LOCK).write_text(json.dumps({"pid": holder, "host": socket.gethostname(), "dir": str(tmp_path / "else")}))
+    check_lock(copy)  # a lock copied along with the directory does not hold the copy
+
+
+@needs_fmnist
+@pytest.mark.parametrize("content, words", [
+    ("method: !!python/object/apply:os.system ['touch pwned']\n", ["line 1", "python/object", "plain YAML"]),
+    ("- supervised\n", ["got a list at the top"]),
+    ("methd: supervised\n", ["unknown setting 'methd'", "did you mean 'method'"]),
+], ids=["python-tag", "list", "unknown-key"])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_a_tampered_config_yaml_is_refused_in_one_line(copy, tmp_path, monkeypatch, capsys, content, words, command):
+    monkeypatch.chdir(tmp_path)
+    (copy / "config.yaml").write_text(content)
+    before = _digest(copy)
+    argv = ["eval", str(copy)] if command == "eval" else ["train", "--resume", "--out", str(copy)]
+    line = _error(capsys, argv)
+    assert f"run config {copy / 'config.yaml'}" in line and all(word in line for word in words), line
+    assert _digest(copy) == before and not (tmp_path / "pwned").exists()
 
 
 @needs_fmnist

@@ -169,10 +169,15 @@ def _alive(holder: dict) -> bool:
     return True
 
 
+def _held(out: Path, holder: dict | None) -> bool:
+    """A live process holds the lock, and it was taken for this directory (not copied with it)."""
+    return holder is not None and holder.get("dir", str(out.resolve())) == str(out.resolve()) and _alive(holder)
+
+
 def check_lock(out: Path) -> None:
     """RunDirError naming the process if a live one holds ``out``'s lock."""
     holder = _holder(out / LOCK)
-    if holder is not None and _alive(holder) and holder.get("pid") != os.getpid():
+    if _held(out, holder) and holder.get("pid") != os.getpid():
         raise RunDirError(f"run directory {out} is in use by process {holder.get('pid')} on {holder.get('host')} "
                           f"(lock file {out / LOCK}); wait for it to end, or stop it, then try again")
 
@@ -187,18 +192,18 @@ class RunLock:
     def __enter__(self) -> None:
         if not is_rank_zero():
             return
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "dir": str(self.path.parent.resolve()),
                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 holder = _holder(self.path)
-                if holder is not None and _alive(holder):
+                if _held(self.path.parent, holder):
                     check_lock(self.path.parent)
                     return  # our own lock (a nested run in this process)
-                log.warning("taking over the lock of %s left by process %s, which is no longer running",
-                            self.path.parent, (holder or {}).get("pid", "?"))
+                log.warning("taking over the lock of %s left by process %s, which is no longer running (or the "
+                            "lock was copied from another directory)", self.path.parent, (holder or {}).get("pid", "?"))
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:

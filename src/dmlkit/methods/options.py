@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import textwrap
 import tokenize
 import typing
 from typing import NamedTuple
@@ -28,7 +29,10 @@ def _field_comments(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass) or klass is object:
             continue
-        source = inspect.getsource(klass)
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # defined where no source file exists (an interactive session)
+            continue
         comments: dict[int, str] = {}
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
             if token.type == tokenize.COMMENT:
