@@ -101,7 +101,7 @@ def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> tuple
     import dmlkit
 
     out = runs_root / f"{entry.row}-{entry.protocol}-seed{seed}{'-quick' if quick else ''}"
-    result = dmlkit.train(entry.method, entry.dataset, str(out), **train_settings(entry, seed, quick))
+    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **train_settings(entry, seed, quick))
     return result["test"], float(result["seconds"])
 
 
