@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from dmlkit.engine.config import RunConfig, resolve_config
 from dmlkit.engine.record import run_record
 from dmlkit.engine.resume import ExtendSchedule, read_run_config, resume_config
 from dmlkit.engine.rundir import (
+    OUT_ENV,
     RunDirError,
     RunLock,
     check_out,
@@ -145,6 +147,8 @@ def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) 
     defaulted = not config.out
     out = default_out(config.method, config.dataset) if defaulted else Path(config.out)
     config.out = str(out)
+    if defaulted and config.devices > 1:  # DDP workers re-run the command line: they must find the same folder
+        os.environ[OUT_ENV] = str(out)
     rank_zero = is_rank_zero()
     if rank_zero:
         check_out(out, resume=bool(resume), overwrite=overwrite)

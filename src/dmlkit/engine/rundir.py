@@ -64,7 +64,6 @@ def default_out(method: str, dataset: str, root: Path = Path("runs")) -> Path:
     while out.exists() or out.is_symlink():
         n += 1
         out = root / f"{name}-{n}"
-    os.environ[OUT_ENV] = str(out)  # DDP workers re-run the command line: they must find the same folder
     return out
 
 
