@@ -311,7 +311,7 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
         with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses a file
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError (code in the pickle), a truncated or foreign file
+    except Exception as error:  # noqa: BLE001 (pickle.UnpicklingError: code in the pickle; a truncated or foreign file)
         raise ValueError(f"pretrained weights {path} are not a plain state dict (tensors only); it may be truncated, "
                          f"from another program, or crafted to run code ({type(error).__name__}); "
                          "pass a weights file saved with torch.save(model.state_dict())") from None
