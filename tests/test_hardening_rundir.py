@@ -305,3 +305,22 @@ def test_raising_epochs_on_resume_continues_the_cosine_of_the_new_length():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.15)
     scheduler.step()  # epoch 2 of 3: lr0 (1 + cos(2 pi / 3)) / 2 = 0.25 lr0
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+@needs_fmnist
+def test_the_demo_command_runs_twice(run_dir, tmp_path, monkeypatch):
+    """scripts/demo.sh's train line (shortened through its "$@") where runs/demo already holds an
+    earlier run (the module's run, copied): it replaces that run, and a file the user added stays."""
+    import shlex
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    (line,) = [line for line in script.splitlines() if line.startswith("dmlkit train")]
+    argv = [arg for arg in shlex.split(line)[1:] if arg != "$@"]
+    quick = ["--epochs", "1", "--train-subset", "60", "--test-subset", "50", "--batch-size", "30", "--no-pictures",
+             "--no-progress", "--threads", "1", "--set", "g_dim=32", "--set", "embedding_dim=32"]
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run_dir, tmp_path / "runs" / "demo")  # the first run
+    (tmp_path / "runs" / "demo" / "my-notes.txt").write_text("keep")
+    assert main([*argv, *quick]) == 0
+    assert json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())["method"] == "stml"
+    assert (tmp_path / "runs" / "demo" / "my-notes.txt").read_text() == "keep"
