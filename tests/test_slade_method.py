@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dmlkit.data.base import DMLDataset
+from dmlkit.engine.artifacts import write_artifacts
 from dmlkit.losses.basis import RankingLoss
 from dmlkit.methods.base import BuildInfo, RefreshContext
 from dmlkit.methods.slade import SLADE, Config
@@ -92,7 +93,17 @@ def _context(
         device=torch.device("cpu"),
         seed=0,
         extra={"run_dir": str(run_dir) if run_dir else None, "epochs": epochs},
+        keeps_artifacts=run_dir is not None,
     )
+
+
+def _refresh(method: SLADE, context: RefreshContext) -> None:
+    """refresh, then what the engine does after it: write the artifacts the method asked for."""
+    method.refresh(context)
+    artifacts = method.take_artifacts()
+    assert bool(artifacts) <= context.keeps_artifacts  # nothing is asked for without a run directory
+    if context.keeps_artifacts:
+        write_artifacts(artifacts, context.extra["run_dir"])
 
 
 def _batch(data: DMLDataset, idx: list[int]) -> dict:
@@ -107,7 +118,7 @@ def _batch(data: DMLDataset, idx: list[int]) -> dict:
 def _epoch(
     method: SLADE, data: DMLDataset, epoch: int, epochs: int, optimizer, run_dir=None
 ) -> list[list[int]]:
-    method.refresh(_context(method, data, epoch, epochs, run_dir))
+    _refresh(method, _context(method, data, epoch, epochs, run_dir))
     method.train()
     batches = [list(b) for b in method.batch_sampler(data, 16, seed=0, epoch=epoch)]
     for idx in batches:
@@ -267,8 +278,10 @@ def test_resume_continues_at_the_stored_stage():
 
 def test_pictures_in_the_run_directory(tmp_path):
     data, method = _dataset(), _method(pictures=True)
-    method.refresh(_context(method, data, 0, 2, tmp_path))
-    method.refresh(_context(method, data, 1, 2, tmp_path))
+    _refresh(method, _context(method, data, 0, 2, tmp_path))
+    assert method.phase() == "teacher"
+    _refresh(method, _context(method, data, 1, 2, tmp_path))
+    assert method.phase() == "student-round-1"
     assert (tmp_path / "pictures" / "slade-initial.png").is_file()
     assert (tmp_path / "pictures" / "slade-teacher.png").is_file()
 
@@ -314,7 +327,7 @@ def test_teacher_weights_skip_the_teacher_stage(tmp_path):
     first = _method()
     optimizer = torch.optim.SGD(first.parameters(), lr=0.1)
     _epoch(first, data, 0, 2, optimizer, tmp_path / "first")
-    first.refresh(_context(first, data, 1, 2, tmp_path / "first"))
+    _refresh(first, _context(first, data, 1, 2, tmp_path / "first"))
     reused = _method(teacher_weights=str(tmp_path / "first" / "stage-teacher.pt"))
     assert reused.round_starts(1) == [0]
     reused.refresh(_context(reused, data, 0, 1, tmp_path / "reused"))

@@ -17,14 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-
-def _generator(seed: int | Sequence[int], *salt: int) -> torch.Generator:
-    """A torch Generator seeded from ``seed`` and ``salt`` (same recipe as ``methods.base.seeded_generator``)."""
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)]
-    value = int(np.random.SeedSequence([*seeds, *salt]).generate_state(1)[0])
-    gen = torch.Generator()
-    gen.manual_seed(value)
-    return gen
+from dmlkit.data.seeding import seeded_generator
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -57,7 +50,7 @@ class RandomBatchSampler:
         return full + int(rest > 0 and not self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=_generator(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch))
         for b in range(len(self)):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
@@ -149,7 +142,7 @@ class MPerClassBatchSampler:
         return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        gen = _generator(self.seed, self.epoch)
+        gen = seeded_generator(self.seed, self.epoch)
         n_cls = len(self.classes)
         # P distinct classes per batch (uniform without replacement), then K items per picked class
         picks = _choose_without_replacement(torch.full((self.num_batches,), n_cls), self.P, gen).flatten()
@@ -198,7 +191,7 @@ class NeighbourGroupSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         n_batches = len(self)
-        queries = torch.randperm(len(self.table), generator=_generator(self.seed, self.epoch))
+        queries = torch.randperm(len(self.table), generator=seeded_generator(self.seed, self.epoch))
         queries = queries[: n_batches * self.groups_per_batch]
         rows = self.table[queries]  # [Q, K]
         # stable-sort each row so that entries equal to the query go last, then put the query first
@@ -225,7 +218,7 @@ def make_partition(labels: np.ndarray | Sequence[int], n_unlabeled: int, seed: i
         raise ValueError(f"n_unlabeled must be >= 0, got {n_unlabeled}")
     labeled = np.flatnonzero(labels >= 0)
     unlabeled = np.flatnonzero(labels < 0)
-    pick = torch.randperm(len(unlabeled), generator=_generator(seed))[: int(n_unlabeled)].numpy()
+    pick = torch.randperm(len(unlabeled), generator=seeded_generator(seed))[: int(n_unlabeled)].numpy()
     return np.sort(np.concatenate([labeled, unlabeled[pick]])).astype(np.int64)
 
 

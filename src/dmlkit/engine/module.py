@@ -11,9 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dmlkit.data.base import DMLDataset
+from dmlkit.data.seeding import seeded_generator
 from dmlkit.evaluation.embedding import embed_dataset, embed_dataset_distributed
 from dmlkit.evaluation.knn import refresh_knn
-from dmlkit.methods.base import Method, RefreshContext, seeded_generator
+from dmlkit.methods.base import Method, RefreshContext
 
 log = logging.getLogger("dmlkit")
 
@@ -106,12 +107,25 @@ class MethodModule(L.LightningModule):
             epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=refresh_knn,
             device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
             extra={"run_dir": self.settings.get("run_dir"), "epochs": self.settings["epochs"]},
+            keeps_artifacts=bool(self.settings.get("run_dir")) and self.global_rank == 0,
         )
         self._sync_buffers_from_rank_zero()
+        phase = self.method.phase()
         self.method.refresh(context)
+        self._after_refresh(phase)
         self.method.train()
         self._epoch_start = time.perf_counter()
         self._images_seen = 0
+
+    def _after_refresh(self, phase_before: str) -> None:
+        """Log a change of the method's phase; write the artifacts it asked for (rank 0, with a run directory)."""
+        from dmlkit.engine.artifacts import write_artifacts
+
+        if self.method.phase() != phase_before and self.global_rank == 0:
+            log.info("epoch %d: %s phase begins (after %s)", self.current_epoch + 1, self.method.phase(), phase_before)
+        artifacts = self.method.take_artifacts()
+        if artifacts and self.settings.get("run_dir") and self.global_rank == 0:
+            write_artifacts(artifacts, self.settings["run_dir"])
 
     def _embed_for_refresh(self, fn, dataset: DMLDataset | None = None) -> torch.Tensor:
         """The split embedded once over all ranks: each rank embeds its shard, every rank gets all of it

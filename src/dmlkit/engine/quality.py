@@ -1,7 +1,8 @@
 """``dmlkit quality``: how good is each pseudo-supervision on the same embeddings (PLM Table 2).
 
-Rows: k-means and agglomerative pseudo labels (the baselines), STML's contextualized similarity and
-PLM's piecewise-linear pieces, all computed from the same embeddings on the same seeded batches.
+Rows: k-means and agglomerative pseudo labels (the baselines), then each method's own estimate (STML's
+contextualized similarity, PLM's piecewise-linear pieces: whatever a method's
+``pseudo_supervision_estimators`` gives), all computed from the same embeddings on the same seeded batches.
 """
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ import numpy as np
 import torch
 
 
-def pseudo_supervision_estimators(stml_k: int = 10, plm_k: int = 10) -> dict:
-    """name -> ``callable(embeddings [b, D]) -> similarity or pseudo-label estimate``."""
-    from dmlkit.targets.contextual import contextual_similarity
-    from dmlkit.targets.manifold import manifold_estimate
+def pseudo_supervision_estimators(k: int = 10) -> dict:
+    """name -> ``callable(embeddings [b, D]) -> similarity or pseudo-label estimate``: what every registered
+    method answers to :meth:`dmlkit.methods.Method.pseudo_supervision_estimators` (neighbourhood size k)."""
+    from dmlkit.methods import REGISTRY, method_class
 
-    def stml(embeddings: torch.Tensor) -> torch.Tensor:
-        # every item is its own image here (no second view), so k counts neighbours, not views
-        return contextual_similarity(embeddings, torch.arange(len(embeddings)), k=stml_k)
-
-    def plm(embeddings: torch.Tensor) -> dict:
-        return manifold_estimate(embeddings, k=plm_k)
-
-    return {"stml-similarity": stml, "plm-pieces": plm}
+    estimators: dict = {}
+    for name in REGISTRY:
+        try:
+            cls = method_class(name)
+        except KeyError:  # a method not implemented in this version
+            continue
+        estimators.update(cls.pseudo_supervision_estimators(k))
+    return estimators
 
 
 def load_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:

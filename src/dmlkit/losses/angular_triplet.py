@@ -119,3 +119,22 @@ def minimize_stiefel(
         L, f, grad = candidate, f_new, grad_new
         direction = -grad + beta * moved
     return L
+
+
+def metric_step(
+    anchor: Tensor, positive: Tensor, negative: Tensor, L: Tensor, alpha_deg: float = 40.0,
+    reduction: str = "sum", max_iter: int = 10, orthogonal: bool = True,
+) -> Tensor:
+    """SSDML's L-step (Algorithm 1, θ fixed): minimise Eq. 3 over L by :func:`minimize_stiefel`.
+
+    Args:
+        anchor, positive, negative: ``[T, d]`` features z; detached here (θ is held fixed).
+        L: ``[d, l]`` the current metric factor, the warm start.
+        alpha_deg, reduction: as :func:`angular_triplet_loss`.
+        max_iter, orthogonal: as :func:`minimize_stiefel`.
+
+    Returns:
+        the new ``[d, l]`` L (a new tensor; the caller copies it into its parameter).
+    """
+    fixed = (anchor.detach(), positive.detach(), negative.detach())
+    return minimize_stiefel(lambda X: angular_triplet_loss(*fixed, X, alpha_deg, reduction), L, max_iter, orthogonal)

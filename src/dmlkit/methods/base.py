@@ -11,7 +11,10 @@ in order, for every epoch::
         optimizer.step()
         method.after_step()                   # e.g. Stiefel retraction, EMA in MoCo order
 
-and ``method.embed(images)`` gives the test-time embedding.
+and ``method.embed(images)`` gives the test-time embedding. A method writes no files: after each
+``refresh`` the engine logs ``method.phase()`` when it changes (SLADE: ``teacher`` ->
+``student-round-1``) and writes the :class:`Artifact` s of ``method.take_artifacts()`` (stage weights,
+pseudo labels, pictures) into the run directory.
 
 A batch is a dict: ``image`` float ``[B, C, H, W]`` in [0, 1] (un-augmented; the method makes its own
 views, see :mod:`dmlkit.data.views`), ``label`` long ``[B]`` (-1 = unlabeled; all -1 for methods
@@ -80,6 +83,27 @@ class RefreshContext:
     rank: int = 0
     world_size: int = 1
     extra: dict = field(default_factory=dict)
+    #: True when the engine keeps a run directory: artifacts asked for then are written, else dropped
+    keeps_artifacts: bool = False
+
+
+@dataclass
+class Artifact:
+    """A file a method asks the engine to keep in the run directory (methods write no files).
+
+    Attributes:
+        name: the path below the run directory (``stage-teacher.pt``, ``pictures/slade-initial.png``).
+        tensors: for a ``.pt`` file: tensors and plain values, written atomically (weights-only loadable).
+        points: for a ``.png`` map: ``(embeddings [n, D], labels [n])`` drawn by :func:`dmlkit.viz.pool_map`
+            (labeled items, label >= 0, coloured by class; unlabeled ones, -1, in grey).
+        title, seed: the map's title and t-SNE seed.
+    """
+
+    name: str
+    tensors: dict[str, Any] | None = None
+    points: tuple[np.ndarray, np.ndarray] | None = None
+    title: str = ""
+    seed: int = 0
 
 
 class Method(nn.Module):
@@ -156,10 +180,30 @@ class Method(nn.Module):
         similarity grid in the run directory; None for methods without a soft similarity."""
         return None
 
+    @classmethod
+    def pseudo_supervision_estimators(cls, k: int = 10) -> dict[str, Callable[[Tensor], Any]]:
+        """``name -> estimator(embeddings [b, D])``: the method's pseudo-supervision of a batch under its
+        paper defaults with neighbourhood size ``k``, for ``dmlkit quality`` (PLM Table 2). An estimator
+        returns pseudo labels ``[b]``, a similarity ``[b, b]`` or ``{"groups", "similarity"}`` (see
+        :func:`dmlkit.evaluation.quality.quality_table`). ``{}``: the method has none to compare."""
+        return {}
+
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: every trainable parameter at ``lr``."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+    def phase(self) -> str:
+        """The name of the training phase the current epoch belongs to; the engine logs each change."""
+        return "train"
+
+    def keep_artifact(self, artifact: Artifact) -> None:
+        """Ask the engine to write ``artifact`` after this refresh (see :class:`Artifact`)."""
+        self.__dict__.setdefault("_artifacts", []).append(artifact)
+
+    def take_artifacts(self) -> list[Artifact]:
+        """The artifacts asked for since the last call (the engine calls it after every refresh)."""
+        return self.__dict__.pop("_artifacts", [])
 
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (tensors, numbers, strings only)."""
@@ -179,10 +223,3 @@ def default_backbone(info: BuildInfo) -> str:
         return "resnet18-small"
     return "mnist-net" if info.channels == 1 else "cifar-net"
 
-
-def seeded_generator(seed: int, *salt: int) -> torch.Generator:
-    """A torch Generator seeded from ``seed`` and any integers (epoch, round, rank ...)."""
-    value = int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
-    gen = torch.Generator()
-    gen.manual_seed(value)
-    return gen

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmlkit.data.seeding import seeded_generator
 from dmlkit.losses import classical as C
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, default_backbone, seeded_generator
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, default_backbone
 
 
 @dataclass

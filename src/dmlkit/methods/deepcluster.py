@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_generator
+from dmlkit.data.seeding import seeded_generator
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext
 from dmlkit.models.heads import l2_normalize
 from dmlkit.targets.clusters import BACKENDS, kmeans_pseudo_labels
 

@@ -10,6 +10,7 @@ towards θ (Eq. 1).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from dmlkit.data.seeding import seeded_generator
 from dmlkit.data.views import Views
 from dmlkit.losses.manifold import (
     ManifoldProxies,
@@ -24,7 +26,7 @@ from dmlkit.losses.manifold import (
     proxy_neighbourhood_loss,
     proxy_point_loss,
 )
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_generator
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext
 from dmlkit.models import EmbeddingHead, build_backbone, ema_update, l2_normalize
 from dmlkit.targets.manifold import (
     basis_angle_cosine,
@@ -218,20 +220,13 @@ class PLM(Method):
     def pseudo_supervision(self, embeddings: Tensor) -> dict[str, Tensor]:
         """Table 2 hook: the pieces ``X_i`` (groups) and Eq. 5 similarity of ``embeddings`` ``[b, D]`` under
         this method's options; an estimator for :func:`dmlkit.evaluation.quality.quality_table`."""
-        cfg = self.config
-        return manifold_estimate(
-            embeddings,
-            cfg.piece_neighbours,
-            cfg.piece_dim,
-            cfg.threshold,
-            cfg.n_alpha,
-            cfg.n_beta,
-            cfg.selection,
-            cfg.similarity == "binary",
-            cfg.error_def,
-            cfg.check,
-            cfg.center,
-        )
+        return _pieces(self.config, embeddings)
+
+    @classmethod
+    def pseudo_supervision_estimators(cls, k: int = 10) -> dict:
+        """``plm-pieces``: the pieces and Eq. 5 similarity under the paper defaults, k = ``k`` neighbours."""
+        config = dataclasses.replace(PLMConfig(), piece_neighbours=k)
+        return {"plm-pieces": lambda embeddings: _pieces(config, embeddings)}
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """The network at ``lr``; proxies and their bases at ``proxy_lr_mult * lr`` (Sec. 4.1)."""
@@ -247,6 +242,23 @@ class PLM(Method):
                 "weight_decay": 0.0,
             },
         ]
+
+
+def _pieces(cfg: PLMConfig, embeddings: Tensor) -> dict[str, Tensor]:
+    """:func:`manifold_estimate` of ``embeddings`` ``[b, D]`` under the options ``cfg``."""
+    return manifold_estimate(
+        embeddings,
+        cfg.piece_neighbours,
+        cfg.piece_dim,
+        cfg.threshold,
+        cfg.n_alpha,
+        cfg.n_beta,
+        cfg.selection,
+        cfg.similarity == "binary",
+        cfg.error_def,
+        cfg.check,
+        cfg.center,
+    )
 
 
 def _embedding_network(config: PLMConfig, info: BuildInfo) -> nn.Module:

@@ -10,8 +10,10 @@ The engine runs epochs and calls :meth:`SLADE.refresh` at each epoch start; the 
 schedule (``teacher_epochs``, then ``student_epochs`` per round). ``refresh`` switches stage: it embeds
 the training split with the finished network (the teacher), clusters the unlabeled pool, and
 re-initialises the student. The labeled set is the training items with a label (>= 0), the unlabeled
-pool those with -1. The stage lives in the checkpoint, so a resumed run continues at its stage; each
-finished stage also leaves ``stage-<name>.pt`` in the run directory (``teacher_weights`` reuses one).
+pool those with -1. The stage lives in the checkpoint, so a resumed run continues at its stage. The
+stage is the method's :meth:`SLADE.phase` (``teacher``, ``student-round-<r>``); each finished stage asks
+the engine to keep ``stage-<name>.pt`` and ``stage-pseudo-labels-round-<r>.pt`` in the run directory
+(:class:`dmlkit.methods.base.Artifact`; ``teacher_weights`` reuses one), and the supplement's pictures.
 
 Departures from the spec, forced by the one-optimizer engine or left out: the optimizer (and its Adam
 moments) is shared by all stages, so the default schedule is a constant rate (the engine's cosine would
@@ -24,13 +26,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit.data.labels import label_map
 from dmlkit.losses.basis import (
     FeatureBasis,
     RankingLoss,
@@ -39,8 +41,9 @@ from dmlkit.losses.basis import (
     pair_statistics_inputs,
     select_pairs,
 )
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext
+from dmlkit.methods.base import Artifact, BuildInfo, Method, RefreshContext
 from dmlkit.targets.clusters import class_prototypes, kmeans_pseudo_labels
+from dmlkit.weights import safe_torch_load
 
 log = logging.getLogger("dmlkit")
 
@@ -193,8 +196,6 @@ class SLADE(Method):
             }
         )
         if config.teacher_weights:
-            from dmlkit.engine.checkpoint import safe_torch_load
-
             stage = safe_torch_load(config.teacher_weights)
             if not isinstance(stage, dict) or not {"backbone", "head"} <= set(stage):
                 raise ValueError(f"teacher_weights {config.teacher_weights} is not a SLADE stage-*.pt file")
@@ -235,42 +236,35 @@ class SLADE(Method):
         return sum(epoch >= start for start in self.round_starts(total_epochs))
 
     # -- refresh: stage switches --------------------------------------------------------------
+    def phase(self) -> str:
+        return "teacher" if self.stage_round == 0 else f"student-round-{self.stage_round}"
+
     def refresh(self, context: RefreshContext) -> None:
         self.check_world_size(context.world_size)
         labels = torch.as_tensor(context.train.labels, dtype=torch.long)
         if len(self.class_map) == 0:
-            classes = torch.unique(labels[labels >= 0])
-            table = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
-            table[classes] = torch.arange(len(classes))
-            self.class_map = table
+            self.class_map = label_map(labels)
         if not (labels < 0).any():
             raise ValueError(
                 "SLADE needs an unlabeled pool (items with label -1) in the training split; "
                 "pass --labels-per-class N or a dataset with unlabeled training items"
             )
-        run_dir = context.extra.get("run_dir")
+        pictures = self.config.pictures and context.keeps_artifacts
         target = self.round_for_epoch(context.epoch, context.extra.get("epochs"))
         initial = context.epoch == 0 and self.stage_round == 0 and not self.config.teacher_weights
-        if initial and self.config.pictures and run_dir:
-            self._picture(
-                context, None, Path(run_dir) / "pictures" / "slade-initial.png", "initial embedding"
-            )
+        if initial and pictures:
+            self._picture(context, None, "pictures/slade-initial.png", "initial embedding")
         while self.stage_round < target:
-            self._next_round(context, run_dir)
+            self._next_round(context, pictures)
 
-    def _next_round(self, context: RefreshContext, run_dir: str | None) -> None:
+    def _next_round(self, context: RefreshContext, pictures: bool) -> None:
         """The finished network becomes the teacher: stage file, pseudo labels (§5), student init (§3)."""
-        from dmlkit.engine.checkpoint import atomic_torch_save
-
         c = self.config
-        finished = "teacher" if self.stage_round == 0 else f"student-round-{self.stage_round}"
+        finished = self.phase()
         new_round = self.stage_round + 1
-        weights = {"backbone": self.backbone.state_dict(), "head": self.head.state_dict()}
-        if run_dir:
-            atomic_torch_save(
-                {"stage": finished, "round": self.stage_round, **weights},
-                Path(run_dir) / f"stage-{finished}.pt",
-            )
+        if context.keeps_artifacts:  # copies: the student's initialisation below overwrites the weights
+            weights = copy.deepcopy({"backbone": self.backbone.state_dict(), "head": self.head.state_dict()})
+            self.keep_artifact(Artifact(f"stage-{finished}.pt", {"stage": finished, "round": self.stage_round, **weights}))
         features = context.embed(self.embed)  # [N, d] teacher embeddings, eval mode, test transform
         labels = torch.as_tensor(context.train.labels, dtype=torch.long)
         labeled = labels >= 0
@@ -295,15 +289,13 @@ class SLADE(Method):
             assigned = assigned[~labeled]
         self.pseudo_labels.fill_(-1)
         self.pseudo_labels[~labeled.to(self.pseudo_labels.device)] = assigned.to(self.pseudo_labels.device)
-        if run_dir:
-            atomic_torch_save(
-                {"round": new_round, "pseudo_labels": self.pseudo_labels.cpu(), "centroids": centroids},
-                Path(run_dir) / f"stage-pseudo-labels-round-{new_round}.pt",
-            )
-            if self.stage_round == 0 and c.pictures:
-                self._picture(
-                    context, features, Path(run_dir) / "pictures" / "slade-teacher.png", "teacher embedding"
-                )
+        if context.keeps_artifacts:
+            self.keep_artifact(Artifact(
+                f"stage-pseudo-labels-round-{new_round}.pt",
+                {"round": new_round, "pseudo_labels": self.pseudo_labels.cpu().clone(), "centroids": centroids},
+            ))
+        if self.stage_round == 0 and pictures:
+            self._picture(context, features, "pictures/slade-teacher.png", "teacher embedding")
         if c.student_init == "ssl":
             self.backbone.load_state_dict(self._initial["backbone"])
             self.head.load_state_dict(self._initial["head"])
@@ -414,9 +406,9 @@ class SLADE(Method):
 
     # -- supplement Figs. 1-4 -----------------------------------------------------------------
     def _picture(
-        self, context: RefreshContext, features: Tensor | None, path: Path, title: str, max_points: int = 2000
+        self, context: RefreshContext, features: Tensor | None, name: str, title: str, max_points: int = 2000
     ) -> None:
-        """t-SNE of labeled embeddings (coloured by class) and the unlabeled pool (grey)."""
+        """Ask for a t-SNE map of labeled embeddings (coloured by class) and the unlabeled pool (grey)."""
         labels = np.asarray(context.train.labels)
         rng = np.random.default_rng(context.seed)
         parts = [np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)]  # as many labeled as pool points
@@ -424,36 +416,4 @@ class SLADE(Method):
             np.concatenate([rng.choice(p, min(max_points // 2, len(p)), replace=False) for p in parts])
         )
         x = features[idx] if features is not None else context.embed(self.embed, context.train.subset(idx))
-        try:
-            pool_map(x.numpy(), labels[idx], path, seed=context.seed, title=f"SLADE: {title}")
-        except (ValueError, RuntimeError, OSError) as error:  # a picture never sinks a run
-            log.warning("SLADE picture %s: %s", path.name, error)
-
-
-def pool_map(
-    embeddings: np.ndarray, labels: np.ndarray, path: str | Path, seed: int = 0, title: str = ""
-) -> Path:
-    """2-D t-SNE map: labeled items (label >= 0) coloured by class, unlabeled items (-1) in grey."""
-    import matplotlib
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    from dmlkit.viz.plots import new_figure, save
-
-    with threadpool_limits(limits=1):
-        xy = TSNE(
-            2, perplexity=min(30.0, (len(embeddings) - 1) / 3), init="pca", random_state=seed
-        ).fit_transform(embeddings.astype(np.float64))
-    fig = new_figure(7, 6)
-    ax = fig.add_subplot()
-    pool = labels < 0
-    ax.scatter(xy[pool, 0], xy[pool, 1], s=6, color="0.75", label="unlabeled", linewidths=0)
-    cmap = matplotlib.colormaps["tab10"]
-    for i, c in enumerate(np.unique(labels[~pool])):
-        sel = labels == c
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(i % cmap.N), label=str(c), linewidths=0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title)
-    ax.legend(markerscale=2.5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    return save(fig, path)
+        self.keep_artifact(Artifact(name, points=(x.numpy(), labels[idx]), title=f"SLADE: {title}", seed=context.seed))

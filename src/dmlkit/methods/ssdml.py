@@ -38,8 +38,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dmlkit.data.base import DMLDataset
-from dmlkit.losses.angular_triplet import angular_margins, angular_triplet_loss, minimize_stiefel
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, seeded_generator
+from dmlkit.data.seeding import seeded_generator
+from dmlkit.losses.angular_triplet import angular_margins, angular_triplet_loss, metric_step
+from dmlkit.losses.pretraining import softmax_pretraining
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate, uncertified_pairs
 
 L_SOLVERS = ("rcg", "retraction")
@@ -169,37 +171,26 @@ class SSDML(Method):
     @torch.no_grad()
     def _l_step_on_partition(self, context: RefreshContext) -> None:
         """The L-step on every triplet of the partition at once (θ fixed: z from the current network)."""
-        cfg = self.config
         nodes, local = torch.unique(self.triplets, return_inverse=True)
         z = context.embed(self.features, dataset=context.train.subset(nodes.numpy())).to(self.projection.weight)
-        anchor, positive, negative = z[local[:, 0]], z[local[:, 1]], z[local[:, 2]]
-        new_L = minimize_stiefel(lambda L: angular_triplet_loss(anchor, positive, negative, L, cfg.alpha_deg, cfg.reduction),
-                                 self.projection.weight, cfg.l_max_iter, cfg.orthogonal)
-        self.projection.weight.copy_(new_L)
+        self._l_step(z[local[:, 0]], z[local[:, 1]], z[local[:, 2]])
+
+    @torch.no_grad()
+    def _l_step(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> None:
+        """L ← the Riemannian-CG minimiser of Eq. 3 over these triplets (:func:`metric_step`)."""
+        cfg = self.config
+        self.projection.weight.copy_(metric_step(anchor, positive, negative, self.projection.weight, cfg.alpha_deg,
+                                                 cfg.reduction, cfg.l_max_iter, cfg.orthogonal))
 
     def _softmax_pretraining(self, context: RefreshContext) -> None:
         """CIFAR-10 stage: the L layer replaced by a softmax classifier, trained on the labeled items."""
         cfg = self.config
-        labels = np.asarray(context.train.labels)
-        labeled = np.flatnonzero(labels >= 0)
-        if len(labeled) == 0:
-            raise ValueError("softmax pre-training needs labeled items; run with labels_per_class or set pretrain_epochs=0")
-        classes, targets = np.unique(labels[labeled], return_inverse=True)
-        feature_dim = self.projection.in_dim
-        classifier = nn.Linear(feature_dim, len(classes)).to(context.device)
-        params = [p for module in (self.backbone, self.head) for p in module.parameters()] + list(classifier.parameters())
-        optimizer = torch.optim.Adam(params, lr=cfg.pretrain_lr)
-        targets = torch.as_tensor(targets)
         self.train()
-        for epoch in range(cfg.pretrain_epochs):
-            order = torch.randperm(len(labeled), generator=seeded_generator(context.seed, epoch, 30))
-            for chunk in order.split(cfg.pretrain_batch_size):
-                images = torch.stack([context.train.image(int(i)) for i in labeled[chunk.numpy()]]).to(context.device)
-                loss = F.cross_entropy(classifier(self.features(images)), targets[chunk].to(context.device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        self.stats["pretrain_loss"] = float(loss.detach())
+        self.stats["pretrain_loss"] = softmax_pretraining(
+            self.features, [p for module in (self.backbone, self.head) for p in module.parameters()],
+            self.projection.in_dim, lambda idx: torch.stack([context.train.image(int(i)) for i in idx]),
+            np.asarray(context.train.labels), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
+            batch_size=cfg.pretrain_batch_size, seed=context.seed, device=context.device)
 
     # ------------------------------------------------------------------------------------ batches
     def batch_sampler(self, dataset: DMLDataset, batch_size: int, seed: int, epoch: int) -> TripletBatchSampler:
@@ -218,13 +209,7 @@ class SSDML(Method):
         cfg = self.config
         if cfg.l_solver == "rcg":
             if cfg.alternate == "per_batch":  # L-step: θ fixed (detached z), CG on St(d, l) warm-started at L
-                fixed = (anchor.detach(), positive.detach(), negative.detach())
-                new_L = minimize_stiefel(
-                    lambda L: angular_triplet_loss(*fixed, L, cfg.alpha_deg, cfg.reduction),
-                    self.projection.weight, cfg.l_max_iter, cfg.orthogonal,
-                )
-                with torch.no_grad():
-                    self.projection.weight.copy_(new_L)
+                self._l_step(anchor, positive, negative)
             L = self.projection.weight.detach()  # θ-step: L fixed
         else:
             L = self.projection.weight

@@ -247,6 +247,13 @@ class STML(Method):
         return contextual_similarity(teacher, torch.arange(len(images), device=images.device), c.num_neighbors,
                                      c.sigma)
 
+    @classmethod
+    def pseudo_supervision_estimators(cls, k: int = 10) -> dict:
+        """``stml-similarity``: Eqs. 2-5 with k = ``k`` neighbours, every row its own image (one view)."""
+        sigma = Config().sigma
+        return {"stml-similarity": lambda embeddings: contextual_similarity(
+            embeddings, torch.arange(len(embeddings), device=embeddings.device), k, sigma)}
+
     def embed(self, images: Tensor) -> Tensor:
         """Raw f of the deterministic test-time view."""
         return self.f(self.student.backbone(self.views.eval_transform(images)))

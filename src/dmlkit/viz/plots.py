@@ -83,6 +83,32 @@ def embedding_map(
     return save(fig, path)
 
 
+def pool_map(
+    embeddings: np.ndarray, labels: np.ndarray, path: str | Path, seed: int = 0, title: str = ""
+) -> Path:
+    """2-D t-SNE map: labeled items (label >= 0) coloured by class, unlabeled items (-1) in grey."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        xy = TSNE(
+            2, perplexity=min(30.0, (len(embeddings) - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(embeddings.astype(np.float64))
+    fig = new_figure(7, 6)
+    ax = fig.add_subplot()
+    pool = labels < 0
+    ax.scatter(xy[pool, 0], xy[pool, 1], s=6, color="0.75", label="unlabeled", linewidths=0)
+    cmap = matplotlib.colormaps["tab10"]
+    for i, c in enumerate(np.unique(labels[~pool])):
+        sel = labels == c
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(i % cmap.N), label=str(c), linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    ax.legend(markerscale=2.5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return save(fig, path)
+
+
 def metric_curves(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str] | None = None) -> Path:
     """Evaluation metrics (left; ``keys`` or every recall@/precision@/r_precision/map@r/nmi key) and
     losses (right, any key containing "loss") against the epoch.
