@@ -6,7 +6,6 @@ import torch
 from dmlkit.data.samplers import (
     MPerClassBatchSampler,
     NeighbourGroupSampler,
-    PartitionSampler,
     RandomBatchSampler,
     make_partition,
 )
@@ -121,10 +120,6 @@ def test_partition_holds_all_labeled_and_a_seeded_unlabeled_subset():
     np.testing.assert_array_equal(p, make_partition(labels, 3, seed=0))
     assert any(not np.array_equal(p, make_partition(labels, 3, seed=s)) for s in range(1, 5))
     assert len(make_partition(labels, 100, seed=0)) == 10
-    s = PartitionSampler(labels, 3, batch_size=2, seed=0, epoch=0, partition=1)
-    flat = [i for b in s for i in b]
-    assert len(s) == 3 and sorted(flat) == sorted(s.indices.tolist())
-    np.testing.assert_array_equal(s.indices, make_partition(labels, 3, seed=(0, 1)))
 
 
 def test_samplers_leave_the_global_rng_alone():

@@ -5,7 +5,6 @@ import pytest
 from dmlkit.data import (
     DatasetError,
     DatasetRecords,
-    kfold_classes,
     make_split,
     mlrc_folds,
     stratified_indices,
@@ -110,15 +109,6 @@ def test_mlrc_fold_split():
         make_split(r, fold=0, val_fraction=0.1)
     with pytest.raises(ValueError, match="unknown protocol 'open'"):
         make_split(r, "open")
-
-
-def test_kfold_classes_disjoint_and_covering():
-    labels = np.r_[np.repeat(np.arange(7), 3), [-1]]
-    folds = kfold_classes(labels, 3, seed=0)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(21))
-    class_sets = [set(labels[f]) for f in folds]
-    assert all(not a & b for i, a in enumerate(class_sets) for b in class_sets[i + 1:])
-    assert [len(c) for c in class_sets] in ([3, 2, 2], [2, 3, 2], [2, 2, 3])
 
 
 def test_stratified_subset():

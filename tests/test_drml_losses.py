@@ -12,8 +12,8 @@ from dmlkit.losses.supervised import (
     distance_weighted_triplets,
     distance_weights,
     hard_triplets,
-    normalised_distances,
     semihard_triplets,
+    unit_sphere_distances,
 )
 
 
@@ -48,7 +48,7 @@ def test_hard_miner_hand_case():
 def test_hard_miner_never_returns_a_positive_and_drops_anchors_without_negatives():
     emb, labels = _random_batch()
     labels[-3:] = 9  # class 9 exists 3 times
-    a, p, n = hard_triplets(normalised_distances(emb), labels)
+    a, p, n = hard_triplets(unit_sphere_distances(emb), labels)
     assert (labels[a] == labels[p]).all() and (a != p).all()
     assert (labels[a] != labels[n]).all()
     one_class = hard_triplets(torch.rand(4, 4), torch.zeros(4, dtype=torch.long))
@@ -58,7 +58,7 @@ def test_hard_miner_never_returns_a_positive_and_drops_anchors_without_negatives
 def test_semihard_negatives_lie_in_the_band():
     for seed in range(5):
         emb, labels = _random_batch(seed=seed)
-        dist = normalised_distances(emb)
+        dist = unit_sphere_distances(emb)
         a, p, n = semihard_triplets(dist, labels, margin=0.2)
         assert len(a) > 0
         assert (labels[a] == labels[p]).all() and (labels[a] != labels[n]).all() and (a != p).all()
@@ -74,7 +74,7 @@ def test_semihard_drops_anchors_without_a_band_negative():
 
 def test_distance_weighted_never_draws_positives_when_masked():
     emb, labels = _random_batch(n=16, classes=2)
-    dist = normalised_distances(emb)
+    dist = unit_sphere_distances(emb)
     for _ in range(20):
         a, p, n = distance_weighted_triplets(dist, labels, dim=8)
         assert (labels[a] != labels[n]).all()

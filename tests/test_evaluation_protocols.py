@@ -6,14 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlkit.data.base import DMLDataset
 from dmlkit.evaluation import evaluate
 from dmlkit.evaluation.protocols import (
     concatenate_normalised,
-    mean_confidence_interval,
     mlrc_aggregate,
     mlrc_from_embeddings,
-    zero_shot_evaluate,
 )
 
 
@@ -56,29 +53,3 @@ def test_mlrc_from_embeddings_checks_the_number_of_runs_and_alignment():
     with pytest.raises(ValueError, match="same test items"):
         mlrc_from_embeddings([f[:40] if i == 0 else f for i, f in enumerate(per_fold)], y)
     assert set(mlrc_from_embeddings([f.numpy() for f in per_fold], y.numpy())) == {"separated", "concatenated", "per_model"}
-
-
-def test_zero_shot_evaluate_embeds_in_batches_and_reads_true_labels():
-    g = torch.Generator().manual_seed(1)
-    images = (torch.rand(30, 1, 4, 4, generator=g) * 255).to(torch.uint8).numpy()
-    true = np.repeat(np.arange(5), 6)
-    test = DMLDataset(images, labels=np.full(30, -1), true_labels=true, recall_at=(1, 2))
-    calls = []
-
-    def embed(x):
-        calls.append(len(x))
-        return x.flatten(1) * 2
-
-    out = zero_shot_evaluate(embed, test, batch_size=8, nmi=False)
-    assert calls == [8, 8, 8, 6]
-    flat = torch.from_numpy(images).float().div(255).flatten(1) * 2
-    assert out == evaluate(flat, true, (1, 2), nmi=False)
-    query = DMLDataset(images[:10], labels=true[:10], recall_at=(1, 2))
-    sep = zero_shot_evaluate(embed, test, query=query, normalize=True, nmi=False)
-    assert sep == evaluate(F.normalize(flat, dim=1), true, (1, 2), nmi=False,
-                           query_embeddings=F.normalize(flat[:10], dim=1), query_labels=true[:10])
-
-
-def test_mean_confidence_interval():
-    mean, half = mean_confidence_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.302653 / np.sqrt(3), abs=1e-5)

@@ -286,7 +286,7 @@ def test_supervised_losses_and_miners_are_finite(b, d, kind, seed, classes, name
         assert bool((anchors != positives).all())
         assert bool((labels[anchors] == labels[positives]).all() and (labels[anchors] != labels[negatives]).all())
     if b >= 1:
-        w = sv.distance_weights(sv.normalised_distances(x.detach()), labels, d)
+        w = sv.distance_weights(sv.unit_sphere_distances(x.detach()), labels, d)
         assert finite(w) and float(w.min()) >= 0.0 and float(w.max()) <= 1.0
 
 

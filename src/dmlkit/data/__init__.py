@@ -9,7 +9,7 @@
 from dmlkit.data.base import DatasetError, DatasetRecords, DMLDataset, SplitData
 from dmlkit.data.images import ImageLoader, stored_size
 from dmlkit.data.registry import list_datasets, load_records, register_dataset
-from dmlkit.data.splits import kfold_classes, make_split, mlrc_folds, stratified_indices, stratified_subset
+from dmlkit.data.splits import make_split, mlrc_folds, stratified_indices, stratified_subset
 
 __all__ = [
     "DMLDataset",
@@ -17,7 +17,6 @@ __all__ = [
     "DatasetRecords",
     "ImageLoader",
     "SplitData",
-    "kfold_classes",
     "list_datasets",
     "load_records",
     "make_split",

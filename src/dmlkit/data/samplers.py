@@ -7,7 +7,7 @@ same batches. Randomness comes from a private ``torch.Generator``; the global RN
 - :class:`RandomBatchSampler`: a random permutation cut into batches (drop last).
 - :class:`MPerClassBatchSampler`: P classes x K samples per batch (supervised losses, DRML, MLRC).
 - :class:`NeighbourGroupSampler`: STML / PLM nearest-neighbour batches from a neighbour table.
-- :func:`make_partition` / :class:`PartitionSampler`: SSDML partitions (all labeled + a random
+- :func:`make_partition`: SSDML partitions (all labeled + a random
   subset of the unlabeled items).
 """
 from __future__ import annotations
@@ -220,38 +220,3 @@ def make_partition(labels: np.ndarray | Sequence[int], n_unlabeled: int, seed: i
     unlabeled = np.flatnonzero(labels < 0)
     pick = torch.randperm(len(unlabeled), generator=seeded_generator(seed))[: int(n_unlabeled)].numpy()
     return np.sort(np.concatenate([labeled, unlabeled[pick]])).astype(np.int64)
-
-
-class PartitionSampler:
-    """Random batches over one SSDML partition (:func:`make_partition`).
-
-    The partition is drawn from ``(seed, partition)``; the batch order from ``(seed, partition,
-    epoch)``. SSDML keeps one partition for ``epochs_per_partition`` epochs: pass
-    ``partition=epoch // epochs_per_partition``. ``indices`` holds the partition.
-
-    Args:
-        labels: int ``[N]`` visible labels (-1 = unlabeled).
-        n_unlabeled: unlabeled items per partition.
-        batch_size: items per batch (drop last; one batch of everything if the partition is smaller).
-        seed, epoch: randomness of the batch order.
-        partition: which partition (default 0).
-    """
-
-    def __init__(
-        self,
-        labels: np.ndarray | Sequence[int],
-        n_unlabeled: int,
-        batch_size: int,
-        seed: int = 0,
-        epoch: int = 0,
-        partition: int = 0,
-    ) -> None:
-        self.indices = make_partition(labels, n_unlabeled, seed=(seed, partition))
-        self._batches = RandomBatchSampler(len(self.indices), batch_size, seed=seed, epoch=epoch * 1_000_003 + partition)
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._batches:
-            yield self.indices[batch].tolist()

@@ -52,17 +52,6 @@ def mlrc_folds(class_ids: np.ndarray | Sequence[int], n_folds: int = 4) -> list[
     return [block.astype(np.int64) for block in np.array_split(classes, n_folds)]
 
 
-def kfold_classes(labels: np.ndarray | Sequence[int], k: int, seed: int = 0) -> list[np.ndarray]:
-    """``k`` class-disjoint folds of item indices: classes shuffled with ``seed``, dealt into k
-    near-equal groups. Items with label -1 belong to no fold."""
-    labels = np.asarray(labels)
-    classes = np.unique(labels[labels >= 0])
-    if k < 2 or len(classes) < k:
-        raise ValueError(f"cannot make {k} class-disjoint folds from {len(classes)} classes")
-    shuffled = _rng(seed, 3).permutation(classes)
-    return [np.flatnonzero(np.isin(labels, group)) for group in np.array_split(shuffled, k)]
-
-
 def stratified_indices(labels: np.ndarray | Sequence[int], n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` items whose class proportions follow ``labels`` (largest-remainder
     quotas; every class keeps at least one item when ``n`` >= the number of classes). Unknown

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from dmlkit.targets.contextual import squared_distances
 
@@ -34,6 +34,7 @@ def pairwise_distances(embeddings: Tensor) -> Tensor:
 
 def normalised_distances(embeddings: Tensor, normalize: bool = False) -> Tensor:
     """d̃ ``[n, n]``: distances divided by their row mean (diagonal included); grad through the mean.
+    Scale-free, unlike the unit-sphere :func:`dmlkit.losses.supervised.unit_sphere_distances` used for mining.
 
     ``normalize`` L2-normalises the rows first (STML ``student_norm``, default off).
     """
@@ -109,22 +110,8 @@ def self_distillation_kl(f: Tensor, g: Tensor, temperature: float = 1.0, normali
     return kl_from_distances(normalised_distances(f, normalize), normalised_distances(g.detach(), normalize), temperature)
 
 
-class RelaxedContrastiveLoss(nn.Module):
-    """``nn.Module`` wrapper of :func:`relaxed_contrastive_loss`: ``loss(embeddings, W)``."""
-
-    def __init__(self, delta: float = 1.0, normaliser: str = "n(n-1)", normalize: bool = False) -> None:
-        super().__init__()
-        if normaliser not in NORMALISERS:
-            raise ValueError(f"normaliser must be one of {NORMALISERS}, got '{normaliser}'")
-        self.delta, self.normaliser, self.normalize = delta, normaliser, normalize
-
-    def forward(self, embeddings: Tensor, W: Tensor) -> Tensor:
-        return relaxed_contrastive_loss(embeddings, W, self.delta, self.normaliser, self.normalize)
-
-
 __all__ = [
     "NORMALISERS",
-    "RelaxedContrastiveLoss",
     "kl_from_distances",
     "normalised_distances",
     "pairwise_distances",

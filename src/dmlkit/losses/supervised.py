@@ -33,8 +33,9 @@ MINERS = ("hard", "semihard", "distance_weighted", "none")
 DEFAULT_MINER = {"triplet": "hard", "margin": "distance_weighted", "proxy_anchor": "none", "cosface": "none"}
 
 
-def normalised_distances(embeddings: Tensor) -> Tensor:
-    """``[B, D] -> [B, B]`` Euclidean distances between the L2-normalised rows (no gradient)."""
+def unit_sphere_distances(embeddings: Tensor) -> Tensor:
+    """``[B, D] -> [B, B]`` Euclidean distances between the L2-normalised rows, ``√(2 − 2 cos)`` (no gradient;
+    for mining). Not STML's scale-free :func:`dmlkit.losses.relaxed_contrastive.normalised_distances`."""
     with torch.no_grad():
         z = F.normalize(embeddings.float(), dim=-1)
         return (2.0 - 2.0 * z @ z.T).clamp_min(0.0).sqrt()
@@ -142,7 +143,7 @@ class MetricLoss(nn.Module):
 
     def mine(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The triplets this loss's miner picks from the batch."""
-        dist = normalised_distances(embeddings)
+        dist = unit_sphere_distances(embeddings)
         if self.miner == "hard":
             return hard_triplets(dist, labels, **self.miner_kw)
         if self.miner == "semihard":
@@ -261,6 +262,6 @@ __all__ = [
     "distance_weighted_triplets",
     "distance_weights",
     "hard_triplets",
-    "normalised_distances",
     "semihard_triplets",
+    "unit_sphere_distances",
 ]

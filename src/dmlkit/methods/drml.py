@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmlkit.data.labels import label_map
 from dmlkit.losses.relational import DRMLLoss
 from dmlkit.methods.base import BuildInfo, Method, RefreshContext, default_backbone
 from dmlkit.models.relational import RelationalHead
@@ -132,9 +133,7 @@ class DRML(Method):
         classes = np.unique(context.train.labels[context.train.labels >= 0])
         if len(classes) != self.num_classes:
             raise ValueError(f"DRML was built for {self.num_classes} classes but the training split has {len(classes)}")
-        table = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
-        table[torch.as_tensor(classes)] = torch.arange(len(classes))
-        self.label_map = table.to(self.label_map.device)
+        self.label_map = label_map(classes).to(self.label_map.device)
 
     def _class_ids(self, labels: Tensor) -> Tensor:
         if len(self.label_map) and (labels >= 0).all() and (labels < len(self.label_map)).all():

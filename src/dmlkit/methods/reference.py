@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
+from dmlkit.data.labels import label_map
 from dmlkit.methods.base import BuildInfo, Method, default_backbone
 
 
@@ -136,10 +136,7 @@ class SupervisedMethod(Method):
 
     def refresh(self, context) -> None:
         if self._label_map is None:
-            classes = torch.as_tensor(sorted(set(context.train.labels.tolist()) - {-1}))
-            table = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
-            table[classes] = torch.arange(len(classes))
-            self._label_map = table
+            self._label_map = label_map(context.train.labels)
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         groups = [{"params": list(self.backbone.parameters()) + list(self.head.parameters()), "lr": lr,

@@ -1,4 +1,4 @@
-"""Models: backbones, heads, orthogonal projection, EMA teacher, optimizers.
+"""Models: backbones, heads, orthogonal projection, EMA update, optimizers.
 
     >>> from dmlkit.models import build_backbone, EmbeddingHead
     >>> backbone = build_backbone("mnist-net", in_channels=1, image_size=28)
@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from dmlkit.models.backbones import Backbone, build_backbone, list_backbones, load_trunk_weights
 from dmlkit.models.batchnorm import FrozenBatchNorm, frozen_batchnorm
-from dmlkit.models.ema import EMATeacher, ema_update
-from dmlkit.models.heads import EmbeddingHead, MultiHead, l2_normalize
+from dmlkit.models.ema import ema_update
+from dmlkit.models.heads import EmbeddingHead, l2_normalize
 from dmlkit.models.optim import AdamP, build_optimizer, build_scheduler
 from dmlkit.models.orthogonal import OrthogonalProjection, tangent_projection
 
 __all__ = [
     "AdamP",
     "Backbone",
-    "EMATeacher",
     "EmbeddingHead",
     "FrozenBatchNorm",
-    "MultiHead",
     "OrthogonalProjection",
     "build_backbone",
     "build_optimizer",

@@ -10,7 +10,6 @@ keep their values.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
@@ -45,38 +44,3 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip_pre
             t.copy_(s)
     if averaged:  # θ_t + (1 − m)(θ_s − θ_t), fused over all tensors; exact at m = 0 and m = 1
         torch._foreach_lerp_(averaged, sources, 1.0 - momentum)
-
-
-class EMATeacher(nn.Module):
-    """A frozen deep copy of ``module``, moved towards a student by :meth:`update`.
-
-    The copy has ``requires_grad=False`` everywhere, stays in eval mode (``train()`` is a no-op), and
-    runs its forward pass without autograd.
-
-    Args:
-        module: the network to copy (usually the student, or a teacher built separately).
-        momentum: m of the update.
-        skip_prefixes: teacher keys never updated.
-    """
-
-    def __init__(self, module: nn.Module, momentum: float, skip_prefixes: Iterable[str] = ()) -> None:
-        super().__init__()
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
-        self.module = copy.deepcopy(module)
-        self.module.requires_grad_(False)
-        self.momentum = momentum
-        self.skip_prefixes = tuple(skip_prefixes)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> EMATeacher:
-        """The teacher always stays in eval mode."""
-        return super().train(False)
-
-    def update(self, student: nn.Module, momentum: float | None = None) -> None:
-        """θ_t ← m θ_t + (1 − m) θ_s with m = ``momentum`` or the teacher's own."""
-        ema_update(self.module, student, self.momentum if momentum is None else momentum, self.skip_prefixes)
-
-    @torch.no_grad()
-    def forward(self, *args, **kwargs) -> Tensor:
-        return self.module(*args, **kwargs)

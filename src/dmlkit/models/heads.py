@@ -1,4 +1,4 @@
-"""Embedding heads: a linear map from backbone features to the embedding, and named multi-head models."""
+"""Embedding heads: a linear map from backbone features to the embedding."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -39,25 +39,3 @@ class EmbeddingHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         z = self.linear(features)
         return l2_normalize(z) if self.normalize else z
-
-
-class MultiHead(nn.Module):
-    """A backbone shared by several named heads; ``forward(images) -> {name: [B, dim]}``.
-
-    STML's student is ``MultiHead(backbone, {"g": 1024, "f": 512})`` and its teacher
-    ``MultiHead(backbone, {"g": 1024})``. Heads are :class:`EmbeddingHead` (orthogonal init, not
-    normalised); their state-dict keys are ``heads.<name>.linear.*``.
-    """
-
-    def __init__(self, backbone: nn.Module, heads: dict[str, int], normalize: bool = False,
-                 init: str = "orthogonal") -> None:
-        super().__init__()
-        if not heads:
-            raise ValueError("MultiHead needs at least one head, e.g. heads={'f': 512}")
-        self.backbone = backbone
-        in_dim = int(backbone.out_dim)
-        self.heads = nn.ModuleDict({name: EmbeddingHead(in_dim, dim, normalize, init) for name, dim in heads.items()})
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        features = self.backbone(images)
-        return {name: head(features) for name, head in self.heads.items()}
