@@ -20,4 +20,4 @@ if command -v apt-get >/dev/null 2>&1 && [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   fi
 fi
 python3 -m pip install -q "torch==2.13.0" || python3 -m pip install -q torch
-python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q -e ".[dev,faiss]"  # the tests compare the faiss backends with torch

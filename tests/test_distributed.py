@@ -107,4 +107,17 @@ def test_single_process_methods_refuse_a_distributed_refresh(name):
 def test_other_methods_accept_ddp(name):
     from dmlkit.methods import method_class
 
-    method_class(name).check_world_size(2)
+    cls = method_class(name)
+    assert cls.single_process is None  # nothing for the engine to refuse
+    assert cls.check_world_size(2) is None and cls.check_world_size(8) is None
+
+
+def test_exactly_the_single_process_methods_refuse_ddp():
+    """Every registered method is on one side: the five classical SSDML baselines, SSDML and SLADE refuse."""
+    from dmlkit.methods import REGISTRY, method_class
+
+    refusing = {name for name in REGISTRY if method_class(name).single_process}
+    assert refusing == {"ssdml", "slade", "deep-lrml", "deep-seraph", "deep-isdml", "deep-apllr", "deep-apit"}
+    for name in refusing:
+        with pytest.raises(ValueError, match=rf"'{name}' trains in one process only"):
+            method_class(name).check_world_size(2)

@@ -142,6 +142,12 @@ def test_proxy_similarity_and_basis_cosines(b, n_proxies, d, m, kind, seed, bina
     cos = basis_angle_cosine(pieces.bases, proxies.bases())
     assert cos.shape == (b, n_proxies, m) and finite(cos)
     assert float(cos.min()) >= 0.0 and float(cos.max()) <= 1.0 + 1e-4
+    # a proxy set on every batch point with that point's piece basis is that point's piece: Eq. 5 between
+    # points and proxies is then Eq. 5 between points
+    assert torch.allclose(proxy_similarity(pieces, x, pieces.bases), point_similarity(pieces), atol=1e-5)
+    # every column of an orthonormal basis lies in its own span: cos θ = 1 (Eq. 8)
+    own = basis_angle_cosine(proxies.bases(), proxies.bases())[torch.arange(n_proxies), torch.arange(n_proxies)]
+    assert torch.allclose(own, torch.ones(n_proxies, m), atol=1e-5)
 
 
 @FUZZ

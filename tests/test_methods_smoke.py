@@ -1,11 +1,15 @@
-"""Every registered method trains one short epoch through the engine and reports every metric."""
+"""Every registered method trains one short epoch through the engine: every metric in range, the
+weights moved and stayed finite, and the method's own invariant holds after training."""
+import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from dmlkit.cli import main
-from dmlkit.methods import REGISTRY, method_class
+from dmlkit.methods import REGISTRY, Method, method_class
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed")
@@ -19,6 +23,49 @@ SMALL_OPTIONS = {
 }
 
 
+def _changed(method, initial: dict, prefix: str = "") -> bool:
+    return any(not torch.equal(value, initial[key]) for key, value in method.state_dict().items()
+               if key.startswith(prefix) and value.is_floating_point())
+
+
+def _ssdml(method, out: Path, initial: dict) -> None:
+    assert method.projection.orthogonality_error() < 1e-4  # L stays on the Stiefel manifold (LᵀL = I)
+
+
+def _slade(method, out: Path, initial: dict) -> None:
+    assert method.phase() == "student-round-1"  # epoch 1 trained the teacher, epoch 2 the student
+    unlabeled = method.pseudo_labels >= 0
+    assert unlabeled.any() and int(method.pseudo_labels.max()) < method.num_classes  # K = C clusters
+    for name in ("stage-teacher.pt", "stage-pseudo-labels-round-1.pt"):  # written by the engine
+        assert (out / name).is_file(), name
+
+
+def _ema_teacher(prefix: str):
+    def check(method, out: Path, initial: dict) -> None:
+        assert _changed(method, initial, prefix)  # the EMA moved the teacher too
+    return check
+
+
+#: what each method guarantees after training, beyond moved, finite weights
+INVARIANTS = {"ssdml": _ssdml, "slade": _slade, "stml": _ema_teacher("teacher."),
+              "plm": _ema_teacher("momentum_encoder.")}
+
+
+@pytest.fixture()
+def built(monkeypatch) -> list:
+    """``[(method, initial state)]`` of every method the engine builds during the test."""
+    record = []
+    build = Method.from_options.__func__
+
+    def spy(cls, options, info):
+        method = build(cls, options, info)
+        record.append((method, {k: v.detach().clone() for k, v in method.state_dict().items()}))
+        return method
+
+    monkeypatch.setattr(Method, "from_options", classmethod(spy))
+    return record
+
+
 def _available(name: str) -> bool:
     try:
         method_class(name)
@@ -28,7 +75,7 @@ def _available(name: str) -> bool:
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if n not in ("initial", "supervised")])
-def test_method_trains_through_the_engine(name, tmp_path):
+def test_method_trains_through_the_engine(name, tmp_path, built):
     if not _available(name):
         pytest.skip(f"{name} not in this version")
     cls = method_class(name)
@@ -44,3 +91,10 @@ def test_method_trains_through_the_engine(name, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics["test"])
     assert all(0.0 <= metrics["test"][k] <= 1.0 for k in METRIC_KEYS)
+    (method, initial), = built
+    assert _changed(method, initial), "training left every weight where it started"
+    assert all(torch.isfinite(v).all() for v in method.state_dict().values() if v.is_floating_point())
+    with open(out / "logs" / "metrics.csv") as handle:
+        losses = [float(row["train/loss_epoch"]) for row in csv.DictReader(handle) if row.get("train/loss_epoch")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    INVARIANTS.get(name, lambda *args: None)(method, out, initial)

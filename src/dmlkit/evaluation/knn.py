@@ -145,8 +145,9 @@ def iter_knn(
     if metric == "cosine":
         query, g = F.normalize(query, dim=1), F.normalize(g, dim=1)
     rows = block_rows(chunk, g.shape[0])
-    import faiss
+    from dmlkit.optional import import_faiss
 
+    faiss = import_faiss()
     gn = g.detach().cpu().float().numpy()
     index = faiss.IndexFlatL2(gn.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(gn.shape[1])
     index.add(np.ascontiguousarray(gn))

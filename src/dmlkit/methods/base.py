@@ -23,6 +23,7 @@ long ``[B]`` (positions in the training split).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -136,11 +137,15 @@ class Method(nn.Module):
             raise ValueError(f"method '{cls.name}' trains in one process only ({cls.single_process}), "
                              f"not in {world_size} processes; use --devices 1 (devices=1 in Python)")
 
+    #: deprecated option names -> their current names; accepted with a FutureWarning (presets, old runs)
+    renamed_options: ClassVar[dict[str, str]] = {}
+
     @classmethod
     def from_options(cls, options: dict[str, Any], info: BuildInfo) -> Method:
         """Build from user options (names of ``cls.Config`` fields) over the paper defaults."""
         import dataclasses
 
+        options = cls.current_option_names(options)
         if cls.Config is None:
             if options:
                 raise ValueError(f"method '{cls.name}' takes no options, got: {', '.join(options)}")
@@ -152,6 +157,20 @@ class Method(nn.Module):
                 f"method '{cls.name}' has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(names))}"
             )
         return cls(cls.Config(**options), info)  # type: ignore[call-arg]
+
+    @classmethod
+    def current_option_names(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with each deprecated name of :attr:`renamed_options` replaced by its current name
+        (a FutureWarning each); ValueError when both names are given."""
+        out = dict(options)
+        for old, new in cls.renamed_options.items():
+            if old not in out:
+                continue
+            if new in out:
+                raise ValueError(f"method '{cls.name}': give option {new} only ({old} is its deprecated name)")
+            warnings.warn(f"method '{cls.name}': option '{old}' is deprecated, use '{new}'", FutureWarning, stacklevel=3)
+            out[new] = out.pop(old)
+        return out
 
     def refresh(self, context: RefreshContext) -> None:
         """Once per epoch before the first batch: recompute neighbour tables, partitions, clusters."""

@@ -47,7 +47,7 @@ class Config:
     n_clusters: int = 100  # DeepCluster Sec. 4.1 (Fig. 3): over-segmentation wins (k = 10,000 for 1,000 ImageNet classes, 10x)
     kmeans_iters: int = 20  # DeepCluster code: 20 Lloyd iterations (stops earlier once assignments repeat)
     kmeans_init: str = "random"  # DeepCluster (faiss): k random training embeddings; "k-means++" seeds slower, often better
-    kmeans_backend: str = "faiss"  # DeepCluster clusters with faiss; "torch" gives the same labels without it
+    kmeans_backend: str = "auto"  # DeepCluster clusters with faiss: "auto" uses it when installed, else "torch" (same labels)
     loss: str = "normalized_softmax"  # issue 9: normalized softmax (Zhai & Wu 2019); "softmax" = DeepCluster's linear layer
     temperature: float = 0.05  # normalized softmax temperature (Zhai & Wu 2019: 0.05)
     uniform_sampling: bool = True  # DeepCluster Sec. 3.3 (trivial parametrization): sample uniformly over the pseudo classes

@@ -59,7 +59,7 @@ class PLMConfig:
     nn_space: str = (
         "momentum"  # spec §2: neighbour table from f_φ over the training split, every epoch | "network"
     )
-    proxy_lr_mult: float = 100.0  # Sec. 4.1: proxies (and bases) learn 100x faster
+    proxy_lr_multiplier: float = 100.0  # Sec. 4.1: proxies (and bases) learn 100x faster
     backbone: str = (
         "auto"  # Sec. 4.1: GoogLeNet; "auto" = googlenet for ImageNet-size data, SSDML nets for small images
     )
@@ -109,6 +109,7 @@ class PLM(Method):
 
     name = "plm"
     uses_labels = "none"
+    renamed_options: ClassVar[dict[str, str]] = {"proxy_lr_mult": "proxy_lr_multiplier"}
     Config = PLMConfig
     # Sec. 4.1: Adam, lr 5e-4, 200 epochs, batch of 100 images; spec §2: no weight decay, constant schedule
     defaults: ClassVar[dict[str, Any]] = {
@@ -229,7 +230,7 @@ class PLM(Method):
         return {"plm-pieces": lambda embeddings: _pieces(config, embeddings)}
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """The network at ``lr``; proxies and their bases at ``proxy_lr_mult * lr`` (Sec. 4.1)."""
+        """The network at ``lr``; proxies and their bases at ``proxy_lr_multiplier * lr`` (Sec. 4.1)."""
         return [
             {
                 "params": [p for p in self.network.parameters() if p.requires_grad],
@@ -238,7 +239,7 @@ class PLM(Method):
             },
             {
                 "params": list(self.proxies.parameters()),
-                "lr": lr * self.config.proxy_lr_mult,
+                "lr": lr * self.config.proxy_lr_multiplier,
                 "weight_decay": 0.0,
             },
         ]

@@ -73,7 +73,7 @@ class Config:
     teacher_epochs: int | None = None  # §4: 40; None: the run's epochs split evenly over teacher and rounds
     student_epochs: int | None = None  # §8: 40 per round; None: as above
     n_clusters: int | None = None  # §5: K; None = C (the labeled classes)
-    cluster_init: str = "prototypes"  # §5: "prototypes" (labeled-class means) | "k-means++"
+    kmeans_init: str = "prototypes"  # §5: "prototypes" (labeled-class means) | "k-means++"
     cluster_labeled: bool = False  # §5: also cluster the labeled points (their assignments ignored)
     kmeans_iters: int = 25  # §5: Lloyd iterations at most
     spherical: bool = False  # §5: re-normalise the centroids after each update
@@ -95,14 +95,14 @@ class Config:
     lambda2: float = 1.0  # §8: weight of L_Basis
     batch_labeled: int = 32  # §6: 8 classes x 4
     batch_unlabeled: int = 32  # §6: 8 pseudo-classes x 4
-    m_per_class: int = 4  # §4, §6: images per (pseudo-)class in a batch
+    samples_per_class: int = 4  # §4, §6: images per (pseudo-)class in a batch
     pictures: bool = True  # supplement Figs. 1-4: labeled (colour) vs pool (grey) maps in the run directory
 
 
 _CHOICES = {
     "rank_loss": ("ms", "contrastive"),
     "student_init": ("ssl", "teacher"),
-    "cluster_init": ("prototypes", "k-means++"),
+    "kmeans_init": ("prototypes", "k-means++"),
     "pair_selection": ("confident", "positives", "all"),
 }
 
@@ -140,6 +140,7 @@ class SLADE(Method):
     uses_labels = "partial"
     Config = Config
     single_process = "its unlabeled-pair statistics are per batch"
+    renamed_options: ClassVar[dict[str, str]] = {"m_per_class": "samples_per_class", "cluster_init": "kmeans_init"}
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 80,
         "batch_size": 64,
@@ -272,7 +273,7 @@ class SLADE(Method):
         k = c.n_clusters or self.num_classes
         init = (
             class_prototypes(features[labeled], y, self.num_classes)
-            if c.cluster_init == "prototypes"
+            if c.kmeans_init == "prototypes"
             else "k-means++"
         )
         points = features if c.cluster_labeled else features[~labeled]
@@ -318,13 +319,13 @@ class SLADE(Method):
                 f"SLADE's batch is batch_labeled + batch_unlabeled = {c.batch_labeled + c.batch_unlabeled}, "
                 f"but batch_size is {batch_size}; set batch_size to their sum or change the two options"
             )
-        labeled = _m_per_class(np.asarray(dataset.labels), c.batch_labeled, c.m_per_class, seed, epoch)
+        labeled = _m_per_class(np.asarray(dataset.labels), c.batch_labeled, c.samples_per_class, seed, epoch)
         if self.stage_round == 0:
             return labeled
         unlabeled = _m_per_class(
             self.pseudo_labels.cpu().numpy(),
             c.batch_unlabeled,
-            c.m_per_class,
+            c.samples_per_class,
             seed + 1_000_003,
             epoch,
             num_batches=len(labeled),

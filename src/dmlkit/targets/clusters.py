@@ -11,7 +11,8 @@ Given teacher embeddings ``F_u [N, D]`` of an unlabeled pool:
 3. ``ŷ_j = argmin_c ||F_u,j − μ_c||``. A cluster seeded from prototype ``π_c`` keeps index c.
 
 Distances are computed in row blocks ([block, K], never [N, N]); the nearest-centroid search runs in
-torch or, with ``backend="faiss"``, through a flat faiss index (same algorithm, same labels).
+torch or, with ``backend="faiss"``, through a flat faiss index (same algorithm, same labels);
+``backend="auto"`` takes faiss when it is installed (the optional ``dmlkit[faiss]`` extra), torch otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("torch", "faiss")
+BACKENDS = ("auto", "torch", "faiss")
 _BLOCK = 65536
 
 
@@ -48,10 +49,16 @@ def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int | None
 def nearest_centroid(x: Tensor, centroids: Tensor, backend: str = "torch") -> tuple[Tensor, Tensor]:
     """Squared Euclidean distance to, and index of, the nearest centroid: ``[N, D], [K, D] -> [N], [N]``.
     Ties go to the smaller index."""
+    from dmlkit.optional import has_faiss
+
+    if backend == "auto":
+        backend = "faiss" if has_faiss() else "torch"
     if backend == "faiss":
-        import faiss
         import numpy as np
 
+        from dmlkit.optional import import_faiss
+
+        faiss = import_faiss()
         index = faiss.IndexFlatL2(x.shape[1])
         index.add(np.ascontiguousarray(centroids.numpy(), dtype=np.float32))
         dist, idx = index.search(np.ascontiguousarray(x.numpy(), dtype=np.float32), 1)
@@ -126,7 +133,7 @@ def kmeans_pseudo_labels(
         seed: seeds k-means++ (identical labels for identical inputs and seed).
         iters: Lloyd iterations at most (0: assign to the initial centroids).
         spherical: re-normalise the centroids after each update.
-        backend: ``"torch"`` or ``"faiss"`` nearest-centroid search.
+        backend: ``"torch"``, ``"faiss"`` or ``"auto"`` (faiss when installed) nearest-centroid search.
 
     Every cluster ends with at least one point when N >= K.
     """
