@@ -7,12 +7,13 @@ same batches. Randomness comes from a private ``torch.Generator``; the global RN
 - :class:`RandomBatchSampler`: a random permutation cut into batches (drop last).
 - :class:`MPerClassBatchSampler`: P classes x K samples per batch (supervised losses, DRML, MLRC).
 - :class:`NeighbourGroupSampler`: STML / PLM nearest-neighbour batches from a neighbour table.
+- :func:`class_balanced_batches` / :class:`ConcatenatedBatches`: SLADE's labeled + pseudo-class batches.
 - :func:`make_partition`: SSDML partitions (all labeled + a random
   subset of the unlabeled items).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -220,3 +221,30 @@ def make_partition(labels: np.ndarray | Sequence[int], n_unlabeled: int, seed: i
     unlabeled = np.flatnonzero(labels < 0)
     pick = torch.randperm(len(unlabeled), generator=seeded_generator(seed))[: int(n_unlabeled)].numpy()
     return np.sort(np.concatenate([labeled, unlabeled[pick]])).astype(np.int64)
+
+
+def class_balanced_batches(
+    labels: np.ndarray, batch: int, m: int, seed: int, epoch: int, num_batches: int | None = None
+) -> MPerClassBatchSampler:
+    """Batches of about ``batch`` items, ``m`` per class (labels >= 0), as many classes as fit (at least one;
+    more than ``m`` each when there are too few classes): SLADE's labeled and pseudo-class batches."""
+    classes = len(np.unique(labels[labels >= 0]))
+    per_batch = max(1, min(batch // m, classes))
+    return MPerClassBatchSampler(
+        labels, per_batch, max(m, batch // per_batch), seed=seed, epoch=epoch, num_batches=num_batches
+    )
+
+
+class ConcatenatedBatches:
+    """Batch i of ``first`` followed by batch i of ``second`` (SLADE: a labeled batch, then a pseudo-class
+    batch); as long as ``first``."""
+
+    def __init__(self, first: Iterable[list[int]], second: Iterable[list[int]]) -> None:
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for a, b in zip(self.first, self.second):
+            yield list(a) + list(b)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.data.labels import label_map
+from dmlkit.data.samplers import ConcatenatedBatches, class_balanced_batches
 from dmlkit.losses.basis import (
     FeatureBasis,
     RankingLoss,
@@ -105,32 +106,6 @@ _CHOICES = {
     "kmeans_init": ("prototypes", "k-means++"),
     "pair_selection": ("confident", "positives", "all"),
 }
-
-
-class _PairedBatches:
-    """Each batch: a labeled batch followed by an unlabeled (pseudo-class) batch."""
-
-    def __init__(self, labeled, unlabeled) -> None:
-        self.labeled, self.unlabeled = labeled, unlabeled
-
-    def __len__(self) -> int:
-        return len(self.labeled)
-
-    def __iter__(self):
-        for a, b in zip(self.labeled, self.unlabeled):
-            yield list(a) + list(b)
-
-
-def _m_per_class(
-    labels: np.ndarray, batch: int, m: int, seed: int, epoch: int, num_batches: int | None = None
-):
-    from dmlkit.data.samplers import MPerClassBatchSampler
-
-    classes = len(np.unique(labels[labels >= 0]))
-    per_batch = max(1, min(batch // m, classes))
-    return MPerClassBatchSampler(
-        labels, per_batch, max(m, batch // per_batch), seed=seed, epoch=epoch, num_batches=num_batches
-    )
 
 
 class SLADE(Method):
@@ -319,10 +294,10 @@ class SLADE(Method):
                 f"SLADE's batch is batch_labeled + batch_unlabeled = {c.batch_labeled + c.batch_unlabeled}, "
                 f"but batch_size is {batch_size}; set batch_size to their sum or change the two options"
             )
-        labeled = _m_per_class(np.asarray(dataset.labels), c.batch_labeled, c.samples_per_class, seed, epoch)
+        labeled = class_balanced_batches(np.asarray(dataset.labels), c.batch_labeled, c.samples_per_class, seed, epoch)
         if self.stage_round == 0:
             return labeled
-        unlabeled = _m_per_class(
+        unlabeled = class_balanced_batches(
             self.pseudo_labels.cpu().numpy(),
             c.batch_unlabeled,
             c.samples_per_class,
@@ -330,7 +305,7 @@ class SLADE(Method):
             epoch,
             num_batches=len(labeled),
         )
-        return _PairedBatches(labeled, unlabeled)
+        return ConcatenatedBatches(labeled, unlabeled)
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         c = self.config
