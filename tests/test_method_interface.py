@@ -42,11 +42,15 @@ def test_write_artifacts_writes_tensors_and_refuses_paths_outside(tmp_path):
         write_artifacts([Artifact("empty.pt")], tmp_path)
 
 
-def test_a_failed_picture_is_a_warning(tmp_path, caplog):
+def test_a_failed_picture_is_a_warning(tmp_path, caplog, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("perplexity must be less than n_samples")
+
+    monkeypatch.setattr("dmlkit.viz.pool_map", fail)
     bad = Artifact("pictures/map.png", points=(np.zeros((1, 4)), np.array([0])), title="one point")
     with caplog.at_level(logging.WARNING, logger="dmlkit"):
         assert write_artifacts([bad], tmp_path) == []
-    assert "map.png" in caplog.text
+    assert "map.png" in caplog.text and "perplexity" in caplog.text
 
 
 class _Phased(Method):
@@ -153,3 +157,12 @@ def test_faiss_is_optional_with_a_clear_message(monkeypatch):
     assert kmeans_pseudo_labels(x, 2)[0].shape == (10,)  # the default path needs no faiss
     auto = kmeans_pseudo_labels(x, 3, seed=1, backend="auto")[0]  # DeepCluster's default: torch without faiss
     assert torch.equal(auto, kmeans_pseudo_labels(x, 3, seed=1, backend="torch")[0])
+
+
+def test_stage_names_are_engine_visible():
+    from dmlkit.methods import BuildInfo
+
+    info = BuildInfo(channels=1, image_size=28, num_train=10, num_classes=2)
+    assert method_class("ssdml").from_options({"pretrain_epochs": 1}, info).phase() == "pretraining"
+    assert method_class("ssdml").from_options({}, info).phase() == "partition-0"
+    assert method_class("stml").phase is Method.phase  # one phase: the default "train"

@@ -142,6 +142,10 @@ class SSDML(Method):
         ):
             self._l_step_on_partition(context)
 
+    def phase(self) -> str:
+        """``pretraining`` (the softmax stage, done at the first refresh) or ``partition-<p>``."""
+        return "pretraining" if not self.pretrained_done else f"partition-{self.partition_number}"
+
     def partition_nodes(self, labels: np.ndarray, seed: int) -> np.ndarray:
         """Indices of partition ``self.partition_number``: all labeled + a random unlabeled subset."""
         from dmlkit.data.samplers import make_partition
