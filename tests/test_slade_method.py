@@ -92,7 +92,7 @@ def _context(
         knn=None,
         device=torch.device("cpu"),
         seed=0,
-        extra={"run_dir": str(run_dir) if run_dir else None, "epochs": epochs},
+        extra={"epochs": epochs, "test_run_dir": run_dir},
         keeps_artifacts=run_dir is not None,
     )
 
@@ -103,7 +103,7 @@ def _refresh(method: SLADE, context: RefreshContext) -> None:
     artifacts = method.take_artifacts()
     assert bool(artifacts) <= context.keeps_artifacts  # nothing is asked for without a run directory
     if context.keeps_artifacts:
-        write_artifacts(artifacts, context.extra["run_dir"])
+        write_artifacts(artifacts, context.extra["test_run_dir"])
 
 
 def _batch(data: DMLDataset, idx: list[int]) -> dict:

@@ -106,7 +106,7 @@ class MethodModule(L.LightningModule):
         context = RefreshContext(
             epoch=epoch, train=self.train_set, embed=self._embed_for_refresh, knn=refresh_knn,
             device=self.device, seed=self.settings["seed"], rank=self.global_rank, world_size=self.trainer.world_size,
-            extra={"run_dir": self.settings.get("run_dir"), "epochs": self.settings["epochs"]},
+            extra={"epochs": self.settings["epochs"]},
             keeps_artifacts=bool(self.settings.get("run_dir")) and self.global_rank == 0,
         )
         self._sync_buffers_from_rank_zero()

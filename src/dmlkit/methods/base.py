@@ -73,6 +73,8 @@ class RefreshContext:
         device: where training runs.
         seed: the run seed (combine with ``epoch`` for per-epoch randomness).
         rank, world_size: the distributed position of this process.
+        extra: further facts of the run: ``epochs`` (its total number of epochs).
+        keeps_artifacts: whether artifacts asked for now are written (a run directory, rank 0).
     """
 
     epoch: int
