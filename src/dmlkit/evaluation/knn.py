@@ -260,8 +260,9 @@ class GalleryIndex:
         self._g_sq = (self.gallery * self.gallery).sum(1) if metric == "euclidean" else None
         self._faiss = None
         if backend == "faiss":
-            import faiss
+            from dmlkit.optional import import_faiss
 
+            faiss = import_faiss()
             gn = np.ascontiguousarray(self.gallery.detach().cpu().float().numpy())
             self._faiss = faiss.IndexFlatL2(gn.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(gn.shape[1])
             self._faiss.add(gn)
