@@ -166,3 +166,14 @@ def test_stage_names_are_engine_visible():
     assert method_class("ssdml").from_options({"pretrain_epochs": 1}, info).phase() == "pretraining"
     assert method_class("ssdml").from_options({}, info).phase() == "partition-0"
     assert method_class("stml").phase is Method.phase  # one phase: the default "train"
+
+
+def test_a_deprecated_option_name_reaches_the_method_through_the_run_config():
+    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.validate import method_options
+
+    with pytest.warns(FutureWarning, match="'m_per_class' is deprecated"):
+        config = resolve_config({"method": "slade", "options": {"m_per_class": 8}})
+    assert config.options == {"samples_per_class": 8}  # config.yaml records the current name
+    with pytest.warns(FutureWarning):  # an old run's config.yaml, validated again on resume
+        assert method_options("plm", {"proxy_lr_mult": 10.0})["proxy_lr_multiplier"] == 10.0

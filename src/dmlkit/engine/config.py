@@ -135,8 +135,8 @@ def resolve_config(settings: dict[str, Any]) -> RunConfig:
     for key in TRAINING_KEYS:
         if key in cls.defaults:
             merged[key] = cls.defaults[key]
-    options = dict(preset.get("options") or {})
-    options.update(settings.get("options") or {})
+    options = cls.current_option_names(preset.get("options") or {})  # deprecated names -> current ones
+    options.update(cls.current_option_names(settings.get("options") or {}))
     for source in (preset, settings):
         for key, value in source.items():
             if key != "options" and value is not None:

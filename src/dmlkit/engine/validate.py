@@ -131,6 +131,7 @@ def method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"method '{method}' takes no options, got: {', '.join(options)}")
         return {}
     hints = typing.get_type_hints(cls.Config)
+    options = cls.current_option_names(options)  # an old run's config.yaml may use deprecated names
     for key, value in options.items():
         if key not in hints:
             raise ConfigError(f"method '{method}' has no option '{key}'{nearest(key, set(hints) | RUN_KEYS)} "
