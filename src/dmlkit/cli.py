@@ -250,6 +250,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from dmlkit.models.backbones import backbone_table
+
+    print(backbone_table())
+    return 0
+
+
 def format_metrics(metrics: dict[str, float], title: str = "") -> str:
     """A markdown table of the metrics, in the field's order, as percentages."""
     keys = [k for k in METRIC_ORDER if k in metrics]
@@ -282,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "method", help="method name (`dmlkit methods`)")
     sub.add_parser("datasets", help="list the dataset readers")
     sub.add_parser("presets", help="list the shipped YAML presets")
+    sub.add_parser("backbones", help="list the backbones: parameters, input size, pretrained weights on this machine")
     return parser
 
 
@@ -327,7 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "quality": cmd_quality,
             "methods": cmd_methods, "options": cmd_options, "datasets": cmd_datasets, "presets": cmd_presets,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "backbones": cmd_backbones}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

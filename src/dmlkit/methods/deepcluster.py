@@ -41,8 +41,10 @@ KMEANS_INITS = ("random", "k-means++")
 class Config:
     """DeepCluster options; defaults follow the DeepCluster paper unless noted."""
 
-    backbone: str = "auto"  # network under comparison; "auto": mnist-net for 28-px grey, cifar-net for 32-px colour
-    pretrained: str | None = None  # DeepCluster trains from scratch
+    backbone: str = "auto"  # network under comparison (methods.base.default_backbone); presets pin mnist-net
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; None: from scratch, as DeepCluster
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     embedding_dim: int = 128  # the linear embedding size of the other baselines on small images (SSDML's MNIST net)
     n_clusters: int = 100  # DeepCluster Sec. 4.1 (Fig. 3): over-segmentation wins (k = 10,000 for 1,000 ImageNet classes, 10x)
     kmeans_iters: int = 20  # DeepCluster code: 20 Lloyd iterations (stops earlier once assignments repeat)
@@ -202,7 +204,8 @@ def _embedding_network(config: Config, info: BuildInfo) -> nn.Module:
     """Backbone + linear embedding head (the method L2-normalises the output)."""
     from dmlkit.methods.reference import build_embedder
 
-    backbone, head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained, normalize=False)
+    backbone, head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained, normalize=False,
+                                    bn_freeze=config.bn_freeze, input_size=config.input_size)
     return nn.Sequential(backbone, head)
 
 

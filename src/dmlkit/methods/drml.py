@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from dmlkit.data.labels import label_map
 from dmlkit.losses.relational import DRMLLoss
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext, default_backbone
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_backbone
 from dmlkit.models.relational import RelationalHead
 
 PROXY_LOSSES = ("proxy_anchor", "cosface")
@@ -32,9 +32,10 @@ class Config:
 
     base_loss: str = "proxy_anchor"  # §9: proxy_anchor | cosface | triplet | margin
     miner: str = "auto"  # §3: hard (Triplet), semihard (TSH), distance_weighted (MDW); auto picks per loss
-    backbone: str = "auto"  # §2: BN-Inception for ImageNet-size data; the SSDML nets for small images
-    pretrained: str | None = None  # local weights file (or "imagenet") for the trunk
-    freeze_bn: bool | None = None  # §2: all trunk BatchNorm layers frozen; None = frozen iff pretrained
+    backbone: str = "auto"  # methods.base.default_backbone (§2: BN-Inception by name, as the presets)
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; None: random; or a weights file
+    bn_freeze: bool | None = None  # §2: all trunk BatchNorm layers frozen; None = frozen iff pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     num_branches: int = 4  # §2: K = 4
     node_dim: int = 128  # §2: d = 128 (32 in MLRC mode, §7); the embedding has K·d dimensions
     lambda_emb: float = 10.0  # §3: weight of the final-embedding loss
@@ -78,24 +79,19 @@ class DRML(Method):
         "epochs": 60, "batch_size": 180, "lr": 5e-5, "weight_decay": 1e-4,  # §5 (README, DRML-PA on CUB)
         "optimizer": "adamw", "scheduler": "step",  # §5: StepLR, step 10 epochs, γ = 0.5
     }
+    renamed_options: ClassVar[dict[str, str]] = {"freeze_bn": "bn_freeze"}  # every method's backbone option
 
     def __init__(self, config: Config, info: BuildInfo) -> None:
         super().__init__()
         from dmlkit.data.views import Views
-        from dmlkit.models.backbones import build_backbone
-
         if info.num_classes < 1:
             raise ValueError("DRML is supervised: the training split has no labeled classes")
         if config.sampler not in ("auto", "random", "m_per_class"):
             raise ValueError(f"sampler must be 'auto', 'random' or 'm_per_class', got '{config.sampler}'")
         self.config = config
         self.num_classes = info.num_classes
-        name = config.backbone
-        if name == "auto":
-            name = "bn-inception" if info.views_preset == "imagenet224" else default_backbone(info)
-        self.freeze_bn = config.pretrained is not None if config.freeze_bn is None else config.freeze_bn
-        self.backbone = build_backbone(name, in_channels=info.channels, image_size=info.image_size,
-                                       pretrained=config.pretrained, bn_freeze=self.freeze_bn)
+        self.backbone = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze,
+                                              config.input_size, paper="bn-inception")
         self.head = RelationalHead(
             self.backbone.out_dim, config.num_branches, config.node_dim, branch_input=config.branch_input,
             edge_score=config.edge_score, emb_grad_into_nodes=config.emb_grad_into_nodes,

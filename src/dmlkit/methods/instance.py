@@ -44,8 +44,10 @@ from dmlkit.models.heads import l2_normalize
 class Config:
     """Instance-discrimination options; defaults are SimCLR's (in-batch negatives) unless noted."""
 
-    backbone: str = "auto"  # network under comparison; "auto": mnist-net for 28-px grey, cifar-net for 32-px colour
-    pretrained: str | None = None  # trained from scratch, as SimCLR/MoCo
+    backbone: str = "auto"  # network under comparison (methods.base.default_backbone); presets pin mnist-net
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; None: from scratch, as SimCLR/MoCo
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     embedding_dim: int = 128  # SimCLR's 128-d output; the linear embedding of the other small-image baselines
     temperature: float = 0.5  # SimCLR App. B.9: τ = 0.5 for CIFAR-10 (MoCo: 0.07)
     momentum: float | None = None  # None: one network for both views (SimCLR); MoCo: m = 0.999 (Sec. 3.2)
@@ -168,7 +170,8 @@ def _embedding_network(config: Config, info: BuildInfo) -> nn.Module:
     """Backbone + linear embedding head (the method L2-normalises the output)."""
     from dmlkit.methods.reference import build_embedder
 
-    backbone, head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained, normalize=False)
+    backbone, head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained, normalize=False,
+                                    bn_freeze=config.bn_freeze, input_size=config.input_size)
     return nn.Sequential(backbone, head)
 
 

@@ -26,8 +26,8 @@ from dmlkit.losses.manifold import (
     proxy_neighbourhood_loss,
     proxy_point_loss,
 )
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext
-from dmlkit.models import EmbeddingHead, build_backbone, ema_update, l2_normalize
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_backbone
+from dmlkit.models import EmbeddingHead, ema_update, l2_normalize
 from dmlkit.targets.manifold import (
     basis_angle_cosine,
     batch_pieces,
@@ -61,11 +61,13 @@ class PLMConfig:
     )
     proxy_lr_multiplier: float = 100.0  # Sec. 4.1: proxies (and bases) learn 100x faster
     backbone: str = (
-        "auto"  # Sec. 4.1: GoogLeNet; "auto" = googlenet for ImageNet-size data, SSDML nets for small images
+        "auto"  # Sec. 4.1: GoogLeNet (the presets name it); "auto" = methods.base.default_backbone
     )
     pretrained: str | None = (
-        "auto"  # Sec. 4.1: ImageNet init; "auto" = "imagenet" for googlenet, none otherwise
+        "auto"  # Sec. 4.1: ImageNet init; "auto" = ImageNet weights when on this machine, else random
     )
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     embedding_dim: int = 128  # Sec. 4.1: 128 (or 512)
     crop_size: int = 227  # Sec. 4.1: 227x227 crops (imagenet224 preset only)
     selection: bool = True  # Sec. 3.2 subset selection; False = Table 3 ablation (1), all k neighbours
@@ -264,16 +266,7 @@ def _pieces(cfg: PLMConfig, embeddings: Tensor) -> dict[str, Tensor]:
 
 def _embedding_network(config: PLMConfig, info: BuildInfo) -> nn.Module:
     """Backbone + linear embedding head (Sec. 4.1); the method L2-normalises the output."""
-    name = config.backbone
-    if name == "auto":
-        name = (
-            "googlenet"
-            if info.views_preset == "imagenet224" or info.image_size > 64
-            else ("mnist-net" if info.channels == 1 else "cifar-net")
-        )
-    pretrained = config.pretrained
-    if pretrained == "auto":
-        pretrained = "imagenet" if name in ("googlenet", "bn-inception", "resnet50", "resnet18") else None
     size = config.crop_size if info.views_preset == "imagenet224" else info.image_size
-    backbone = build_backbone(name, in_channels=info.channels, image_size=size, pretrained=pretrained)
+    backbone = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze, config.input_size,
+                                     paper="googlenet", image_size=size)
     return nn.Sequential(backbone, EmbeddingHead(backbone.out_dim, config.embedding_dim))

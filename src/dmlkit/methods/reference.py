@@ -1,7 +1,9 @@
 """Two reference methods that prove the pipe end to end.
 
-``initial``: no training; the embedding of the untrained (or pretrained) network, as in the
-"Initial" rows of SSDML's tables. ``supervised``: a pytorch-metric-learning loss by name on
+``initial``: no training; the backbone's pooled features as they are (the pretrained network's by the
+one backbone rule, :func:`dmlkit.methods.base.default_backbone`), as in the "Initial" rows of SSDML's
+tables; ``embedding_dim=N`` adds a random linear N-d head (L2-normalised) instead.
+``supervised``: a pytorch-metric-learning loss by name on
 m-per-class batches — the fully supervised baseline every label-scarce method is compared with.
 """
 from __future__ import annotations
@@ -12,18 +14,20 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from dmlkit.data.labels import label_map
-from dmlkit.methods.base import BuildInfo, Method, default_backbone
+from dmlkit.methods.base import BuildInfo, Method, build_method_backbone
 
 
-def build_embedder(backbone: str, embedding_dim: int, info: BuildInfo, pretrained: str | None = None,
-                   normalize: bool = True) -> tuple[nn.Module, nn.Module]:
-    """Backbone (``"auto"`` picks :func:`default_backbone`) and a linear embedding head."""
-    from dmlkit.models import EmbeddingHead, build_backbone
+def build_embedder(backbone: str, embedding_dim: int | None, info: BuildInfo, pretrained: str | None = "auto",
+                   normalize: bool = True, *, bn_freeze: bool | None = None,
+                   input_size: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """Backbone by the one rule (:func:`dmlkit.methods.base.build_method_backbone`) and a linear embedding
+    head (``nn.Identity`` when ``embedding_dim`` is None: the pooled features as they are)."""
+    from dmlkit.models import EmbeddingHead
 
-    name = default_backbone(info) if backbone == "auto" else backbone
-    net = build_backbone(name, in_channels=info.channels, image_size=info.image_size, pretrained=pretrained)
-    head = EmbeddingHead(net.out_dim, embedding_dim, normalize=normalize)
-    return net, head
+    net = build_method_backbone(backbone, info, pretrained, bn_freeze, input_size)
+    if embedding_dim is None:
+        return net, nn.Identity()
+    return net, EmbeddingHead(net.out_dim, embedding_dim, normalize=normalize)
 
 
 def build_loss(name: str, num_classes: int, embedding_dim: int) -> nn.Module:
@@ -44,9 +48,11 @@ def build_loss(name: str, num_classes: int, embedding_dim: int) -> nn.Module:
 
 @dataclass
 class InitialConfig:
-    backbone: str = "auto"  # the network the method under comparison starts from
-    embedding_dim: int = 128  # SSDML's MNIST network: FC(500 x 128) -> l2
-    pretrained: str | None = None  # local weights file for the backbone
+    backbone: str = "auto"  # the network the method under comparison starts from (methods.base.default_backbone)
+    embedding_dim: int | None = None  # None: pooled features as they are; N: a random FC(out x N) -> l2 head
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; None = random; or a weights file
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default, Lite0 >= 64 px)
 
 
 class InitialMethod(Method):
@@ -62,7 +68,8 @@ class InitialMethod(Method):
     def __init__(self, config: InitialConfig, info: BuildInfo) -> None:
         super().__init__()
         self.config = config
-        self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained)
+        self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
+                                                  bn_freeze=config.bn_freeze, input_size=config.input_size)
         from dmlkit.data.views import Views
 
         self.views = Views(info.views_preset, 1)
@@ -78,9 +85,11 @@ class InitialMethod(Method):
 class SupervisedConfig:
     loss: str = "MultiSimilarityLoss"  # triplet, margin, proxy_anchor, cosface, or a pytorch-metric-learning loss
     miner: str | None = None  # optional pytorch-metric-learning miner class name
-    backbone: str = "auto"  # "auto": the default for the data (mnist-net 28-px grey, cifar-net 32-px colour, resnet50 224 px)
+    backbone: str = "auto"  # "auto": methods.base.default_backbone (Lite0 ImageNet where installed)
     embedding_dim: int = 128  # size of the linear embedding head
-    pretrained: str | None = None  # local weights file (or "imagenet") for the backbone; None = random init
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; None = random; or a weights file
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     samples_per_class: int | None = None  # m of m-per-class batches; None: P = min(classes, batch/4), m = batch/P
     normalize: bool = True  # L2-normalise the embedding
     proxy_lr_multiplier: float = 100.0  # learning-rate multiplier of the loss's own parameters (proxies)
@@ -103,7 +112,8 @@ class SupervisedMethod(Method):
 
         self.config = config
         self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
-                                                  normalize=config.normalize)
+                                                  normalize=config.normalize, bn_freeze=config.bn_freeze,
+                                                  input_size=config.input_size)
         self.views = Views(info.views_preset, 1)
         self.loss_fn = build_loss(config.loss, info.num_classes, config.embedding_dim)
         self.miner = getattr(miners, config.miner)() if config.miner else None

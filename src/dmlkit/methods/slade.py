@@ -53,8 +53,10 @@ log = logging.getLogger("dmlkit")
 class Config:
     """SLADE's options. No official code exists: every default below is the spec's recommendation."""
 
-    backbone: str = "auto"  # §4: ResNet-50 for ImageNet-size data ("auto"); the SSDML nets for small images
-    pretrained: str | None = None  # §4: the SSL initialisation (SwAV ImageNet weights file); None: random
+    backbone: str = "auto"  # methods.base.default_backbone (§4: ResNet-50 by name); presets pin mnist-net
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine; §4: an SSL (SwAV) weights file; None: random
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     embedding_dim: int = 512  # §4: linear head to d = 512, L2-normalised
     backbone_lr_multiplier: float = 0.1  # §4: backbone lr 1e-5 against head lr 1e-4
     rank_loss: str = "ms"  # §4: "ms" (Multi-Similarity) | "contrastive"
@@ -147,7 +149,8 @@ class SLADE(Method):
         if n_basis < info.num_classes:
             raise ValueError(f"n_basis={n_basis} is below the {info.num_classes} labeled classes L_CE needs")
         self.backbone, self.head = build_embedder(
-            config.backbone, config.embedding_dim, info, config.pretrained
+            config.backbone, config.embedding_dim, info, config.pretrained,
+            bn_freeze=config.bn_freeze, input_size=config.input_size,
         )
         self.views = Views(info.views_preset, 1)
         self.basis = FeatureBasis(n_basis, config.embedding_dim, config.basis_ce, config.basis_sim)

@@ -41,7 +41,7 @@ from dmlkit.data.base import DMLDataset
 from dmlkit.data.seeding import seeded_generator
 from dmlkit.losses.angular_triplet import angular_margins, angular_triplet_loss, metric_step
 from dmlkit.losses.pretraining import softmax_pretraining
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_backbone
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate, uncertified_pairs
 
 L_SOLVERS = ("rcg", "retraction")
@@ -52,8 +52,10 @@ ALTERNATIONS = ("per_batch", "per_epoch", "per_partition")
 class SSDMLConfig:
     """Paper defaults for MNIST / Fashion-MNIST (seed 002, "Implementation details"; spec §7, §11)."""
 
-    backbone: str = "auto"  # mnist-net (grey), cifar-net (colour 32 px), googlenet (FGVC) — seed 002
-    pretrained: str | None = None  # local backbone weights (FGVC: ImageNet GoogLeNet)
+    backbone: str = "auto"  # methods.base.default_backbone; seed 002 by name: mnist-net, cifar-net, googlenet (FGVC)
+    pretrained: str | None = "auto"  # ImageNet weights when on this machine (FGVC: ImageNet GoogLeNet); None: random
+    bn_freeze: bool | None = None  # None: BatchNorm frozen exactly when the backbone is pretrained
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     head_dim: int = 128  # FC(500 × 128) before the l2 layer; 0 = none (CIFAR-10 net ends in l2)
     embedding_dim: int = 64  # l: L(128 × 64) MNIST, 32 CIFAR-10, 128 FGVC
     gamma: float = 0.99  # γ of the affinity propagation (all datasets)
@@ -96,14 +98,13 @@ class SSDML(Method):
     def __init__(self, config: SSDMLConfig, info: BuildInfo) -> None:
         super().__init__()
         from dmlkit.data.views import Views
-        from dmlkit.models import EmbeddingHead, OrthogonalProjection, build_backbone
+        from dmlkit.models import EmbeddingHead, OrthogonalProjection
 
         _validate(config)
         self.config = config
         self.info = info
-        name = config.backbone if config.backbone != "auto" else _auto_backbone(info)
-        self.backbone = build_backbone(name, in_channels=info.channels, image_size=info.image_size,
-                                       pretrained=config.pretrained)
+        self.backbone = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze,
+                                              config.input_size, paper="googlenet")
         self.head = EmbeddingHead(self.backbone.out_dim, config.head_dim, init="default") if config.head_dim else nn.Identity()
         feature_dim = config.head_dim or self.backbone.out_dim
         self.projection = OrthogonalProjection(feature_dim, config.embedding_dim,
@@ -280,12 +281,6 @@ class TripletBatchSampler:
         size = min(self.batch_size, self.count)
         for chunk in order[: len(self) * size].view(len(self), size):
             yield self.triplets[chunk].T.reshape(-1).tolist()
-
-
-def _auto_backbone(info: BuildInfo) -> str:
-    if info.views_preset == "imagenet224" or info.image_size > 64:
-        return "googlenet"
-    return "mnist-net" if info.channels == 1 else "cifar-net"
 
 
 def _validate(config: SSDMLConfig) -> None:

@@ -30,14 +30,9 @@ from dmlkit.losses.relaxed_contrastive import (
     normalised_distances,
     relaxed_contrastive_from_distances,
 )
-from dmlkit.methods.base import BuildInfo, Method, RefreshContext
+from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_backbone, default_backbone
 from dmlkit.targets.contextual import TIE_BREAKS, contextual_similarity, default_qe_size
 
-#: backbone used when ``Config.backbone`` is None, by the dataset's views preset (grey images below
-#: 28 px, e.g. digits 8x8, get ``resnet18-small``: ``mnist-net`` needs 28 px)
-DEFAULT_BACKBONES = {"grey28": "mnist-net", "colour32": "resnet18-small", "imagenet224": "googlenet"}
-#: backbones that start from ImageNet weights when ``pretrained="auto"`` (spec §2)
-PRETRAINED_BACKBONES = ("googlenet", "bn-inception", "resnet50")
 #: Inception backbones train on 227-px crops (spec §3.3); others keep the views preset's 224
 INCEPTION_BACKBONES = ("googlenet", "bn-inception")
 
@@ -46,9 +41,10 @@ INCEPTION_BACKBONES = ("googlenet", "bn-inception")
 class Config:
     """STML options; defaults are the paper's CUB/Cars setting (spec §7, §9) unless noted."""
 
-    backbone: str | None = None  # None: googlenet for 224-px images (spec §2), small nets for 28/32 px (DEFAULT_BACKBONES)
-    pretrained: str | None = "auto"  # "auto": ImageNet weights for googlenet/bn-inception/resnet50 (spec §2), else random; None = random; or a weights file
-    bn_freeze: bool = False  # freeze every BatchNorm of the backbone (official BN-Inception runs, spec §2)
+    backbone: str | None = None  # None/"auto": methods.base.default_backbone (spec §2: googlenet by name, as the presets)
+    pretrained: str | None = "auto"  # "auto": ImageNet weights when on this machine (spec §2), else random; None = random; or a file
+    bn_freeze: bool | None = None  # None: every backbone BatchNorm frozen iff pretrained (official BN-Inception runs, spec §2)
+    input_size: int | None = None  # side the backbone resizes to (None: its default)
     embedding_dim: int = 512  # f head, `embedding_size` (spec §7 table: 512; Fig. 'stml_recall' sweeps 32-1024)
     g_dim: int = 1024  # auxiliary head g, `bg_embedding_size` (spec §2); smaller is fine for small networks
     sigma: float = 3.0  # Gaussian bandwidth of w^P (README value, spec §4.1)
@@ -139,9 +135,12 @@ class STML(Method):
         from dmlkit.data.views import Views
         from dmlkit.models.heads import EmbeddingHead
 
-        self.backbone_name = config.backbone or self._default_backbone_name(info)
+        auto = config.backbone in (None, "auto")
+        self.backbone_name = default_backbone(info, "googlenet") if auto else config.backbone
         if backbone_factory is None:
-            backbone_factory = self._default_backbone_factory(config, info, self.backbone_name)
+            def backbone_factory() -> nn.Module:
+                return build_method_backbone(self.backbone_name, info, config.pretrained, config.bn_freeze,
+                                             config.input_size)
         student_backbone, teacher_backbone = backbone_factory(), backbone_factory()
         if config.bn_freeze:  # also for a custom factory; frozen layers stay frozen
             from dmlkit.models.batchnorm import frozen_batchnorm
@@ -158,24 +157,6 @@ class STML(Method):
         crop = 227 if info.views_preset == "imagenet224" and self.backbone_name in INCEPTION_BACKBONES else None
         self.views = Views(info.views_preset, config.views, crop_size=crop)
         self.neighbours: Tensor | None = None
-
-    @staticmethod
-    def _default_backbone_name(info: BuildInfo) -> str:
-        if info.views_preset not in DEFAULT_BACKBONES:
-            raise ValueError(f"no default backbone for views preset '{info.views_preset}'; set the option backbone=NAME")
-        if info.views_preset == "grey28" and info.image_size < 28:
-            return "resnet18-small"
-        return DEFAULT_BACKBONES[info.views_preset]
-
-    @staticmethod
-    def _default_backbone_factory(config: Config, info: BuildInfo, name: str) -> Callable[[], nn.Module]:
-        from dmlkit.models.backbones import build_backbone
-
-        pretrained = config.pretrained
-        if pretrained == "auto":
-            pretrained = "imagenet" if name in PRETRAINED_BACKBONES else None
-        return lambda: build_backbone(name, in_channels=info.channels, image_size=info.image_size,
-                                      pretrained=pretrained, bn_freeze=config.bn_freeze)
 
     def train(self, mode: bool = True) -> STML:
         """The teacher always stays in eval mode (spec §2)."""
@@ -276,4 +257,4 @@ class STML(Method):
             self.neighbours = torch.as_tensor(state["neighbours"]).long()
 
 
-__all__ = ["DEFAULT_BACKBONES", "STML", "Config"]
+__all__ = ["STML", "Config"]

