@@ -31,7 +31,7 @@ def _photos(size: int = 224) -> torch.Tensor:
 
     out = []
     for image in load_sample_images().images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
         h, w = x.shape[-2:]
         x = F.interpolate(x, size=(size, round(w * size / h)), mode="bilinear", antialias=True, align_corners=False)
         left = (x.shape[-1] - size) // 2
@@ -70,10 +70,9 @@ def test_first_batchnorm_statistics_match_tf_style_input(classifier) -> None:
     ratios = {}
     with torch.no_grad():
         for name, x in (("tf", (photos * 255 - 127) / 128), ("imagenet", imagenet)):
-            variance = classifier._conv_stem(x).var(dim=(0, 2, 3))
-            ratio = variance / classifier._bn0.running_var
-            ratios[name] = float(torch.exp(torch.log(ratio).abs().mean()))  # geometric mean of max(r, 1/r)
-    assert ratios["tf"] < 2.0 < ratios["imagenet"]
+            variance = classifier._conv_stem(x).var(dim=(0, 2, 3))  # 4 of the 32 running variances are 0: sum them
+            ratios[name] = float(variance.sum() / classifier._bn0.running_var.sum())
+    assert 0.75 < ratios["tf"] < 1.5 and ratios["imagenet"] > 4.0  # measured 1.30 and 6.42
 
 
 def test_grey_input_is_resized_normalised_and_expanded() -> None:
