@@ -147,17 +147,17 @@ _LIBRARY_PATTERNS = {
 def register_backbone(name: str, build: Callable[[int, int], nn.Module], *, input_norm: str = "none",
                       pooling: str = "avg", min_size: int = 1, rgb: bool = False,
                       weights: str | os.PathLike | Callable[[], str | None] | None = None, description: str = "",
-                      default_input_size: int | None = None, replace: bool = False) -> None:
+                      default_input_size: int | None = None, overwrite: bool = False) -> None:
     """Make ``name`` a backbone every method can use (``backbone=name``).
 
     ``build(in_channels, input_size)`` returns a trunk ``[B, C, s, s] -> [B, out_channels, h, w]`` with an
     ``out_channels`` attribute; ``weights`` (a file, or a function returning one or None) is what
-    ``pretrained="imagenet"`` (and ``"auto"``) load. ``replace=True`` overrides an existing name.
+    ``pretrained="imagenet"`` (and ``"auto"``) load. ``overwrite=True`` replaces an existing name.
     """
     if ":" in name or not name:
         raise ValueError(f"backbone name {name!r} must be non-empty and without ':' (reserved for timm:/torchvision:)")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"backbone {name!r} is already registered; pass replace=True to override it")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"backbone {name!r} is already registered; pass overwrite=True to replace it")
     if input_norm not in INPUT_NORMS or pooling not in POOLINGS:
         raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)} and pooling one of {', '.join(POOLINGS)}")
     _REGISTRY[name] = BackboneSpec(build, input_norm, pooling, min_size, rgb, (weights, None, None),
