@@ -167,7 +167,10 @@ def test_auto_pretrained_is_random_init_where_no_weights_exist(tmp_path, monkeyp
         build_backbone("efficientnet-lite0", 3, 64, "imagenet")
 
 
-def test_register_backbone_with_weights(tmp_path) -> None:
+def test_register_backbone_with_weights(tmp_path, monkeypatch) -> None:
+    from dmlkit.models import backbones
+
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))  # the registration ends with the test
     class Tiny(nn.Module):
         out_channels = 4
 
