@@ -279,7 +279,8 @@ def test_run_files_are_not_private_and_config_yaml_records_the_resolved_run(run_
         assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     record = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert record["options"] == {"loss": "MultiSimilarityLoss", "miner": None, "backbone": "mnist-net",
-                                 "embedding_dim": 128, "pretrained": None, "samples_per_class": None,
+                                 "embedding_dim": 128, "pretrained": "auto", "bn_freeze": None, "input_size": None,
+                                 "samples_per_class": None,
                                  "normalize": True, "proxy_lr_multiplier": 100.0}
     assert (record["optimizer"], record["scheduler"], record["lr"], record["seed"]) == ("adamw", "cosine", 0.001, 0)
     assert record["resolved"]["backbone"] == ["mnist-net"] and record["resolved"]["pretrained"] == ["random init"]
