@@ -20,7 +20,6 @@ import torch
 
 from dmlkit.data.seeding import seeded_generator
 
-
 QUERY_DRAWS = ("permutation", "per_batch")
 
 

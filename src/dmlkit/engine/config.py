@@ -150,5 +150,3 @@ def resolve_config(settings: dict[str, Any]) -> RunConfig:
     config = RunConfig(**merged)
     validate_run(config)
     return config
-
-
