@@ -60,18 +60,18 @@ class Config:
     recon_error: str = "mse_per_dim"  # "l2_mean": unsquared L2 norm
     integrator_init: str = "identity"  # "kaiming"
     # multi_proxy_collector.py L42: kaiming_normal_(a=√5), std 1/√(3d); "kaiming_normal": fan_out, std √(2/C)
-    branch_proxy_init: str = "kaiming_normal_a5"
+    branch_proxy_init: str = "kaiming_normal_a5"  # branch tables: std 1/√(3d) | "kaiming_normal" (fan_out)
     # optimisation (§5): trunk at the engine lr (5e-5), head ×20 (1e-3), proxies / β ×200 (1e-2)
     head_lr_multiplier: float = 20.0  # learning rate of the head (relation module, integrator): trunk lr x this
     proxy_lr_multiplier: float = 200.0  # learning rate of the loss's proxies and margin β: trunk lr x this
     skip_empty_branch_step: bool = False  # §3 open choice: code steps an empty branch's proxies anyway
     warmup_epochs: int = 1  # §5: first epoch steps only the head and the proxy groups
     # GeDML trainers/base_trainer.py L334: schedulers do not step in warm-up epochs (True: they do)
-    step_scheduler_in_warmup: bool = False
+    step_scheduler_in_warmup: bool = False  # False: the lr schedule holds in warm-up | True: it steps
     grad_clip: float = 10.0  # §5: gradient-norm clipping per module (0 = off)
     # GeDML grad_clipper_creator.py L12 hands clip_grad_norm_ a .parameters() generator, which the first
     # call exhausts (utils.py L20): the official clipping acts on the first step only. "every_step": each step
-    grad_clip_when: str = "first_step"
+    grad_clip_when: str = "first_step"  # clip on the first optimizer step only | "every_step"
     sampler: str = "auto"  # §5: random batches for proxy losses, m-per-class for Triplet / Margin
     samples_per_class: int = 4  # §5: m = 4 (2 in MLRC mode); with < batch/m classes: all classes, batch/C each
 

@@ -69,9 +69,8 @@ class Config:
     rc_weight_g: float = 0.5  # weight of L_RC(g)
     kl_weight: float = 1.0  # weight of L_KL
     tie_break: str = "stable_index"  # top-k order among ties: (-value, self first, column) | "torch_topk" (spec §4)
-    # code/dataset/sampler.py L142-147: each batch draws its b/K queries anew (distinct within the batch, with
-    # replacement across batches); "permutation": every image is a query at most once per epoch
-    query_sampling: str = "per_batch"
+    # code/dataset/sampler.py L142-147: distinct within a batch, with replacement across batches
+    query_sampling: str = "per_batch"  # each batch draws its b/K queries anew | "permutation": once per epoch
     refresh_nn_every_epochs: int = 1  # rebuild the NN table every this many epochs (official: every epoch)
     emb_lr: float | None = None  # learning rate of the heads f and g; None = the backbone lr (SOP README: 1e-2)
 
