@@ -19,7 +19,7 @@ Usage (from the repository root)::
     python benchmarks/drml.py --only drml-cosface --seeds 0 1
 
 Each run replaces its own rows (same method, dataset, protocol, seed) in ``benchmarks/results/drml.json``
-and prints a markdown table.
+(``--results NAME``: ``NAME.json``) and prints a markdown table.
 """
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def run_row(name: str, seed: int, quick: bool, out_root: Path) -> dict:
     return row
 
 
-def save(rows: list[dict]) -> dict:
-    """Replace the rows with the same (method, dataset, protocol, seed) in the results file."""
-    return save_rows("drml", rows)
+def save(rows: list[dict], results: str = "drml") -> dict:
+    """Replace the rows with the same (method, dataset, protocol, seed) in ``results/<results>.json``."""
+    return save_rows(results, rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=tuple(ROWS), action="append", help="run only this row (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--out", default="runs/benchmarks/drml", help="where the run directories go")
+    parser.add_argument("--results", default="drml", help="results file stem under benchmarks/results (default drml)")
     args = parser.parse_args(argv)
     seeds = args.seeds or ((0,) if args.quick else SEEDS)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"{name} seed {seed}: {type(error).__name__}: {error}")
                 print(f"[drml benchmark] FAILED {failed[-1]}", flush=True)
                 continue
-            save([rows[-1]])
+            save([rows[-1]], args.results)
     print(table(rows))
     for line in failed:
         print(f"FAILED {line}")

@@ -34,6 +34,8 @@ TITLES = {"evaluation_speed": "Evaluation speed: dmlkit.evaluate vs pytorch-metr
           "propagation_scaling": "SSDML affinity propagation: dense vs sparse",
           "quality": "Pseudo-supervision quality on training embeddings (PLM Table 2 style; x100)", "stml": "STML (no labels)", "plm": "PLM (no labels)", "ssdml": "SSDML (10 labels per class)",
           "slade": "SLADE (labeled teacher + unlabeled pool)", "drml": "DRML (supervised, zero-shot)",
+          "drml_official": "DRML with the official training defaults (issue 25; compare with the DRML table)",
+          "stml_official": "STML with the official per-batch query draws (issue 25; compare with the STML table)",
           "unsupervised_baselines": "Label-free baselines",
           "ssdml_mining": "SSDML triplet mining against the hidden classes (first partition; % of triplets)"}
 

@@ -177,9 +177,9 @@ def run_raw_pixels(protocol_name: str, quick: bool, out_root: Path) -> dict:
 RUNNERS = {"stml": run_stml, "initial": run_initial, "raw-pixels": run_raw_pixels}
 
 
-def save(rows: list[dict]) -> dict:
+def save(rows: list[dict], results: str = "stml") -> dict:
     """Replace the rows with the same (method, dataset, protocol, seed) in the results file."""
-    return save_rows("stml", rows)
+    return save_rows(results, rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one stml run per seed (default: 0); initial and raw-pixels run once, seed 0")
     parser.add_argument("--out", default="runs/benchmarks/stml", help="where the run directories go")
+    parser.add_argument("--results", default="stml", help="results file stem under benchmarks/results (default stml)")
     args = parser.parse_args(argv)
     out_root = Path(args.out) / ("quick" if args.quick else "full")
     rows = []
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 extra = {"seed": seed} if name == "stml" else {}
                 rows.append(RUNNERS[name](protocol_name, args.quick, out_root, **extra))
-                save([rows[-1]])
+                save([rows[-1]], args.results)
     print(table(rows))
     return 0
 

@@ -20,6 +20,8 @@ import torch
 
 from dmlkit.data.seeding import seeded_generator
 
+QUERY_DRAWS = ("permutation", "per_batch")
+
 
 def _check_positive(name: str, value: int) -> None:
     if int(value) <= 0:
@@ -160,17 +162,28 @@ class NeighbourGroupSampler:
     Row ``i`` of ``neighbours`` is ``i`` followed by its ``K - 1`` nearest neighbours. Each batch
     holds ``batch_size / K`` query groups; a group is the query followed by the other entries of
     its row (the query is moved to the front if the kNN put a duplicate first; if it is missing
-    from its row, the last neighbour is dropped). Queries are a random permutation of the split,
-    so no query repeats within a batch (or an epoch); neighbours may repeat across groups.
-    There are ``⌊N / batch_size⌋`` batches.
+    from its row, the last neighbour is dropped). Neighbours may repeat across groups. There are
+    ``⌊N / batch_size⌋`` batches. How the queries are drawn (``queries``):
+
+    - ``"per_batch"``: every batch draws its ``batch_size / K`` queries uniformly without replacement,
+      independently of the other batches, so a query can recur within an epoch and others are never
+      drawn (the official STML sampler, tjddus9597/STML-CVPR22 ``code/dataset/sampler.py`` L142-147:
+      ``np.random.choice(num_samples, num_image, replace=False)`` per batch);
+    - ``"permutation"``: the queries of the epoch are a random permutation of the split, so no query
+      repeats within the epoch.
 
     Args:
         neighbours: long ``[N, K]`` neighbour table.
         batch_size: a multiple of K.
-        seed, epoch: the query order is a function of both.
+        seed, epoch: the queries are a function of both.
+        queries: ``"permutation"`` (default) or ``"per_batch"``.
     """
 
-    def __init__(self, neighbours: torch.Tensor | np.ndarray, batch_size: int, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(self, neighbours: torch.Tensor | np.ndarray, batch_size: int, seed: int = 0, epoch: int = 0,
+                 queries: str = "permutation") -> None:
+        if queries not in QUERY_DRAWS:
+            raise ValueError(f"queries must be one of {QUERY_DRAWS}, got '{queries}'")
+        self.queries = queries
         table = torch.as_tensor(np.asarray(neighbours) if not isinstance(neighbours, torch.Tensor) else neighbours)
         if table.dim() != 2 or table.shape[1] < 1:
             raise ValueError(f"neighbours must be a [N, K] index table, got shape {tuple(table.shape)}")
@@ -191,9 +204,12 @@ class NeighbourGroupSampler:
         return len(self.table) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        n_batches = len(self)
-        queries = torch.randperm(len(self.table), generator=seeded_generator(self.seed, self.epoch))
-        queries = queries[: n_batches * self.groups_per_batch]
+        n_batches, n = len(self), len(self.table)
+        gen = seeded_generator(self.seed, self.epoch)
+        if self.queries == "per_batch":  # distinct within a batch, independent across batches
+            queries = torch.cat([torch.randperm(n, generator=gen)[: self.groups_per_batch] for _ in range(n_batches)])
+        else:
+            queries = torch.randperm(n, generator=gen)[: n_batches * self.groups_per_batch]
         rows = self.table[queries]  # [Q, K]
         # stable-sort each row so that entries equal to the query go last, then put the query first
         is_query = (rows == queries[:, None]).to(torch.int8)

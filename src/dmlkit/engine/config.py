@@ -51,6 +51,9 @@ class RunConfig:
     picture_every: int | None = None
     progress: bool = True
     on_nan: str = "stop"
+    early_stop_patience: int | None = None  # epochs without improvement of early_stop_monitor; None/0 = off
+    early_stop_monitor: str | None = None  # an evaluation key, e.g. val_recall@1 (needs a validation split)
+    early_stop_collapse: float | None = None  # also stop when the monitor falls to this fraction of its best
     options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
 
@@ -59,7 +62,8 @@ class RunConfig:
 
 
 RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
-TRAINING_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler")
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
+                 "early_stop_patience", "early_stop_monitor", "early_stop_collapse")
 
 
 def list_presets() -> dict[str, str]:
@@ -146,5 +150,3 @@ def resolve_config(settings: dict[str, Any]) -> RunConfig:
     config = RunConfig(**merged)
     validate_run(config)
     return config
-
-

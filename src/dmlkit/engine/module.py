@@ -74,6 +74,7 @@ class MethodModule(L.LightningModule):
         self._epoch_start = 0.0
         self._images_seen = 0
         self.checkpoint_hook = None
+        self.stopper = None
 
     # -- data ---------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -91,7 +92,7 @@ class MethodModule(L.LightningModule):
         s = self.settings
         groups = self.method.parameter_groups(s["lr"], s["weight_decay"])
         optimizer = build_optimizer(s["optimizer"], groups, lr=s["lr"], weight_decay=s["weight_decay"])
-        scheduler = build_scheduler(s["scheduler"], optimizer, epochs=s["epochs"])
+        scheduler = build_scheduler(s["scheduler"], optimizer, epochs=s["epochs"], delay=self.method.scheduler_delay())
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -193,9 +194,31 @@ class MethodModule(L.LightningModule):
         self.history.append(record)
         if self.checkpoint_hook is not None:
             self.checkpoint_hook(self.trainer, record)
+        self._maybe_stop_early(record)
         if self.global_rank == 0 and "recall@1" in record:
             log.info("epoch %d: R@1 %.4f NMI %.4f MAP@R %.4f (%.1fs, %.0f img/s)", record["epoch"],
                      record["recall@1"], record["nmi"], record["map@r"], seconds, record["images_per_second"])
+
+    def _maybe_stop_early(self, record: dict[str, Any]) -> None:
+        """Patience on ``early_stop_monitor`` (:class:`dmlkit.engine.stopping.EarlyStopping`); the
+        rule is rebuilt from the history on the first call, so a resumed run keeps counting."""
+        from dmlkit.engine.stopping import EarlyStopping
+
+        patience, monitor = self.settings.get("early_stop_patience"), self.settings.get("early_stop_monitor")
+        if not patience or not monitor:
+            return
+        if self.stopper is None:
+            self.stopper = EarlyStopping(monitor, patience, self.settings.get("early_stop_collapse"))
+            for past in self.history[:-1]:
+                self.stopper.update(past)
+            if monitor not in record and self.global_rank == 0:
+                log.warning("early stopping on '%s' is inactive: the evaluation has no such key (a val_* metric "
+                            "needs a validation split: --val-fraction or --fold)", monitor)
+        if self.stopper.update(record):
+            record["stopped_early"] = self.stopper.reason
+            if self.global_rank == 0:
+                log.info("early stop after epoch %d: %s", record["epoch"], self.stopper.reason)
+            self.trainer.should_stop = True
 
     def _embedding_map_of_epoch(self, epoch: int) -> None:
         """``pictures/embedding_map_epoch<E>.png``: the test embeddings' t-SNE map during training."""

@@ -133,7 +133,8 @@ def _settings(config: RunConfig) -> dict[str, Any]:
     return {"batch_size": config.batch_size, "seed": config.seed, "num_workers": config.num_workers,
             "lr": config.lr, "weight_decay": config.weight_decay or 0.0, "optimizer": config.optimizer,
             "scheduler": config.scheduler, "epochs": config.epochs, "eval_every": config.eval_every,
-            "on_nan": config.on_nan, "run_dir": config.out,
+            "on_nan": config.on_nan, "run_dir": config.out, "early_stop_patience": config.early_stop_patience,
+            "early_stop_monitor": config.early_stop_monitor, "early_stop_collapse": config.early_stop_collapse,
             "picture_every": config.picture_every if config.pictures else None}
 
 
@@ -249,7 +250,7 @@ def _resume_path(out: Path, resume: bool | str, clean: bool = True) -> Path | No
 def _save_checkpoints(trainer, module, checkpoint_dir: Path, record: dict, config: RunConfig) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(checkpoint_dir / LAST, weights_only=False)  # full state, for --resume
-    key = "val_map@r" if "val_map@r" in record else "recall@1"
+    key = selection_key(record, config.early_stop_monitor)
     if key in record:
         scored = [r for r in module.history if key in r]
         if record[key] >= max(r[key] for r in scored):
@@ -258,20 +259,29 @@ def _save_checkpoints(trainer, module, checkpoint_dir: Path, record: dict, confi
         atomic_write_json(checkpoint_dir / POINTER, {"last": LAST, "epoch": record["epoch"], "complete": True})
 
 
+def selection_key(record: dict, monitor: str | None) -> str:
+    """The record key the best epoch is chosen on: the early-stopping monitor when the record has it,
+    else validation MAP@R (MLRC), else test R@1 (best-on-test, labelled as such)."""
+    if monitor and monitor in record:
+        return monitor
+    return "val_map@r" if "val_map@r" in record else "recall@1"
+
+
 def _finish(module, config: RunConfig, out: Path, seconds: float) -> dict:
     history = module.history
     evaluated = [r for r in history if "recall@1" in r]
-    metric_keys = [k for k in evaluated[-1] if k not in ("epoch", "epoch_seconds", "images_per_second")
+    metric_keys = [k for k in evaluated[-1] if k not in ("epoch", "epoch_seconds", "images_per_second", "stopped_early")
                    and not k.startswith("val_")]
     test = {k: evaluated[-1][k] for k in metric_keys}
-    select_key = "val_map@r" if "val_map@r" in evaluated[-1] else "recall@1"
+    select_key = selection_key(evaluated[-1], config.early_stop_monitor)
     best = max(evaluated, key=lambda r: r[select_key])
+    selected_on = (f"validation {select_key[len('val_'):]}" if select_key.startswith("val_")
+                   else f"test {select_key} (best-on-test, for reproduction only)")
     result = {
         "method": config.method, "dataset": config.dataset, "protocol": config.protocol,
         "test": test,
-        "best": {"epoch": best["epoch"], "selected_on": "validation map@r" if select_key.startswith("val")
-                 else "test recall@1 (best-on-test, for reproduction only)",
-                 **{k: best[k] for k in metric_keys}},
+        "best": {"epoch": best["epoch"], "selected_on": selected_on, **{k: best[k] for k in metric_keys}},
+        "stopped_early": history[-1].get("stopped_early") if history else None,
         "seconds": seconds,
         "images_per_second": float(np.mean([r["images_per_second"] for r in history])) if history else 0.0,
         "skipped_batches": module.skipped_batches,

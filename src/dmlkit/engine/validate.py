@@ -93,6 +93,13 @@ def _check_numbers(config: RunConfig) -> None:
         raise ConfigError(f"val_fraction must lie in [0, 1), got {config.val_fraction!r}")
     if config.fold is not None and config.fold > 3:
         raise ConfigError(f"fold must be 0, 1, 2 or 3 (the MLRC folds), got {config.fold}")
+    patience = config.early_stop_patience
+    if patience is not None and patience < 0:
+        raise ConfigError(f"early_stop_patience must be a non-negative integer (0 = off), got {patience!r}")
+    if patience and not config.early_stop_monitor:
+        raise ConfigError("early_stop_patience needs early_stop_monitor, e.g. --set early_stop_monitor=val_recall@1")
+    if config.early_stop_collapse is not None and not 0.0 <= config.early_stop_collapse < 1.0:
+        raise ConfigError(f"early_stop_collapse must lie in [0, 1), got {config.early_stop_collapse!r}")
 
 
 def _check_training(config: RunConfig) -> None:

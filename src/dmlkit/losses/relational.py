@@ -47,9 +47,11 @@ class DRMLLoss(nn.Module):
         num_branches: K; node_dim: d; the final embedding has K·d dimensions.
         lambda_emb, lambda_rec: weights of ``J_emb`` (10) and ``J_rec`` (1).
         recon_error: see :func:`reconstruction_errors`.
+        branch_proxy_init: init of the K branch tables (:func:`dmlkit.losses.supervised._init_table`).
         loss_kw: base-loss options passed to :func:`build_metric_loss` (miner, margins, scales ...).
 
-    Branch proxy tables are Kaiming-normal, the final one Kaiming-uniform (a = √5), as in the code.
+    Branch proxy tables are ``kaiming_normal_(a=√5)`` (std 1/√(3d) ≈ .051 for d = 128), the final
+    one ``kaiming_uniform_(a=√5)``, as in the code (``branch_proxy_init`` picks another branch init).
     ``forward(out, labels [B])`` returns ``{"loss", "branch", "emb", "rec"}`` and records the branch
     sizes of the batch in ``last_branch_sizes`` (``[K]`` long).
     """
@@ -63,6 +65,7 @@ class DRMLLoss(nn.Module):
         lambda_emb: float = 10.0,
         lambda_rec: float = 1.0,
         recon_error: str = "mse_per_dim",
+        branch_proxy_init: str = "kaiming_normal_a5",
         **loss_kw,
     ) -> None:
         super().__init__()
@@ -70,7 +73,7 @@ class DRMLLoss(nn.Module):
             raise ValueError(f"recon_error must be one of {RECON_ERRORS}, got '{recon_error}'")
         loss_kw.pop("proxy_init", None)
         self.branch_losses = nn.ModuleList(
-            build_metric_loss(base_loss, num_classes, node_dim, proxy_init="kaiming_normal", **loss_kw)
+            build_metric_loss(base_loss, num_classes, node_dim, proxy_init=branch_proxy_init, **loss_kw)
             for _ in range(num_branches)
         )
         self.final_loss: MetricLoss = build_metric_loss(

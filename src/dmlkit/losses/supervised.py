@@ -169,14 +169,25 @@ class MetricLoss(nn.Module):
         return self.loss(embeddings, labels, triplets)
 
 
+PROXY_INITS = ("kaiming_normal", "kaiming_normal_a5", "kaiming_uniform")
+
+
 def _init_table(table: Tensor, init: str) -> None:
-    """Initialise a ``[C, D]`` class table: Kaiming-normal (fan_out) or Kaiming-uniform (a = √5)."""
+    """Initialise a ``[C, D]`` class table.
+
+    ``kaiming_normal``: N(0, 2 / C) (fan_out = C); ``kaiming_normal_a5``: N(0, 1 / (3 D)), PyTorch's
+    ``kaiming_normal_(a=√5)`` with fan_in = D (zbr17/DRML ``src/drml/collectors/multi_proxy_collector.py``
+    L42, the branch tables); ``kaiming_uniform``: U(±1/√D), ``kaiming_uniform_(a=√5)``
+    (``src/drml/collectors/proxy_collector.py`` L32, the final table).
+    """
     if init == "kaiming_normal":
         nn.init.kaiming_normal_(table, mode="fan_out")
+    elif init == "kaiming_normal_a5":
+        nn.init.kaiming_normal_(table, a=math.sqrt(5))
     elif init == "kaiming_uniform":
         nn.init.kaiming_uniform_(table, a=math.sqrt(5))
     else:
-        raise ValueError(f"proxy_init must be 'kaiming_normal' or 'kaiming_uniform', got '{init}'")
+        raise ValueError(f"proxy_init must be one of {PROXY_INITS}, got '{init}'")
 
 
 def build_metric_loss(
@@ -210,7 +221,8 @@ def build_metric_loss(
         miner: ``auto`` (``hard`` for triplet, ``distance_weighted`` for margin, none for proxy
             losses), ``hard``, ``semihard``, ``distance_weighted`` or ``none``.
         dw_dim: ``n`` of distance-weighted sampling; ``auto`` = ``embedding_dim``.
-        proxy_init: ``kaiming_normal`` (DRML branches) or ``kaiming_uniform`` (DRML final table).
+        proxy_init: ``kaiming_normal`` (fan_out), ``kaiming_normal_a5`` (DRML branches) or
+            ``kaiming_uniform`` (DRML final table); see :func:`_init_table`.
 
     The defaults are the baselines' (PA δ = 0.1, α = 32); DRML passes δ = 0.2, α = 64.
     """
@@ -257,6 +269,7 @@ def build_metric_loss(
 
 
 __all__ = [
+    "PROXY_INITS",
     "MetricLoss",
     "build_metric_loss",
     "distance_weighted_triplets",

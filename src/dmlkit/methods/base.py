@@ -226,6 +226,11 @@ class Method(nn.Module):
         """The artifacts asked for since the last call (the engine calls it after every refresh)."""
         return self.__dict__.pop("_artifacts", [])
 
+    def scheduler_delay(self) -> int:
+        """Epochs at the start during which the learning-rate schedule does not advance (a warm-up
+        that holds every group's lr). Default 0: the schedule steps after every epoch."""
+        return 0
+
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (tensors, numbers, strings only)."""
         return {}

@@ -24,6 +24,7 @@ from dmlkit.methods.base import BuildInfo, Method, RefreshContext, build_method_
 from dmlkit.models.relational import RelationalHead
 
 PROXY_LOSSES = ("proxy_anchor", "cosface")
+GRAD_CLIP_WHEN = ("first_step", "every_step")
 
 
 @dataclass
@@ -59,12 +60,19 @@ class Config:
     emb_grad_into_nodes: bool = True  # False: J_emb trains only the relation module
     recon_error: str = "mse_per_dim"  # "l2_mean": unsquared L2 norm
     integrator_init: str = "identity"  # "kaiming"
+    # multi_proxy_collector.py L42: kaiming_normal_(a=√5), std 1/√(3d); "kaiming_normal": fan_out, std √(2/C)
+    branch_proxy_init: str = "kaiming_normal_a5"  # branch tables: std 1/√(3d) | "kaiming_normal" (fan_out)
     # optimisation (§5): trunk at the engine lr (5e-5), head ×20 (1e-3), proxies / β ×200 (1e-2)
     head_lr_multiplier: float = 20.0  # learning rate of the head (relation module, integrator): trunk lr x this
     proxy_lr_multiplier: float = 200.0  # learning rate of the loss's proxies and margin β: trunk lr x this
     skip_empty_branch_step: bool = False  # §3 open choice: code steps an empty branch's proxies anyway
     warmup_epochs: int = 1  # §5: first epoch steps only the head and the proxy groups
+    # GeDML trainers/base_trainer.py L334: schedulers do not step in warm-up epochs (True: they do)
+    step_scheduler_in_warmup: bool = False  # False: the lr schedule holds in warm-up | True: it steps
     grad_clip: float = 10.0  # §5: gradient-norm clipping per module (0 = off)
+    # GeDML grad_clipper_creator.py L12 hands clip_grad_norm_ a .parameters() generator, which the first
+    # call exhausts (utils.py L20): the official clipping acts on the first step only. "every_step": each step
+    grad_clip_when: str = "first_step"  # clip on the first optimizer step only | "every_step"
     sampler: str = "auto"  # §5: random batches for proxy losses, m-per-class for Triplet / Margin
     samples_per_class: int = 4  # §5: m = 4 (2 in MLRC mode); with < batch/m classes: all classes, batch/C each
 
@@ -76,8 +84,13 @@ class DRML(Method):
     uses_labels = "all"
     Config = Config
     defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 60, "batch_size": 180, "lr": 5e-5, "weight_decay": 1e-4,  # §5 (README, DRML-PA on CUB)
-        "optimizer": "adamw", "scheduler": "step",  # §5: StepLR, step 10 epochs, γ = 0.5
+        # GeDML base_manager.py L250: range(0, 61) = 61 epochs; README command: batch, lrs, wd (DRML-PA on CUB)
+        "epochs": 61, "batch_size": 180, "lr": 5e-5, "weight_decay": 1e-4,
+        "optimizer": "adamw", "scheduler": "step",  # §5: StepLR, step 10 epochs, γ = 0.5 (step_lr.yaml)
+        # base_manager.py L39-40, L294-299: stop after 15 epochs without a new best R@1, or when R@1 falls
+        # to 0.6 x best. The official code watches the *test* R@1; dmlkit watches a validation split's
+        # (--val-fraction / --fold); without one early stopping is inactive (docs/methods/drml.md).
+        "early_stop_patience": 15, "early_stop_monitor": "val_recall@1", "early_stop_collapse": 0.6,
     }
     renamed_options: ClassVar[dict[str, str]] = {"freeze_bn": "bn_freeze"}  # every method's backbone option
 
@@ -88,6 +101,8 @@ class DRML(Method):
             raise ValueError("DRML is supervised: the training split has no labeled classes")
         if config.sampler not in ("auto", "random", "m_per_class"):
             raise ValueError(f"sampler must be 'auto', 'random' or 'm_per_class', got '{config.sampler}'")
+        if config.grad_clip_when not in GRAD_CLIP_WHEN:
+            raise ValueError(f"grad_clip_when must be one of {GRAD_CLIP_WHEN}, got '{config.grad_clip_when}'")
         self.config = config
         self.num_classes = info.num_classes
         self.backbone = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze,
@@ -101,9 +116,12 @@ class DRML(Method):
             "miner", "pa_delta", "pa_alpha", "cosface_m", "cosface_s", "triplet_margin", "semihard_margin",
             "hard_cutoff", "margin_alpha", "margin_beta0", "dw_dim", "dw_mask_positives", "dw_cutoff")}
         self.objective = DRMLLoss(config.base_loss, info.num_classes, config.num_branches, config.node_dim,
-                                  config.lambda_emb, config.lambda_rec, config.recon_error, **loss_kw)
+                                  config.lambda_emb, config.lambda_rec, config.recon_error,
+                                  branch_proxy_init=config.branch_proxy_init, **loss_kw)
         self.views = Views(info.views_preset, 1)
         self.epoch = 0
+        self.optimizer_steps = 0  # steps seen by before_optimizer_step in this process
+        self.clipped_steps = 0  # of which gradients were clipped
         self.register_buffer("label_map", torch.zeros(0, dtype=torch.long), persistent=False)
 
     # --- data -------------------------------------------------------------------------------------
@@ -154,11 +172,23 @@ class DRML(Method):
                 if size == 0:
                     for p in loss.parameters():
                         p.grad = None
-        if self.config.grad_clip > 0:
-            for module in (self.backbone, self.head, *self.objective.branch_losses, self.objective.final_loss):
-                params = [p for p in module.parameters() if p.grad is not None]
-                if params:
-                    nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        first = self.optimizer_steps == 0
+        self.optimizer_steps += 1
+        if self.config.grad_clip > 0 and (first or self.config.grad_clip_when == "every_step"):
+            self.clip_gradients()
+
+    def clip_gradients(self) -> None:
+        """Clip the gradient norm at ``grad_clip`` per official clipper group: trunk, head, the K branch
+        tables together (one "ensemble" collector), the final table (link_proxy_anchor_drml.yaml L41-45)."""
+        self.clipped_steps += 1
+        for module in (self.backbone, self.head, self.objective.branch_losses, self.objective.final_loss):
+            params = [p for p in module.parameters() if p.grad is not None]
+            if params:
+                nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+
+    def scheduler_delay(self) -> int:
+        """The warm-up epochs hold the schedule (GeDML base_trainer.py L334: no step while warming up)."""
+        return 0 if self.config.step_scheduler_in_warmup else self.config.warmup_epochs
 
     def embed(self, images: Tensor) -> Tensor:
         """The relation-aware embedding ``f(x)``, L2-normalised ``[B, K·d]``; it depends on x alone."""

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from dmlkit.data.samplers import QUERY_DRAWS
 from dmlkit.losses.relaxed_contrastive import (
     NORMALISERS,
     kl_from_distances,
@@ -64,6 +65,8 @@ class Config:
     rc_weight_g: float = 0.5  # weight of L_RC(g)
     kl_weight: float = 1.0  # weight of L_KL
     tie_break: str = "stable_index"  # top-k order among ties: (-value, self first, column) | "torch_topk" (spec §4)
+    # code/dataset/sampler.py L142-147: distinct within a batch, with replacement across batches
+    query_sampling: str = "per_batch"  # each batch draws its b/K queries anew | "permutation": once per epoch
     refresh_nn_every_epochs: int = 1  # rebuild the NN table every this many epochs (official: every epoch)
     emb_lr: float | None = None  # learning rate of the heads f and g; None = the backbone lr (SOP README: 1e-2)
 
@@ -84,6 +87,8 @@ class Config:
             raise ValueError(f"rc_normaliser must be one of {NORMALISERS}, got '{self.rc_normaliser}'")
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got '{self.tie_break}'")
+        if self.query_sampling not in QUERY_DRAWS:
+            raise ValueError(f"query_sampling must be one of {QUERY_DRAWS}, got '{self.query_sampling}'")
 
     @property
     def neighbourhood(self) -> int:
@@ -175,7 +180,8 @@ class STML(Method):
         self.neighbours = self.neighbours.long().cpu()
 
     def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int):
-        """b/K random queries per batch, each followed by its K-1 nearest neighbours (spec §3.2)."""
+        """b/K random queries per batch, each followed by its K-1 nearest neighbours (spec §3.2); the
+        queries are drawn per batch (official) or as one permutation per epoch (``query_sampling``)."""
         from dmlkit.data.samplers import NeighbourGroupSampler
 
         if self.neighbours is None:
@@ -183,7 +189,7 @@ class STML(Method):
         if len(self.neighbours) != len(dataset):
             raise RuntimeError(f"STML neighbour table has {len(self.neighbours)} rows but the dataset has "
                                f"{len(dataset)} items; refresh on the same training split")
-        return NeighbourGroupSampler(self.neighbours, batch_size, seed=seed, epoch=epoch)
+        return NeighbourGroupSampler(self.neighbours, batch_size, seed=seed, epoch=epoch, queries=self.config.query_sampling)
 
     # -- one iteration (spec §3.3-§5) --------------------------------------------------------------
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -135,7 +135,8 @@ def build_optimizer(name: str, param_groups: Iterable[Any], lr: float, weight_de
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def build_scheduler(name: str, optimizer: Optimizer, epochs: int, **kwargs: Any) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(name: str, optimizer: Optimizer, epochs: int, delay: int = 0,
+                    **kwargs: Any) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-epoch learning-rate schedule (call ``scheduler.step()`` once at the end of every epoch).
 
     Args:
@@ -144,9 +145,18 @@ def build_scheduler(name: str, optimizer: Optimizer, epochs: int, **kwargs: Any)
             ``step_size`` epochs, default 10: DRML's StepLR).
         optimizer: the optimizer whose groups are scheduled.
         epochs: the number of epochs of the run.
+        delay: epochs held at every group's initial lr before the schedule starts (a warm-up that
+            does not count): the lr of epoch ``e`` is the undelayed schedule's lr of epoch
+            ``max(e - delay, 0)``, and cosine anneals over ``epochs - delay``. With ``delay = 1`` the
+            StepLR halvings come after epochs 11, 21, ... (epochs counted from 1), as in GeDML, whose
+            schedulers do not step during warm-up (``launcher/trainers/base_trainer.py`` L334).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0, got {delay}")
+    if delay and name in ("cosine", "step"):
+        return _delayed_scheduler(name, optimizer, epochs, delay, **kwargs)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=kwargs.get("eta_min", 0.0))
     if name == "constant":
@@ -155,3 +165,20 @@ def build_scheduler(name: str, optimizer: Optimizer, epochs: int, **kwargs: Any)
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=kwargs.get("step_size", 10),
                                                gamma=kwargs.get("gamma", 0.5))
     raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+
+
+def _delayed_scheduler(name: str, optimizer: Optimizer, epochs: int, delay: int,
+                       **kwargs: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """``cosine`` / ``step`` in closed form on the shifted epoch ``max(e - delay, 0)``."""
+    if name == "step":
+        step_size, gamma = kwargs.get("step_size", 10), kwargs.get("gamma", 0.5)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (max(e - delay, 0) // step_size))
+    span, eta_min = max(epochs - delay, 1), kwargs.get("eta_min", 0.0)
+
+    def cosine(base: float):
+        def factor(e: int) -> float:
+            t = min(max(e - delay, 0), span)
+            return (eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / span)) / 2) / base if base else 1.0
+        return factor
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine(g["lr"]) for g in optimizer.param_groups])

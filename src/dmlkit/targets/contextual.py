@@ -17,9 +17,18 @@ Tie-breaking in the top-k (spec §4 open choice): ``"stable_index"`` (default) o
 (-value, column index) with the row itself first, so that among equal similarities — the forced 1s of
 same-index pairs, or exact duplicates — the lower column wins. Ranking the row itself first keeps
 i ∈ R_k(i) and i ∈ N_{k/2}(i) (which the spec states) even when more than k rows share an image index
-(duplicates across NN groups); a plain (-value, column) order would break that. ``"torch_topk"`` uses
-``torch.topk`` on the same matrix, as the official code does (its order among ties is unspecified).
-The choice changes N_k only when entries tie.
+(duplicates across NN groups); a plain (-value, column) order would break that.
+
+``"torch_topk"`` calls ``torch.topk`` on the same ranking matrix (the row itself at 2, the other rows
+of its image at 1). What it guarantees: the row itself comes first (2 is the row's unique maximum), so
+i ∈ R_k(i) and i ∈ N_{k/2}(i); the columns it returns hold the row's largest values in non-increasing
+order (no column left out has a larger value than one taken); on rows whose entries other than the
+diagonal are pairwise distinct it returns exactly what ``"stable_index"`` returns. What it does not
+guarantee: which of several equal entries is taken when they straddle the k-th (or the round(k/2)-th)
+place, nor their order. PyTorch leaves that to the kernel: it can differ between CPU and CUDA,
+between versions, and from the official code, which runs ``torch.topk`` on a matrix whose diagonal is
+1 like the other same-index entries (tjddus9597/STML-CVPR22 ``code/loss.py`` L59-61). It is not a
+bit-exact transcription of the official top-k; the choice changes N_k only when entries tie.
 
 Query expansion divides by the number of expansion neighbours ``qe_size`` (numpy's round-half-even of
 k/2, the official code's ``mean``); the spec's ``2/k`` is the same number for even k (the default).
@@ -122,7 +131,8 @@ def contextual_similarity_parts(
         sigma: bandwidth σ of the Gaussian pairwise similarity (paper: 3).
         qe_size: query-expansion neighbours; default round_half_even(k/2).
         normalize: L2-normalise the teacher embeddings first (STML ``teacher_norm``, default on).
-        tie_break: ``"stable_index"`` or ``"torch_topk"`` (see module docstring).
+        tie_break: ``"stable_index"`` or ``"torch_topk"`` (see the module docstring for what each
+            guarantees among ties).
 
     Returns:
         :class:`ContextualSimilarity`; ``.W`` is the ``[n, n]`` pseudo-label matrix (no grad).
