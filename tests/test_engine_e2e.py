@@ -1,4 +1,5 @@
 """The engine end to end through the CLI on a small Fashion-MNIST subset (Debian's package)."""
+import csv
 import json
 import os
 import signal
@@ -41,6 +42,10 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
                  "logs/metrics.csv", "pictures/embedding_map.png", "pictures/embedding_map_epoch2.png",
                  "pictures/retrieval_grid.png", "report.md"):
         assert (out / name).exists(), name
+    with (out / "logs/metrics.csv").open() as f:  # 16 steps: one per-step row (every 10 steps), 2 epoch means
+        rows = list(csv.DictReader(f))
+    assert sum(bool(r.get("train/loss_step")) for r in rows) == 1
+    assert sum(bool(r.get("train/loss_epoch")) for r in rows) == 2
 
     # eval reproduces the final metrics from the checkpoint; embed writes the test embeddings
     assert main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0

@@ -125,6 +125,21 @@ def test_kmeans_torch_and_faiss_run_the_same_lloyd_from_the_same_init():
         assert nmi_score(a, b) == pytest.approx(1.0)  # same partition (ids may differ)
 
 
+def test_kmeans_skipping_unmoved_centroids_equals_plain_lloyd():
+    from dmlkit.evaluation.clustering import _init_centroids
+
+    x, _ = clustered(n_classes=40, per_class=12, dim=6, spread=1.5, seed=6)
+    x = x.double()  # float64: no near-ties decided by rounding
+    for iters in (1, 3, 20):  # stopped mid-way and converged
+        centroids = _init_centroids(x, 40, "random", torch.Generator().manual_seed(2))
+        for _ in range(iters):  # the textbook loop: full assignment, then every centroid its mean
+            assign = torch.cdist(x, centroids).argmin(dim=1)
+            for c in assign.unique():
+                centroids[c] = x[assign == c].mean(dim=0)
+        expected = torch.cdist(x, centroids).argmin(dim=1)
+        assert torch.equal(kmeans(x, 40, iters=iters, init="random", seed=2), expected)
+
+
 def test_evaluate_nmi_uses_one_cluster_per_class():
     x, y = clustered(spread=0.05)
     assert evaluate(x, y, kmeans_n_init=3)["nmi"] == pytest.approx(1.0)
@@ -231,6 +246,19 @@ def test_first_relevant_rank_breaks_ties_by_index():
     assert first_relevant_rank(d[:1], torch.tensor([[4]]), torch.tensor([[True]])).tolist() == [6]
     no_tie = torch.tensor([[0.3, 0.1, 0.2, 0.9]])
     assert first_relevant_rank(no_tie, torch.tensor([[0, 3]]), torch.ones(1, 2, dtype=torch.bool)).tolist() == [3]
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_long_lists_take_the_relevance_key_path_and_equal_the_slow_loop(grid):
+    # two classes of ~80: R-Precision lists of k >= 64 (the numpy key path); on an integer grid
+    # nearly every distance is tied across classes, so rows are redone by index
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 4, (160, 2), generator=g).float() if grid else torch.randn(160, 3, generator=g)
+    y = torch.randint(0, 2, (160,), generator=g)
+    ks = (1, 4, 64, 159)
+    ref = slow_metrics(x.double().numpy(), y.numpy(), x.double().numpy(), y.numpy(), True, ks)
+    out = evaluate(x, y, recall_at=ks, nmi=False, chunk=50)
+    assert {k: out[k] for k in ref} == pytest.approx(ref, abs=1e-12)
 
 
 def test_faiss_and_torch_agree_on_tie_free_data_and_cosine_matches_normalised_euclidean():

@@ -16,6 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# OpenMP threads that spin while waiting steal the cores of a shared or busy CPU (EfficientNet-Lite0 ran
+# 6-13x slower on a loaded 2-core machine); passive waiting costs nothing on an idle one. It must be
+# set before torch (its OpenMP runtime) loads, so here, at the top of the entry point; a value the
+# user exported wins (docs/speed.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130

@@ -37,16 +37,42 @@ def nmi_score(labels: torch.Tensor | np.ndarray, clusters: torch.Tensor | np.nda
     return float(mi / ((h_a + h_b) / 2.0))
 
 
-def _assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of every row (squared Euclidean via the expansion), in row blocks."""
-    c_sq = (centroids * centroids).sum(1)
-    rows = max(1, MAX_BLOCK_ELEMENTS // centroids.shape[0])
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row and ``‖c‖² − 2 x·c`` to it (squared distance minus ``‖x‖²``), in row blocks."""
+    rows = max(1, MAX_BLOCK_ELEMENTS // max(centroids.shape[0], 1))
     assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    score = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], rows):
         block = torch.addmm(c_sq.unsqueeze(0), x[s : s + rows], centroids.T, alpha=-2.0)
-        dist[s : s + rows], assign[s : s + rows] = block.min(dim=1)
-    return assign, dist + (x * x).sum(1)
+        score[s : s + rows], assign[s : s + rows] = block.min(dim=1)
+    return assign, score
+
+
+def _reassign(
+    x: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor, score: torch.Tensor, moved: torch.Tensor
+) -> None:
+    """Lloyd's assignment step after only the centroids marked ``moved`` changed, in place.
+
+    A point whose centroid did not move still has every unmoved centroid at its old distance, none
+    nearer than its own, so only the moved ones can take it: it is compared with those alone. Points
+    of moved centroids are reassigned against all of them. Same result as a full pass (up to float
+    rounding of equal distances); after the first rounds few centroids move, so rounds get cheap.
+    """
+    c_sq = (centroids * centroids).sum(1)
+    stale = moved[assign]
+    if 2 * int(stale.sum()) > x.shape[0]:  # mostly stale: one full pass is cheaper than the split
+        stale = torch.ones_like(stale)
+    full = torch.nonzero(stale).flatten()
+    if full.numel() == x.shape[0]:
+        assign[:], score[:] = _nearest(x, centroids, c_sq)
+    elif full.numel():
+        assign[full], score[full] = _nearest(x[full], centroids, c_sq)
+    rest, cols = torch.nonzero(~stale).flatten(), torch.nonzero(moved).flatten()
+    if rest.numel() and cols.numel():
+        a, b = _nearest(x[rest], centroids[cols], c_sq[cols])
+        a = cols[a]
+        better = (b < score[rest]) | ((b == score[rest]) & (a < assign[rest]))  # ties: lower index, as min does
+        assign[rest[better]], score[rest[better]] = a[better], b[better]
 
 
 def _init_centroids(x: torch.Tensor, k: int, init: str, gen: torch.Generator) -> torch.Tensor:
@@ -115,17 +141,24 @@ def kmeans(
             if inertia < best_inertia:
                 best, best_inertia = assign, inertia
             continue
-        previous = None
-        for _ in range(iters):
-            assign, _ = _assign(x, centroids)
-            if previous is not None and torch.equal(assign, previous):
-                break
+        assign = torch.zeros(n, dtype=torch.long, device=x.device)
+        score = torch.empty(n, dtype=x.dtype, device=x.device)
+        moved = torch.ones(k, dtype=torch.bool, device=x.device)  # round 1: every centroid is new
+        for round_ in range(iters):
+            previous = assign.clone()
+            _reassign(x, centroids, assign, score, moved)
+            if round_ > 0 and torch.equal(assign, previous):
+                break  # assignments repeat: the remaining rounds would change nothing
             sums = torch.zeros_like(centroids).index_add_(0, assign, x)
             counts = torch.bincount(assign, minlength=k)
             filled = counts > 0
-            centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
-            previous = assign
-        assign, dist = _assign(x, centroids)
+            updated = centroids.clone()
+            updated[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+            moved = (updated != centroids).any(dim=1)
+            centroids = updated
+        else:
+            _reassign(x, centroids, assign, score, moved)  # the assignment to the final centroids
+        dist = score + (x * x).sum(1)
         inertia = float(dist.clamp_min(0).sum())
         if inertia < best_inertia:
             best, best_inertia = assign, inertia

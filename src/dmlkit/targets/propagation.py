@@ -41,6 +41,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from dmlkit.evaluation.knn import topk_block
+
 SYMMETRIZE_MODES = ("transpose", "literal", "none")
 SOLVERS = ("auto", "dense", "sparse_krylov", "sparse_neumann")
 
@@ -116,16 +118,9 @@ def knn_graph(z: Tensor, k: int, include_self: bool = False, block_size: int = 2
         rows = torch.arange(start, min(start + block_size, n), device=z.device)
         d = (sq[rows, None] + sq[None, :] - 2.0 * z[rows] @ z.T).clamp_min_(0.0)
         d[torch.arange(len(rows)), rows] = 0.0 if include_self else math.inf
-        kth = d.kthvalue(k, dim=1, keepdim=True).values
-        below = d < kth
-        tied = d == kth
-        need = k - below.sum(1, keepdim=True)
-        chosen = below | (tied & (tied.cumsum(1) <= need))  # exactly k per row, ties by index
-        idx = chosen.nonzero()[:, 1].view(len(rows), k)  # ascending index within each row
-        dist = d.gather(1, idx)
-        order = torch.sort(dist, dim=1, stable=True).indices
-        neighbours.append(idx.gather(1, order))
-        distances.append(dist.gather(1, order))
+        dist, idx = topk_block(d, k)  # the k smallest by (distance, index), exactly; no kthvalue pass
+        neighbours.append(idx)
+        distances.append(dist)
     nbr = torch.cat(neighbours).cpu()
     dist = torch.cat(distances).cpu()
     Q = sp.csr_matrix(
