@@ -106,7 +106,7 @@ class DRML(Method):
             "hard_cutoff", "margin_alpha", "margin_beta0", "dw_dim", "dw_mask_positives", "dw_cutoff")}
         self.objective = DRMLLoss(config.base_loss, info.num_classes, config.num_branches, config.node_dim,
                                   config.lambda_emb, config.lambda_rec, config.recon_error, **loss_kw)
-        self.views = Views(info.views_preset, 1)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
         self.epoch = 0
         self.register_buffer("label_map", torch.zeros(0, dtype=torch.long), persistent=False)
 

@@ -65,7 +65,7 @@ class InitialMethod(Method):
         self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained)
         from dmlkit.data.views import Views
 
-        self.views = Views(info.views_preset, 1)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise RuntimeError("the 'initial' method does not train")
@@ -104,7 +104,7 @@ class SupervisedMethod(Method):
         self.config = config
         self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
                                                   normalize=config.normalize)
-        self.views = Views(info.views_preset, 1)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
         self.loss_fn = build_loss(config.loss, info.num_classes, config.embedding_dim)
         self.miner = getattr(miners, config.miner)() if config.miner else None
         self._label_map: Tensor | None = None

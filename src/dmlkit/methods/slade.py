@@ -149,7 +149,7 @@ class SLADE(Method):
         self.backbone, self.head = build_embedder(
             config.backbone, config.embedding_dim, info, config.pretrained
         )
-        self.views = Views(info.views_preset, 1)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
         self.basis = FeatureBasis(n_basis, config.embedding_dim, config.basis_ce, config.basis_sim)
         self.gaussians = SimilarityGaussians(config.beta, config.lambda_sd, config.m_sd, config.sd_gradient)
         self.rank = RankingLoss(
