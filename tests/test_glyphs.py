@@ -148,3 +148,46 @@ def test_views_leave_out_augmentations_the_dataset_does_not_allow():
         assert modules and not any(isinstance(m, K.RandomHorizontalFlip) for m in modules)
     with pytest.raises(ValueError, match="unknown augmentation"):
         Views("grey28", augmentations=frozenset({"mirror"}))
+
+
+def test_cli_datasets_json_lists_and_refuses_unknown_builds(capsys):
+    from dmlkit.cli import main
+
+    assert main(["datasets", "digits", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"] == {"train": {"images": 1195, "classes": 10}, "test": {"images": 602, "classes": 10}}
+    assert not summary["class_disjoint"]
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert "glyphs-large" in listing and "fashion-mnist" in listing
+    assert main(["datasets", "build", "mnist"]) == 2
+    assert "only glyphs is built" in capsys.readouterr().err
+
+
+def test_cli_builds_glyphs_once(built, capsys):
+    from dmlkit.cli import main
+
+    root, _ = built
+    assert main(["datasets", "build", "glyphs", "--data-root", str(root)]) == 0
+    assert "already built" in capsys.readouterr().out
+
+
+def test_cub_like_variant_takes_200_alphabetic_classes_of_at_most_60():
+    from dmlkit.data.readers.glyphs import select
+
+    points = list(range(0x41, 0x41 + 250)) + list(range(0x3B1, 0x3B1 + 100)) + list(range(0x3041, 0x3041 + 50))
+    classes = [{"id": i, "code_points": [cp], "instances": 70 if i % 3 else 39} for i, cp in enumerate(points)]
+    labels = np.repeat(np.arange(len(classes)), [c["instances"] for c in classes])
+    rows = select({"classes": classes, "counts": {"faces_used": 70}}, labels, "glyphs")
+    chosen, counts = np.unique(labels[rows], return_counts=True)
+    assert len(chosen) == 200 and counts.max() == 60 and counts.min() == 60  # the 39-instance classes are out
+    assert all(points[c] < 0x3041 for c in chosen)  # kana is not alphabetic: never chosen
+    assert np.array_equal(rows, select({"classes": classes, "counts": {}}, labels, "glyphs"))  # deterministic
+
+
+def test_cub_like_variant_says_how_to_get_more_fonts(built):
+    from dmlkit.data.base import DatasetError
+
+    root, _ = built
+    with pytest.raises(DatasetError, match="core.txt"):
+        load_records("glyphs", str(root))

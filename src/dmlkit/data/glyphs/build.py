@@ -52,7 +52,10 @@ def _render_face(job: tuple[int, str, int, tuple[int, ...], int]) -> tuple[int, 
     points, images = [], []
     for cp in candidates:
         if cp in mapped:
-            image = renderer.render(cp)
+            try:
+                image = renderer.render(cp)
+            except (OSError, ValueError):  # FreeType's "raster overflow" on a broken outline: the glyph is skipped
+                continue
             if image is not None:
                 points.append(cp)
                 images.append(image)
