@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, save_rows  # noqa: E402
+from _common import markdown_table, save_rows
 
-from dmlkit.data import load_records, make_split  # noqa: E402
-from dmlkit.evaluation import evaluate  # noqa: E402
+from dmlkit.data import load_records, make_split
+from dmlkit.evaluation import evaluate
 
 KEEP = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows = [pixels_row(variant, args.data_root) for variant in args.variants]
     save_rows("glyphs_yardsticks", rows)
-    print(markdown_table(rows, ["method", "dataset", "test_classes", "test_images",
-                                *[(k, (lambda key: lambda r: r["metrics"][key])(k)) for k in KEEP], "seconds"]))
+    columns = [(k, lambda r, key=k: r["metrics"][key]) for k in KEEP]
+    print(markdown_table(rows, ["method", "dataset", "test_classes", "test_images", *columns, "seconds"]))
     return 0
 
 

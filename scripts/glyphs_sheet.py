@@ -14,11 +14,11 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from dmlkit.data import load_records  # noqa: E402
-from dmlkit.engine.checkpoint import atomic_write_bytes  # noqa: E402
+from dmlkit.data import load_records
+from dmlkit.engine.checkpoint import atomic_write_bytes
 
 
 def draw_sheet(variant: str, out: str, seed: int = 0, rows: int = 16, cols: int = 16, root: str | None = None) -> None:

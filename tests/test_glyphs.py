@@ -108,7 +108,7 @@ def test_a_collision_within_one_face_drops_both_classes_there():
 def test_picture_fonts_are_found_by_their_letters():
     rng = np.random.default_rng(0)
     letters = {cp: {} for cp in range(65, 91)}
-    for cp, faces in letters.items():
+    for faces in letters.values():
         shape = rng.random(256).astype(np.float32)
         for face in range(5):
             faces[face] = shape + 0.1 * rng.random(256).astype(np.float32)

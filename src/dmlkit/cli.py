@@ -245,6 +245,8 @@ def _add_datasets(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.add_argument("--data-root", help="where datasets live (else $DMLKIT_DATA, system packages, ~/.cache/dmlkit)")
     p.add_argument("--force", action="store_true", help="with build: rebuild even if a build exists")
+    p.add_argument("--fonts", choices=["core", "large"],
+                   help="with build: only the faces of this pinned font list (default: every installed font)")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -265,7 +267,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if folder is not None and not args.force:
             print(f"glyphs is already built in {folder}; pass --force to rebuild")
             return 0
-        manifest = build_glyphs(folder or build_target(args.data_root))
+        manifest = build_glyphs(folder or build_target(args.data_root), font_list=args.fonts)
         print(f"glyphs: {manifest['counts']['classes']} classes, {manifest['counts']['images']} images from "
               f"{manifest['counts']['faces_used']} font faces in {manifest['seconds']:.0f} s -> {folder or build_target(args.data_root)}")
         return 0

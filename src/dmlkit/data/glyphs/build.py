@@ -69,7 +69,8 @@ def _render_face(job: tuple[int, str, int, tuple[int, ...], int]) -> tuple[int, 
 
 
 class _Renders:
-    """Renders appended to a raw file; read back one at a time through a memory map."""
+    """Renders appended to a raw file and read back one at a time (``os.pread``: no memory map, so
+    the build's resident memory stays the descriptors, not the gigabytes of renders)."""
 
     def __init__(self, path: Path, side: int) -> None:
         self.path, self.side = path, side
@@ -95,9 +96,16 @@ class _Renders:
         self.cp = join(self.cps, np.int32)
         self.desc = join(self.descriptors, np.float16, (0, (self.side // clean.BLOCK) ** 2))
         self.ink_all = join(self.ink, np.float64)
-        size = os.path.getsize(self.path)
-        self.images = (np.memmap(self.path, np.uint8, "r", shape=(len(self.cp), self.side, self.side))
-                       if size else np.zeros((0, self.side, self.side), np.uint8))
+        self.faces = self.cps = self.descriptors = self.ink = []
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def image(self, row: int) -> np.ndarray:
+        """Render ``row`` as uint8 ``[side, side]``."""
+        size = self.side * self.side
+        return np.frombuffer(os.pread(self.fd, size, int(row) * size), np.uint8).reshape(self.side, self.side)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _render_all(faces: list[fonts.Face], candidates: list[int], side: int, processes: int, work: Path) -> tuple[_Renders, dict]:
@@ -158,7 +166,7 @@ def _instances(renders: _Renders, pairs: dict[int, np.ndarray], kept: set[int], 
 
 def _deduplicate(renders: _Renders, rows: list[int]) -> list[int]:
     idx = np.array(rows)
-    keep = clean.first_of_near_duplicates(lambda i: renders.images[idx[i]], renders.desc[idx].astype(np.float32),
+    keep = clean.first_of_near_duplicates(lambda i: renders.image(idx[i]), renders.desc[idx].astype(np.float32),
                                           renders.ink_all[idx])
     return idx[keep].tolist()
 
@@ -167,12 +175,10 @@ def _write_arrays(folder: Path, renders: _Renders, classes: list[tuple[int, list
     """Write ``images/labels/faces.npy`` class by class; return the SHA-256 of the three files."""
     rows = [row for _, members in classes for row in members]
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(m) for _, m in classes])
-    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (len(rows), 1, side, side))
-    for start in range(0, len(rows), 4096):
-        chunk = rows[start:start + 4096]
-        images[start:start + len(chunk), 0] = renders.images[np.array(chunk, dtype=np.int64)]
-    images.flush()
-    del images
+    with open(folder / "images.npy", "wb") as fh:  # streamed: one render at a time
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                   "shape": (len(rows), 1, side, side)})
+        fh.writelines(renders.image(row).tobytes() for row in rows)
     np.save(folder / "labels.npy", labels)
     np.save(folder / "faces.npy", renders.face[np.array(rows, dtype=np.int64)] if rows else np.zeros(0, np.int32))
     digest = hashlib.sha256()
@@ -184,7 +190,8 @@ def _write_arrays(folder: Path, renders: _Renders, classes: list[tuple[int, list
 
 
 def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, code_points: list[int] | None = None,
-                 processes: int = 2, side: int = SIDE, min_instances: int = MIN_INSTANCES) -> dict:
+                 processes: int = 2, side: int = SIDE, min_instances: int = MIN_INSTANCES,
+                 font_list: str | None = None) -> dict:
     """Render, clean and store the glyphs dataset in ``out``; returns the manifest.
 
     Args:
@@ -193,6 +200,8 @@ def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, 
         code_points: candidates (default :func:`codepoints.candidate_code_points`).
         processes: rendering processes (at most 2 on the 2-core machines this was sized for).
         min_instances: classes with fewer instances are not stored.
+        font_list: ``core`` or ``large``: only faces from the packages of that pinned list
+            (``src/dmlkit/data/fonts/<list>.txt``), whatever else is installed; None = every installed font.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -200,6 +209,9 @@ def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, 
         raise DatasetError(f"{out} exists and holds files dmlkit did not write; choose another --data-root or empty it")
     if faces is None:
         faces = fonts.with_packages(fonts.cap_families(fonts.read_faces(fonts.font_files())))
+        if font_list is not None:
+            pinned = fonts.pinned_packages(font_list)
+            faces = [face for face in faces if face.package in pinned]
     if not faces:
         raise DatasetError("no TrueType/OpenType fonts found in " + ", ".join(fonts.FONT_DIRS) +
                            "; install the font packages: sudo apt-get install $(cat src/dmlkit/data/fonts/core.txt)")
@@ -222,8 +234,10 @@ def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, 
         selected = [(cls, rows) for cls, rows in selected if len(rows) >= min_instances]
         checksum = _write_arrays(work, renders, selected, side)
         manifest = _manifest(faces, renders, pictures, selected, members, candidates, checksum, side)
+        manifest["font_list"] = font_list or "installed"
         manifest["seconds"] = round(time.perf_counter() - start, 1)
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        renders.close()
         (work / "renders.u8").unlink()
         _replace(work, out)
     finally:

@@ -24,7 +24,7 @@ Rules (applied by :mod:`dmlkit.data.glyphs.build`):
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -48,6 +48,21 @@ def relative_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(diff / ink) if ink > 0 else float("inf")
 
 
+def candidate_pairs(descriptors: np.ndarray, ink: np.ndarray, near: float = NEAR) -> Iterator[tuple[int, int]]:
+    """Pairs ``i < j`` (in order of i, then j) that *may* be near-identical: coarse L2 under ``near * mean ink``."""
+    n = len(ink)
+    d = descriptors.astype(np.float32)
+    sq = (d * d).sum(axis=1)
+    for start in range(0, n, 1024):  # row blocks keep the distance matrix small
+        rows = slice(start, min(start + 1024, n))
+        dist2 = sq[rows, None] + sq[None, :] - 2.0 * d[rows] @ d.T
+        limit = (near * (ink[rows, None] + ink[None, :]) / 2) ** 2
+        i, j = np.nonzero(dist2 < limit * 1.0001 + 1e-6)
+        i = i + start
+        keep = i < j
+        yield from zip(i[keep].tolist(), j[keep].tolist())
+
+
 def near_pairs(images: np.ndarray | Callable[[int], np.ndarray], descriptors: np.ndarray,
                ink: np.ndarray, near: float = NEAR) -> np.ndarray:
     """All pairs ``i < j`` of near-identical renders, int64 ``[m, 2]``.
@@ -57,23 +72,8 @@ def near_pairs(images: np.ndarray | Callable[[int], np.ndarray], descriptors: np
         descriptors: :func:`pooled` of the same renders, ``[n, D]``.
         ink: ``[n]`` ink of each render (sum of pixels / 255).
     """
-    n = len(ink)
-    if n < 2:
-        return np.zeros((0, 2), dtype=np.int64)
     get = images.__getitem__ if isinstance(images, np.ndarray) else images
-    d = descriptors.astype(np.float32)
-    sq = (d * d).sum(axis=1)
-    found = []
-    for start in range(0, n, 1024):  # row blocks keep the distance matrix small
-        rows = slice(start, min(start + 1024, n))
-        dist2 = sq[rows, None] + sq[None, :] - 2.0 * d[rows] @ d.T
-        limit = (near * (ink[rows, None] + ink[None, :]) / 2) ** 2
-        i, j = np.nonzero(dist2 < limit * 1.0001 + 1e-6)
-        i = i + start
-        keep = i < j
-        for a, b in zip(i[keep].tolist(), j[keep].tolist()):
-            if relative_distance(get(a), get(b)) < near:
-                found.append((a, b))
+    found = [(a, b) for a, b in candidate_pairs(descriptors, ink, near) if relative_distance(get(a), get(b)) < near]
     return np.array(found, dtype=np.int64).reshape(-1, 2)
 
 
@@ -123,9 +123,13 @@ def picture_faces(letters: dict[int, dict[int, np.ndarray]], threshold: float = 
 
 def first_of_near_duplicates(images: Callable[[int], np.ndarray], descriptors: np.ndarray, ink: np.ndarray,
                              near: float = NEAR) -> np.ndarray:
-    """Bool ``[n]``: keep item i unless it is near-identical to a kept item before it (items in face order)."""
+    """Bool ``[n]``: keep item i unless it is near-identical to a kept item before it (items in face order).
+
+    Candidates come in order of the earlier item, so an item's fate is settled before it can drop
+    others; a pair is checked at full resolution only while both items are still kept (a clique
+    of m identical renders costs m checks, not m^2/2)."""
     keep = np.ones(len(ink), dtype=bool)
-    for a, b in near_pairs(images, descriptors, ink, near).tolist():  # sorted by a, then b
-        if keep[a]:
+    for a, b in candidate_pairs(descriptors, ink, near):
+        if keep[a] and keep[b] and relative_distance(images(a), images(b)) < near:
             keep[b] = False
     return keep

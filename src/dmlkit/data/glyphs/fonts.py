@@ -110,3 +110,11 @@ def with_packages(faces: list[Face]) -> list[Face]:
     """``faces`` with their Debian package and version filled in where dpkg knows the file."""
     owners = debian_packages(sorted({f.path for f in faces}))
     return [Face(f.path, f.index, f.family, f.style, *owners.get(f.path, ("", ""))) for f in faces]
+
+
+def pinned_packages(name: str) -> set[str]:
+    """The packages of the pinned font list ``name`` (``core`` or ``large``)."""
+    path = Path(__file__).resolve().parent.parent / "fonts" / f"{name}.txt"
+    if not path.is_file():
+        raise ValueError(f"unknown font list {name!r}; choose core or large (src/dmlkit/data/fonts/*.txt)")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}

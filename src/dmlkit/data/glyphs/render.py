@@ -3,11 +3,11 @@
 Scaling each glyph to fill its own box makes o/O, c/C, s/S, x/X and the dashes identical, so a
 face gets **one** pixel size and **one** baseline, measured from its Latin letters:
 
-- at a reference size, the ink of the face's basic Latin letters (those its cmap maps) spans
-  ``top`` (highest ascender or cap) to ``bottom`` (lowest descender) around the baseline;
-- the pixel size maps that span onto ``BODY`` of the side (the rest is headroom for accents), and
-  the baseline sits so the span is centred vertically;
-- a face without Latin letters uses its ascent/descent instead.
+- at a reference size, the median top of the face's capitals and ascender letters (those its cmap
+  maps) is its cap height; the pixel size maps it onto ``CAP`` of the side (a median, so that one
+  swash letter does not shrink the face), and the baseline sits at ``BASELINE`` of the side, which
+  leaves room above for accents and below for descenders;
+- a face without Latin letters fills ``BODY`` of the side with its ascent-to-descent span instead.
 
 Each glyph is then drawn at that size on that baseline and centred horizontally by its ink; only
 a glyph that would leave the square (wide arrows, tall accented capitals) is drawn smaller
@@ -20,10 +20,13 @@ import numpy as np
 from PIL import Image, ImageFont
 
 SIDE = 64  #: side of the square image, pixels
-BODY = 0.75  #: fraction of the side that the Latin letters' ascender-to-descender span fills
+CAP = 0.45  #: fraction of the side that the face's cap height (median top of capitals, ascenders) fills
+BASELINE = 0.70  #: the baseline's height from the top, as a fraction of the side (room above for accents)
+BODY = 0.75  #: fraction of the side that the ascent-to-descent span fills, for faces without Latin letters
 PAD = 1  #: pixels kept free at every border
 REFERENCE = 100.0  #: pixel size at which a face is measured
 LATIN = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TALL = "ABCDEFGHIJKLMNOPQRSTUVWXYZbdhkl"  #: their tops set the face's top (cap height / ascender)
 
 
 def _ink(font: ImageFont.FreeTypeFont, char: str) -> tuple[np.ndarray, int] | None:
@@ -52,17 +55,15 @@ class FaceRenderer:
     def __init__(self, path: str, index: int, mapped: set[int] | frozenset[int], side: int = SIDE) -> None:
         self.path, self.index, self.side = str(path), int(index), int(side)
         reference = self._font(REFERENCE)
-        spans = [ink for ink in (_ink(reference, c) for c in LATIN if ord(c) in mapped) if ink is not None]
-        if spans:
-            top = min(t for _, t in spans)
-            bottom = max(t + a.shape[0] for a, t in spans)
-        else:
+        tall = [ink[1] for ink in (_ink(reference, c) for c in TALL if ord(c) in mapped) if ink is not None]
+        if tall:  # the median top of capitals and ascenders: one swash letter does not shrink the face
+            cap = max(-float(np.median(tall)), 1.0)
+            self.size = REFERENCE * CAP * self.side / cap
+            self.baseline = BASELINE * self.side
+        else:  # no Latin letters: the face's ascent-to-descent span fills BODY, centred
             ascent, descent = reference.getmetrics()
-            top, bottom = -ascent, descent
-        span = max(bottom - top, 1)
-        self.size = REFERENCE * BODY * self.side / span
-        # the span's centre lands on the image's centre
-        self.baseline = self.side / 2 - (top + bottom) / 2 * self.size / REFERENCE
+            self.size = REFERENCE * BODY * self.side / max(ascent + descent, 1)
+            self.baseline = self.side / 2 + (ascent - descent) / 2 * self.size / REFERENCE
         self._fonts: dict[float, ImageFont.FreeTypeFont] = {}
 
     def _font(self, size: float) -> ImageFont.FreeTypeFont:
