@@ -191,3 +191,33 @@ def test_cub_like_variant_says_how_to_get_more_fonts(built):
     root, _ = built
     with pytest.raises(DatasetError, match="core.txt"):
         load_records("glyphs", str(root))
+
+
+def test_every_method_builds_its_views_with_the_datasets_augmentations():
+    import ast
+    from pathlib import Path
+
+    import dmlkit.methods
+
+    calls = []
+    for path in sorted(Path(dmlkit.methods.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Views":
+                calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}))
+    assert len(calls) >= 9
+    assert all(kw.get("augmentations") == "info.augmentations" for _, kw in calls), calls
+
+
+def test_a_method_built_for_glyphs_never_flips():
+    import kornia.augmentation as K
+    import torch
+
+    from dmlkit.methods import BuildInfo, method_class
+
+    info = BuildInfo(channels=3, image_size=32, num_train=10, dataset="toy", views_preset="colour32",
+                     augmentations=frozenset({"crop", "affine"}))
+    method = method_class("initial").from_options({"backbone": "resnet18-small"}, info)
+    method.views(torch.zeros(2, 3, 32, 32))
+    modules = [m for p in method.views._pipelines.values() for m in p]
+    assert any(isinstance(m, K.RandomCrop) for m in modules)
+    assert not any(isinstance(m, (K.RandomHorizontalFlip, K.ColorJitter)) for m in modules)
