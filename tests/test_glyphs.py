@@ -133,6 +133,11 @@ def test_reader_serves_glyphs_large_without_horizontal_flips(built):
     summary = summarize(records)
     assert summary["class_disjoint"] and summary["splits"]["train"]["classes"] == 4
     assert summary["splits"]["test"] == {"images": 9, "classes": 3}
+    from dmlkit.data import make_split
+
+    split = make_split(records, fold=1)  # the reality-check protocol: 4 class-disjoint folds of the train classes
+    assert split.info["n_train_classes"] == 3 and len(np.unique(split.val.true_labels)) == 1
+    assert split.train.class_names is not None and "hflip" not in split.train.augmentations
 
 
 def test_views_leave_out_augmentations_the_dataset_does_not_allow():

@@ -23,7 +23,7 @@ import numpy as np
 
 from dmlkit.data.base import DatasetError
 from dmlkit.data.glyphs import clean, codepoints, fonts
-from dmlkit.data.glyphs.render import BODY, LATIN, SIDE, FaceRenderer
+from dmlkit.data.glyphs.render import BASELINE, BODY, CAP, LATIN, SIDE, FaceRenderer
 
 log = logging.getLogger(__name__)
 FORMAT = 1  #: bump when the stored layout or a rendering rule changes
@@ -268,15 +268,17 @@ def _manifest(faces, renders, pictures, selected, members, candidates, checksum,
     for i, face in enumerate(faces):
         status = "kept" if rendered[i] else "no candidate code point"
         if i in pictures:
-            status = f"picture font (letter similarity {pictures[i]:.2f} < {clean.PICTURE_SIMILARITY})"
+            status = f"picture font (letter similarity {pictures[i]:.2f}; rule: < {clean.PICTURE_SIMILARITY}, or < " \
+                     f"{clean.PICTURE_NEAREST:.0%} of letters nearest to their own)"
         listed.append({**face.to_json(), "rendered": int(rendered[i]), "status": status})
     classes = [{"id": i, "name": codepoints.class_name(sorted(members.get(cls, [cls]))),
                 "code_points": sorted(members.get(cls, [cls])), "instances": len(rows)}
                for i, (cls, rows) in enumerate(selected)]
     return {
         "name": "glyphs", "format": FORMAT, "side": side,
-        "rules": {"body": BODY, "near": clean.NEAR,
+        "rules": {"cap": CAP, "baseline": BASELINE, "body": BODY, "near": clean.NEAR,
                   "min_votes": clean.MIN_VOTES, "picture_similarity": clean.PICTURE_SIMILARITY,
+                  "picture_nearest": clean.PICTURE_NEAREST,
                   "max_styles": fonts.MAX_STYLES},
         "renderer": {"pillow": pillow, "freetype": features.version("freetype2")},
         "candidates": len(candidates),

@@ -19,8 +19,9 @@ Rules (applied by :mod:`dmlkit.data.glyphs.build`):
 - near-duplicates: within a class, an instance near-identical to one of an earlier face is dropped
   (shared glyph sets, derived fonts);
 - picture fonts: a face whose ASCII letters do not look like everyone else's (median cosine
-  similarity to the per-letter consensus below ``PICTURE_SIMILARITY``) is a picture or dingbat
-  font and is dropped whole.
+  similarity to the per-letter consensus below ``PICTURE_SIMILARITY``) or not like their own letter
+  (fewer than ``PICTURE_NEAREST`` nearest to their own letter's consensus, case-insensitively) is
+  a picture or dingbat font and is dropped whole.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import numpy as np
 NEAR = 0.05  #: relative L1 distance under which two renders are the same drawing
 MIN_VOTES = 2  #: faces that must map both code points before they can be merged as homoglyphs
 PICTURE_SIMILARITY = 0.5  #: median cosine similarity to the letter consensus below which a face is a picture font
+PICTURE_NEAREST = 0.15  #: fraction of letters nearest to their own consensus below which a face is a picture font
 BLOCK = 4  #: side of the blocks summed for the coarse descriptor
 
 
@@ -101,24 +103,30 @@ def homoglyph_groups(same: dict[tuple[int, int], int], both: dict[tuple[int, int
 
 
 def picture_faces(letters: dict[int, dict[int, np.ndarray]], threshold: float = PICTURE_SIMILARITY,
-                  min_letters: int = 10) -> dict[int, float]:
-    """Faces whose ASCII letters are not the letters: ``face -> median similarity`` below ``threshold``.
+                  min_nearest: float = PICTURE_NEAREST, min_letters: int = 10) -> dict[int, float]:
+    """Faces whose ASCII letters are not the letters: ``face -> median similarity``.
 
     Args:
         letters: ``code point -> {face: descriptor}`` for the ASCII letters each face draws.
-    The consensus of a letter is the per-block median over every face that draws it; a face's
-    score is the median cosine similarity of its letters to those consensuses. Faces drawing fewer
-    than ``min_letters`` ASCII letters (other scripts, symbols) are not judged.
+    The consensus of a letter is the per-block median over every face that draws it. A face is a
+    picture font when its letters are unlike everyone's (median cosine similarity to their own
+    letter's consensus below ``threshold``), or unlike their own letter (fewer than ``min_nearest``
+    of them are nearest, case-insensitively, to their own letter's consensus among all letters').
+    Faces drawing fewer than ``min_letters`` ASCII letters (other scripts, symbols) are not judged.
     """
-    scores: dict[int, list[float]] = {}
-    for faces in letters.values():
-        stack = np.stack(list(faces.values()))
-        consensus = np.median(stack, axis=0)
-        cn = np.linalg.norm(consensus) + 1e-9
-        for face, desc in faces.items():
-            scores.setdefault(face, []).append(float(desc @ consensus / (np.linalg.norm(desc) * cn + 1e-9)))
-    return {face: float(np.median(s)) for face, s in scores.items()
-            if len(s) >= min_letters and np.median(s) < threshold}
+    points = sorted(letters)
+    consensus = np.stack([np.median(np.stack(list(letters[cp].values())), axis=0) for cp in points])
+    consensus /= np.linalg.norm(consensus, axis=1, keepdims=True) + 1e-9
+    letter = np.array([chr(cp).lower() for cp in points])
+    similar: dict[int, list[float]] = {}
+    nearest: dict[int, list[bool]] = {}
+    for j, cp in enumerate(points):
+        for face, desc in letters[cp].items():
+            cosine = consensus @ desc / (np.linalg.norm(desc) + 1e-9)
+            similar.setdefault(face, []).append(float(cosine[j]))
+            nearest.setdefault(face, []).append(bool(letter[int(np.argmax(cosine))] == letter[j]))
+    return {face: float(np.median(s)) for face, s in similar.items()
+            if len(s) >= min_letters and (np.median(s) < threshold or np.mean(nearest[face]) < min_nearest)}
 
 
 def first_of_near_duplicates(images: Callable[[int], np.ndarray], descriptors: np.ndarray, ink: np.ndarray,
