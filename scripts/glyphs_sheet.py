@@ -25,8 +25,8 @@ def draw_sheet(variant: str, out: str, seed: int = 0, rows: int = 16, cols: int 
     records = load_records(variant, root)
     rng = np.random.default_rng(seed)
     classes = np.sort(rng.choice(int(records.labels.max()) + 1, rows, replace=False))
-    fig, axes = plt.subplots(rows, cols + 1, figsize=(cols * 0.7 + 2.2, rows * 0.72),
-                             gridspec_kw={"width_ratios": [3.0] + [1.0] * cols})
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(cols * 0.7 + 3.0, rows * 0.72),
+                             gridspec_kw={"width_ratios": [4.2] + [1.0] * cols})
     for r, c in enumerate(classes):
         members = np.flatnonzero(records.labels == c)
         picked = np.sort(rng.choice(members, min(cols, len(members)), replace=False))
