@@ -240,11 +240,53 @@ def cmd_options(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from dmlkit.data import list_datasets
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="list the dataset readers, describe one, or build one",
+                       description="Without NAME: list the dataset names. With NAME: each split's class and image "
+                                   "counts. `build glyphs`: render the glyphs dataset from the installed fonts.",
+                       epilog="examples:\n  dmlkit datasets\n  dmlkit datasets fashion-mnist --json\n"
+                              "  dmlkit datasets build glyphs\n  dmlkit datasets folder:photos --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="*", metavar="NAME", help="a dataset name, or `build glyphs`")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--data-root", help="where datasets live (else $DMLKIT_DATA, system packages, ~/.cache/dmlkit)")
+    p.add_argument("--force", action="store_true", help="with build: rebuild even if a build exists")
+    p.add_argument("--fonts", choices=["core", "large"],
+                   help="with build: only the faces of this pinned font list (default: every installed font)")
 
-    for name, description in list_datasets().items():
-        print(f"{name:16s} {description}")
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from dmlkit.data import list_datasets, load_records
+    from dmlkit.data.summary import summarize
+
+    if not args.words:
+        for name, description in list_datasets().items():
+            print(f"{name:16s} {description}")
+        return 0
+    if args.words[0] == "build":
+        if args.words[1:] not in (["glyphs"], ["glyphs-large"]):
+            raise ValueError("usage: dmlkit datasets build glyphs [--force] [--data-root PATH]; only glyphs is built")
+        from dmlkit.data.glyphs import build_glyphs
+        from dmlkit.data.readers.glyphs import build_target, find_build
+
+        folder = find_build(args.data_root)
+        if folder is not None and not args.force:
+            print(f"glyphs is already built in {folder}; pass --force to rebuild")
+            return 0
+        manifest = build_glyphs(folder or build_target(args.data_root), font_list=args.fonts)
+        print(f"glyphs: {manifest['counts']['classes']} classes, {manifest['counts']['images']} images from "
+              f"{manifest['counts']['faces_used']} font faces in {manifest['seconds']:.0f} s -> {folder or build_target(args.data_root)}")
+        return 0
+    if len(args.words) != 1:
+        raise ValueError(f"dmlkit datasets takes one NAME (or `build glyphs`), got {' '.join(args.words)}")
+    summary = summarize(load_records(args.words[0], args.data_root))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{summary['name']}: {summary['images']} images, {summary['classes']} classes, "
+              f"{summary['image_size']}x{summary['image_size']}x{summary['channels']}")
+        for tag, counts in summary["splits"].items():
+            print(f"  {tag:8s} {counts['classes']:6d} classes {counts['images']:8d} images")
     return 0
 
 
@@ -293,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("options", help="list a method's options: type, default, meaning").add_argument(
         "method", help="method name (`dmlkit methods`)")
-    sub.add_parser("datasets", help="list the dataset readers")
+    _add_datasets(sub)
     sub.add_parser("presets", help="list the shipped YAML presets")
     sub.add_parser("backbones", help="list the backbones: parameters, input size, pretrained weights on this machine")
     return parser

@@ -35,6 +35,9 @@ class DatasetRecords:
         labeled: optional bool ``[N]``: which training labels a semi-supervised method may see (the
             CSV contract's ``labeled`` column). None = every label is visible. A label of -1 marks an
             image whose class is unknown (only allowed for unlabeled training images).
+        augmentations: the augmentations that keep an image's class (names in
+            :data:`dmlkit.data.views.AUGMENTATIONS`: ``crop``, ``affine``, ``hflip``, ``colour``); every
+            method's views drop the others. None = all of them (glyphs leave out ``hflip``: b/d, p/q).
     """
 
     name: str
@@ -46,6 +49,7 @@ class DatasetRecords:
     image_size: int = 28
     channels: int = 1
     labeled: np.ndarray | None = None
+    augmentations: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -81,6 +85,8 @@ class DMLDataset(Dataset):
         true_labels: int64 ``[N]`` ground-truth class ids.
         loader: for file datasets, a function ``path -> uint8 [C, H, W]`` array at the preset size.
         name: a readable name, e.g. ``fashion-mnist/train``.
+        class_names: names indexed by class id (the characters for glyphs); what pictures show.
+        augmentations: the augmentations that keep the class (:attr:`DatasetRecords.augmentations`).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class DMLDataset(Dataset):
         channels: int = 1,
         image_size: int = 28,
         class_names: list[str] | None = None,
+        augmentations: frozenset[str] | None = None,
     ) -> None:
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -104,6 +111,7 @@ class DMLDataset(Dataset):
         self.channels = channels
         self.image_size = image_size
         self.class_names = class_names
+        self.augmentations = augmentations
         if not isinstance(images, np.ndarray) and loader is None:
             raise DatasetError(f"{name}: a file-backed dataset needs an image loader")
 
@@ -131,14 +139,14 @@ class DMLDataset(Dataset):
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
         return DMLDataset(
             images, self.labels[indices], self.true_labels[indices], self.loader,
-            name or self.name, self.recall_at, self.channels, self.image_size, self.class_names,
+            name or self.name, self.recall_at, self.channels, self.image_size, self.class_names, self.augmentations,
         )
 
     def with_labels(self, labels: np.ndarray) -> DMLDataset:
         """Same images, different visible labels (e.g. all -1 for label-free methods)."""
         return DMLDataset(
             self.images, labels, self.true_labels, self.loader, self.name, self.recall_at,
-            self.channels, self.image_size, self.class_names,
+            self.channels, self.image_size, self.class_names, self.augmentations,
         )
 
 

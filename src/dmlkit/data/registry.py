@@ -21,6 +21,12 @@ _READERS: dict[str, tuple[DatasetReader, str]] = {
     "cars196": (readers.read_cars196, "Stanford Cars-196, zero-shot: classes 1-98 train / 99-196 test"),
     "sop": (readers.read_sop, "Stanford Online Products, zero-shot: Ebay_train.txt / Ebay_test.txt"),
     "inshop": (readers.read_inshop, "In-shop Clothes Retrieval, zero-shot: train items / query vs gallery"),
+    "glyphs": (lambda root: readers.read_glyphs("glyphs", root),
+               ("characters as classes, font faces as instances, 64x64 grey: 100 train / 100 test classes, <= 60 "
+                "each (built from the installed fonts on first use, or `dmlkit datasets build glyphs`)")),
+    "glyphs-large": (lambda root: readers.read_glyphs("glyphs-large", root),
+                     ("every glyph class with >= 20 font faces, half train / half test (1,782 classes from the "
+                      "core font list; more with src/dmlkit/data/fonts/large.txt)")),
 }
 _PREFIXED = {
     "folder:PATH": "an image folder: PATH/<class>/* (first half of the classes train) or PATH/{train,test}/<class>/*",

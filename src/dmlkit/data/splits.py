@@ -200,7 +200,7 @@ def make_split(
     def build(idx: np.ndarray, tag: str, shown: np.ndarray, true: np.ndarray, class_names) -> DMLDataset:
         images = records.images[idx] if records.in_memory else [records.images[i] for i in idx]
         return DMLDataset(images, shown, true, loader, f"{records.name}/{tag}", records.recall_at,
-                          records.channels, records.image_size, class_names)
+                          records.channels, records.image_size, class_names, records.augmentations)
 
     query_idx = np.flatnonzero(query_mask)
     gallery_idx = np.flatnonzero(gallery_mask) if gallery_mask is not None else None

@@ -17,6 +17,10 @@ Presets (the stored size S0 is what the readers store, see :func:`dmlkit.data.im
 - ``imagenet224`` (CUB, Cars, SOP, In-shop, folders; stored 256x256): RandomResizedCrop(224,
   scale (0.16, 1), ratio (3/4, 4/3)) + horizontal flip (STML/PLM/SLADE/DRML, no colour jitter).
   Eval: center crop 224. ``crop_size=227`` gives the Inception setting of STML/PLM.
+
+A dataset declares which augmentations keep an image's class (``DatasetRecords.augmentations``,
+names in :data:`AUGMENTATIONS`); ``Views(..., augmentations=...)`` leaves the others out of its
+preset, so every method's views respect it (glyphs: no ``hflip``, since mirroring turns b into d).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PRESETS = ("grey28", "colour32", "imagenet224")
+#: augmentation names a dataset can declare class-keeping: random (resized) crop, small rotation and
+#: translation, horizontal flip, colour jitter
+AUGMENTATIONS = frozenset({"crop", "affine", "hflip", "colour"})
 
 
 def preset_for(data) -> str:
@@ -44,9 +51,12 @@ class Views(nn.Module):
         n_views: views per image.
         crop_size: output side for ``imagenet224`` (default 224); ``grey28``/``colour32`` keep the
             input size.
+        augmentations: the class-keeping augmentations the dataset declares (None = all of
+            :data:`AUGMENTATIONS`); the preset's others are left out.
     """
 
-    def __init__(self, preset: str, n_views: int = 2, crop_size: int | None = None) -> None:
+    def __init__(self, preset: str, n_views: int = 2, crop_size: int | None = None,
+                 augmentations: frozenset[str] | None = None) -> None:
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown views preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -54,6 +64,10 @@ class Views(nn.Module):
             raise ValueError(f"n_views must be >= 1, got {n_views}")
         if crop_size is not None and preset != "imagenet224":
             raise ValueError(f"crop_size only applies to the imagenet224 preset, not {preset!r}")
+        unknown = set(augmentations or ()) - AUGMENTATIONS
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose among {sorted(AUGMENTATIONS)}")
+        self.allowed = AUGMENTATIONS if augmentations is None else frozenset(augmentations)
         self.preset, self.n_views = preset, int(n_views)
         self.crop_size = int(crop_size or 224)
         self._pipelines = nn.ModuleDict()
@@ -63,18 +77,22 @@ class Views(nn.Module):
         if key not in self._pipelines:
             if self.preset == "grey28":
                 aug = [
-                    K.RandomResizedCrop((h, w), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)),
-                    K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), p=0.5),
+                    ("crop", K.RandomResizedCrop((h, w), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3))),
+                    ("affine", K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), p=0.5)),
                 ]
             elif self.preset == "colour32":
                 aug = [
-                    K.RandomCrop((h, w), padding=4),
-                    K.RandomHorizontalFlip(),
-                    K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+                    ("crop", K.RandomCrop((h, w), padding=4)),
+                    ("hflip", K.RandomHorizontalFlip()),
+                    ("colour", K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)),
                 ]
             else:
                 s = self.crop_size
-                aug = [K.RandomResizedCrop((s, s), scale=(0.16, 1.0), ratio=(3 / 4, 4 / 3)), K.RandomHorizontalFlip()]
+                crop = K.RandomResizedCrop((s, s), scale=(0.16, 1.0), ratio=(3 / 4, 4 / 3))
+                if "crop" not in self.allowed:  # the output size must still be the crop size
+                    crop = K.Resize((s, s))
+                aug = [("resize" if "crop" not in self.allowed else "crop", crop), ("hflip", K.RandomHorizontalFlip())]
+            aug = [module for name, module in aug if name in self.allowed or name == "resize"]
             self._pipelines[key] = nn.Sequential(*aug)
         return self._pipelines[key]
 

@@ -47,6 +47,8 @@ class BuildInfo:
         num_classes: number of distinct visible (labeled) classes in the training split, 0 if none.
         dataset: dataset name as the CLI spells it.
         views_preset: the augmentation preset for this dataset (``grey28``, ``colour32``, ``imagenet224``).
+        augmentations: the augmentations that keep the dataset's classes (None = all); pass it to
+            every :class:`~dmlkit.data.views.Views` a method builds.
     """
 
     channels: int = 1
@@ -55,6 +57,7 @@ class BuildInfo:
     num_classes: int = 0
     dataset: str = ""
     views_preset: str = "grey28"
+    augmentations: frozenset[str] | None = None
 
 
 @dataclass
