@@ -99,3 +99,14 @@ def test_view_strength_is_a_checked_run_setting_every_method_receives():
                              "options": {"backbone": "resnet18-small"}})
     method = build_method(config, prepare_data(config, "all").train)
     assert [v.strength for v in method.modules() if isinstance(v, Views)] == [0.25]
+
+
+def test_every_shipped_preset_resolves_to_valid_settings():
+    from dmlkit.engine.config import list_presets
+
+    presets = list_presets()
+    assert {"ssdml-glyphs", "deep-lrml-glyphs", "deep-isdml-glyphs", "supervised-glyphs-5labels", "slade-glyphs",
+            "drml-proxyanchor-glyphs", "drml-cosface-glyphs", "proxyanchor-glyphs", "cosface-glyphs"} <= set(presets)
+    for name, first_line in presets.items():
+        config = resolve_config({"preset": name})  # unknown keys, bad types or ranges raise ConfigError
+        assert first_line and config.method and config.dataset, name
