@@ -315,10 +315,13 @@ def test_the_demo_command_runs_twice(run_dir, tmp_path, monkeypatch):
     import shlex
 
     script = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
-    (line,) = [line for line in script.splitlines() if line.startswith("dmlkit train")]
-    argv = [arg for arg in shlex.split(line)[1:] if arg != "$@"]
-    quick = ["--epochs", "1", "--train-subset", "60", "--test-subset", "50", "--batch-size", "30", "--no-pictures",
-             "--no-progress", "--threads", "1", "--set", "g_dim=32", "--set", "embedding_dim=32"]
+    (line,) = [line for line in script.splitlines() if line.startswith("dmlkit train --preset demo")]
+    argv = shlex.split(line)[1:]
+    root = argv.index("--data-root")
+    argv = [arg for arg in argv[:root] + argv[root + 2:] if arg != "$@"]  # the demo's glyphs build -> Fashion-MNIST
+    quick = ["--dataset", "fashion-mnist", "--epochs", "1", "--train-subset", "60", "--test-subset", "50",
+             "--batch-size", "30", "--no-pictures", "--no-progress", "--threads", "1", "--set", "g_dim=32",
+             "--set", "embedding_dim=32", "--set", "backbone=mnist-net", "--set", "pretrained=null"]
     monkeypatch.chdir(tmp_path)
     shutil.copytree(run_dir, tmp_path / "runs" / "demo")  # the first run
     (tmp_path / "runs" / "demo" / "my-notes.txt").write_text("keep")
