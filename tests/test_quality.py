@@ -113,3 +113,21 @@ def test_quality_table_groups_and_similarity_dict_and_full_scope_guard():
                       baselines=(), scope="full")
     with pytest.raises(ValueError, match="must return"):
         quality_table(x, y, {"bad": lambda xb: torch.zeros(3)}, baselines=(), batch_size=10)
+
+
+def test_stage_pseudo_label_rows_score_the_pool_per_round(tmp_path):
+    from dmlkit.engine.quality import stage_label_rows
+
+    truth = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    rounds = {2: [-1, 5, 5, 5, 7, 7, -1, 7], 10: [-1, 1, 1, 2, 2, 2, -1, 3]}  # -1: a labeled item (not in the pool)
+    for r, pseudo in rounds.items():
+        torch.save({"round": r, "pseudo_labels": torch.tensor(pseudo)}, tmp_path / f"stage-pseudo-labels-round-{r}.pt")
+    first, second = stage_label_rows(tmp_path, truth)
+    # round 2, pool items 1-5 and 7: clusters {0, 0, 1} and {1, 1, 2}; 15 pairs, 6 same-cluster, 4 same-class, 2 both
+    assert first["method"] == "stage-pseudo-labels-round-2 (whole pool)" and first["num_items"] == 6
+    assert first["purity"] == pytest.approx(4 / 6) and first["mean_group_size"] == 3
+    assert first["pair_precision"] == pytest.approx(2 / 6) and first["pair_recall"] == pytest.approx(2 / 4)
+    assert first["num_pairs"] == 15
+    assert second["method"].startswith("stage-pseudo-labels-round-10") and second["purity"] == 1.0  # numeric order
+    with pytest.raises(ValueError, match="holds 8 labels but the run's training split has 7"):
+        stage_label_rows(tmp_path, truth[:7])

@@ -3,6 +3,9 @@
 Rows: k-means and agglomerative pseudo labels (the baselines), then each method's own estimate (STML's
 contextualized similarity, PLM's piecewise-linear pieces: whatever a method's
 ``pseudo_supervision_estimators`` gives), all computed from the same embeddings on the same seeded batches.
+For a run directory that kept pseudo labels as artifacts (SLADE's ``stage-pseudo-labels-round-<r>.pt``),
+one more row per round: the labels the student actually trained on, against the truth, over the whole
+unlabeled pool (every pair, from the contingency table).
 """
 from __future__ import annotations
 
@@ -58,5 +61,49 @@ def run_quality(args: argparse.Namespace) -> str:
         embeddings, labels = embeddings[keep], labels[keep]
     rows = quality_table(torch.as_tensor(embeddings, dtype=torch.float32), labels,
                          estimators=pseudo_supervision_estimators(), batch_size=args.batch_size, seed=args.seed)
+    source = Path(args.source)
+    if source.is_dir() and any(source.glob(STAGE_LABELS)):
+        rows += stage_label_rows(source, _train_true_labels(source))
     return f"\nPseudo-supervision quality on {name}, {len(labels)} items, batches of {args.batch_size}\n" \
            + format_quality_table(rows)
+
+
+STAGE_LABELS = "stage-pseudo-labels-round-*.pt"
+
+
+def _train_true_labels(run_dir: Path) -> np.ndarray:
+    """Ground truth of the run's training split, in the order its pseudo labels are indexed."""
+    from dmlkit.engine.resume import read_run_config
+    from dmlkit.engine.run import prepare_data
+    from dmlkit.methods import method_class
+
+    config = read_run_config(run_dir)
+    return np.asarray(prepare_data(config, method_class(config.method).uses_labels).train.true_labels)
+
+
+def stage_label_rows(run_dir: Path, true_labels: np.ndarray) -> list[dict]:
+    """One quality row per ``stage-pseudo-labels-round-<r>.pt`` in ``run_dir`` (round order): purity,
+    φ correlation and pair precision/recall of its pseudo labels (``-1`` = labeled item, left out)
+    against ``true_labels`` ``[N]``, over all pairs of the pool."""
+    from dmlkit.evaluation.quality import group_purity_sums, partition_pair_stats
+    from dmlkit.weights import safe_torch_load
+
+    rows = []
+    paths = sorted(run_dir.glob(STAGE_LABELS), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    for path in paths:
+        stage = safe_torch_load(path)
+        pseudo = np.asarray(torch.as_tensor(stage["pseudo_labels"]).cpu())
+        if len(pseudo) != len(true_labels):
+            raise ValueError(f"{path.name} holds {len(pseudo)} labels but the run's training split has "
+                             f"{len(true_labels)} items")
+        pool = pseudo >= 0
+        truth, clusters = true_labels[pool], pseudo[pool]
+        stats = partition_pair_stats(truth, clusters)
+        numerator, denominator, total = group_purity_sums(truth, clusters)
+        rows.append({
+            "method": f"{path.stem} (whole pool)", "purity": numerator / denominator,
+            "mean_group_size": total / len(np.unique(clusters)), "correlation": stats.correlation(),
+            "pair_precision": stats.precision(), "pair_recall": stats.recall(), "threshold": 0.5,
+            "num_pairs": int(stats.n), "num_items": int(pool.sum()),
+        })
+    return rows
