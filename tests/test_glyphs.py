@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from types import SimpleNamespace
 
 import matplotlib
@@ -25,9 +26,23 @@ POINTS = [0x41, 0x391, 0x410, ord("o"), ord("O"), 0xE9, 0xE8, ord("b"), ord("d")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """A data root holding a glyphs-large build (labelled with the large list) of 3 DejaVu faces."""
     root = tmp_path_factory.mktemp("glyphs")
-    manifest = build_glyphs(root / "glyphs", FACES, POINTS, processes=1, min_instances=1)
+    manifest = build_glyphs(root / "glyphs-large", FACES, POINTS, processes=1, min_instances=1, font_list="large")
     return root, manifest
+
+
+@pytest.fixture(autouse=True)
+def no_user_builds(tmp_path, monkeypatch):
+    """The readers must not find (or build into) the user's cache or $DMLKIT_DATA."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMLKIT_DATA", raising=False)
+
+
+def _copy_build(source, target, font_list):
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps({**manifest, "font_list": font_list}))
 
 
 def _class(manifest, char):
@@ -39,16 +54,16 @@ def test_same_fonts_give_the_same_bytes(built, tmp_path):
     again = build_glyphs(tmp_path / "again", FACES, POINTS, processes=1, min_instances=1)
     assert again["sha256"] == manifest["sha256"]
     for name in ("images.npy", "labels.npy", "faces.npy"):
-        assert (tmp_path / "again" / name).read_bytes() == (root / "glyphs" / name).read_bytes()
+        assert (tmp_path / "again" / name).read_bytes() == (root / "glyphs-large" / name).read_bytes()
 
 
 def test_manifest_lists_faces_classes_counts_and_a_checksum(built):
     root, manifest = built
-    on_disk = json.loads((root / "glyphs" / "manifest.json").read_text())
+    on_disk = json.loads((root / "glyphs-large" / "manifest.json").read_text())
     assert on_disk["sha256"] == manifest["sha256"] and len(manifest["sha256"]) == 64
     assert [f["path"] for f in manifest["faces"]] == [f.path for f in FACES]
     assert all(f["status"] == "kept" and f["rendered"] > 0 for f in manifest["faces"])
-    labels = np.load(root / "glyphs" / "labels.npy")
+    labels = np.load(root / "glyphs-large" / "labels.npy")
     assert manifest["counts"]["images"] == len(labels) == sum(c["instances"] for c in manifest["classes"])
     assert np.array_equal(np.bincount(labels), [c["instances"] for c in manifest["classes"]])
     assert _class(manifest, "b")["name"] == "b U+0062"
@@ -65,8 +80,8 @@ def test_homoglyphs_merge_but_accents_do_not(built):
 
 def test_one_scale_per_font_keeps_o_and_O_apart(built):
     root, manifest = built
-    images, labels = np.load(root / "glyphs" / "images.npy"), np.load(root / "glyphs" / "labels.npy")
-    faces = np.load(root / "glyphs" / "faces.npy")
+    images, labels = np.load(root / "glyphs-large" / "images.npy"), np.load(root / "glyphs-large" / "labels.npy")
+    faces = np.load(root / "glyphs-large" / "faces.npy")
     small, big = _class(manifest, "o")["id"], _class(manifest, "O")["id"]
     for face in range(3):
         o = images[(labels == small) & (faces == face)][0, 0]
@@ -166,15 +181,57 @@ def test_cli_datasets_json_lists_and_refuses_unknown_builds(capsys):
     listing = capsys.readouterr().out
     assert "glyphs-large" in listing and "fashion-mnist" in listing
     assert main(["datasets", "build", "mnist"]) == 2
-    assert "only glyphs is built" in capsys.readouterr().err
+    assert "only the glyphs variants are built" in capsys.readouterr().err
 
 
-def test_cli_builds_glyphs_once(built, capsys):
+def test_cli_builds_glyphs_large_once(built, capsys):
     from dmlkit.cli import main
 
     root, _ = built
-    assert main(["datasets", "build", "glyphs", "--data-root", str(root)]) == 0
-    assert "already built" in capsys.readouterr().out
+    assert main(["datasets", "build", "glyphs-large", "--data-root", str(root)]) == 0
+    assert f"already built in {root / 'glyphs-large'}" in capsys.readouterr().out
+
+
+def test_each_variant_reads_only_the_build_of_its_font_list(built, tmp_path, capsys):
+    from dmlkit.cli import main
+    from dmlkit.data.base import DatasetError
+    from dmlkit.data.readers.glyphs import find_build
+
+    root, _ = built
+    assert find_build("glyphs-large", str(root)) == root / "glyphs-large"
+    assert find_build("glyphs", str(root)) is None  # the large build never serves glyphs
+    mixed = tmp_path / "mixed"
+    _copy_build(root / "glyphs-large", mixed / "glyphs", "installed")  # an old build of whatever was installed
+    before = (mixed / "glyphs" / "manifest.json").read_bytes()
+    with pytest.raises(DatasetError, match="core font list.*build glyphs --force"):
+        load_records("glyphs", str(mixed))
+    assert main(["datasets", "build", "glyphs", "--data-root", str(mixed)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (mixed / "glyphs" / "manifest.json").read_bytes() == before  # not replaced without --force
+
+
+def test_a_missing_font_package_is_named_with_the_apt_command(tmp_path, monkeypatch, capsys):
+    from dmlkit.cli import main
+    from dmlkit.data.base import DatasetError
+    from dmlkit.data.glyphs import fonts
+
+    packages = fonts.pinned_packages("core")
+    monkeypatch.setattr(fonts, "installed", lambda wanted: wanted - {"fonts-urw-base35"})
+    with pytest.raises(DatasetError, match=r"1 of the \d+ font packages of the core list .*fonts-urw-base35.*"
+                                           r"sudo apt-get install .*core\.txt"):
+        fonts.pinned_faces("core")
+    assert "fonts-urw-base35" in packages and "fonts-freefont-ttf" not in packages
+    assert main(["datasets", "build", "glyphs", "--data-root", str(tmp_path)]) == 2
+    assert "apt-get install" in capsys.readouterr().err and not (tmp_path / "glyphs").exists()
+
+
+def test_the_list_chooses_faces_before_the_family_cap():
+    from dmlkit.data.glyphs.fonts import select_pinned
+
+    other = Face("/a/Fam.otf", 0, "Fam", "Regular", "fonts-other")  # sorts first: cap_families alone keeps it
+    listed = Face("/b/Fam.ttf", 0, "Fam", "Regular", "fonts-listed")
+    assert cap_families([other, listed]) == [other]
+    assert select_pinned([other, listed], {"fonts-listed"}) == [listed]
 
 
 def test_cub_like_variant_takes_200_alphabetic_classes_of_at_most_60():
@@ -190,12 +247,13 @@ def test_cub_like_variant_takes_200_alphabetic_classes_of_at_most_60():
     assert np.array_equal(rows, select({"classes": classes, "counts": {}}, labels, "glyphs"))  # deterministic
 
 
-def test_cub_like_variant_says_how_to_get_more_fonts(built):
+def test_cub_like_variant_says_how_to_get_more_fonts(built, tmp_path):
     from dmlkit.data.base import DatasetError
 
     root, _ = built
+    _copy_build(root / "glyphs-large", tmp_path / "glyphs", "core")  # a core build with too few classes
     with pytest.raises(DatasetError, match="core.txt"):
-        load_records("glyphs", str(root))
+        load_records("glyphs", str(tmp_path))
 
 
 def test_every_method_builds_its_views_with_the_datasets_augmentations():

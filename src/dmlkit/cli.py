@@ -243,16 +243,16 @@ def cmd_options(args: argparse.Namespace) -> int:
 def _add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="list the dataset readers, describe one, or build one",
                        description="Without NAME: list the dataset names. With NAME: each split's class and image "
-                                   "counts. `build glyphs`: render the glyphs dataset from the installed fonts.",
+                                   "counts. `build glyphs` / `build glyphs-large`: render that variant from its "
+                                   "pinned font list (core / large).",
                        epilog="examples:\n  dmlkit datasets\n  dmlkit datasets fashion-mnist --json\n"
-                              "  dmlkit datasets build glyphs\n  dmlkit datasets folder:photos --json",
+                              "  dmlkit datasets build glyphs\n  dmlkit datasets build glyphs-large --data-root /data\n"
+                              "  dmlkit datasets folder:photos --json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("words", nargs="*", metavar="NAME", help="a dataset name, or `build glyphs`")
+    p.add_argument("words", nargs="*", metavar="NAME", help="a dataset name, or `build glyphs|glyphs-large`")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.add_argument("--data-root", help="where datasets live (else $DMLKIT_DATA, system packages, ~/.cache/dmlkit)")
     p.add_argument("--force", action="store_true", help="with build: rebuild even if a build exists")
-    p.add_argument("--fonts", choices=["core", "large"],
-                   help="with build: only the faces of this pinned font list (default: every installed font)")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -264,18 +264,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{name:16s} {description}")
         return 0
     if args.words[0] == "build":
-        if args.words[1:] not in (["glyphs"], ["glyphs-large"]):
-            raise ValueError("usage: dmlkit datasets build glyphs [--force] [--data-root PATH]; only glyphs is built")
-        from dmlkit.data.glyphs import build_glyphs
-        from dmlkit.data.readers.glyphs import build_target, find_build
+        from dmlkit.data.readers.glyphs import VARIANTS, build_variant
 
-        folder = find_build(args.data_root)
-        if folder is not None and not args.force:
-            print(f"glyphs is already built in {folder}; pass --force to rebuild")
-            return 0
-        manifest = build_glyphs(folder or build_target(args.data_root), font_list=args.fonts)
-        print(f"glyphs: {manifest['counts']['classes']} classes, {manifest['counts']['images']} images from "
-              f"{manifest['counts']['faces_used']} font faces in {manifest['seconds']:.0f} s -> {folder or build_target(args.data_root)}")
+        if len(args.words) != 2 or args.words[1] not in VARIANTS:
+            raise ValueError("usage: dmlkit datasets build glyphs|glyphs-large [--force] [--data-root PATH]; "
+                             "only the glyphs variants are built")
+        variant = args.words[1]
+        folder, manifest = build_variant(variant, args.data_root, force=args.force)
+        if manifest is None:
+            print(f"{variant} is already built in {folder}; pass --force to rebuild")
+        else:
+            print(f"{variant}: {manifest['counts']['classes']} classes, {manifest['counts']['images']} images from "
+                  f"{manifest['counts']['faces_used']} font faces in {manifest['seconds']:.0f} s -> {folder}")
         return 0
     if len(args.words) != 1:
         raise ValueError(f"dmlkit datasets takes one NAME (or `build glyphs`), got {' '.join(args.words)}")

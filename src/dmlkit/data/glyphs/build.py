@@ -191,30 +191,32 @@ def _write_arrays(folder: Path, renders: _Renders, classes: list[tuple[int, list
 
 def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, code_points: list[int] | None = None,
                  processes: int = 2, side: int = SIDE, min_instances: int = MIN_INSTANCES,
-                 font_list: str | None = None) -> dict:
+                 font_list: str = "core") -> dict:
     """Render, clean and store the glyphs dataset in ``out``; returns the manifest.
 
     Args:
         out: the dataset folder (replaced atomically; refused if it holds files dmlkit did not write).
-        faces: the faces to draw (default: every installed font, :func:`fonts.cap_families` applied).
+        faces: the faces to draw (default: :func:`fonts.pinned_faces` of ``font_list``).
         code_points: candidates (default :func:`codepoints.candidate_code_points`).
         processes: rendering processes (at most 2 on the 2-core machines this was sized for).
         min_instances: classes with fewer instances are not stored.
-        font_list: ``core`` or ``large``: only faces from the packages of that pinned list
-            (``src/dmlkit/data/fonts/<list>.txt``), whatever else is installed; None = every installed font.
+        font_list: ``core`` (for ``glyphs``) or ``large`` (for ``glyphs-large``): the pinned list
+            (``src/dmlkit/data/fonts/<list>.txt``) whose packages' faces are drawn, whatever else is
+            installed; recorded in the manifest (the readers check it).
+
+    Raises:
+        DatasetError: ``out`` holds files dmlkit did not write; a package of the list is not installed.
     """
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise DatasetError(f"{out} exists and holds files dmlkit did not write; choose another --data-root or empty it")
     if faces is None:
-        faces = fonts.with_packages(fonts.cap_families(fonts.read_faces(fonts.font_files())))
-        if font_list is not None:
-            pinned = fonts.pinned_packages(font_list)
-            faces = [face for face in faces if face.package in pinned]
+        faces = fonts.pinned_faces(font_list)
     if not faces:
-        raise DatasetError("no TrueType/OpenType fonts found in " + ", ".join(fonts.FONT_DIRS) +
-                           "; install the font packages: sudo apt-get install $(cat src/dmlkit/data/fonts/core.txt)")
+        raise DatasetError(f"no TrueType/OpenType faces of the {font_list} font list found in "
+                           f"{', '.join(fonts.FONT_DIRS)}; install them: sudo apt-get install "
+                           f"$(grep -v '^#' {fonts.list_path(font_list)})")
     candidates = codepoints.candidate_code_points() if code_points is None else sorted(set(code_points))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -234,7 +236,7 @@ def build_glyphs(out: str | os.PathLike, faces: list[fonts.Face] | None = None, 
         selected = [(cls, rows) for cls, rows in selected if len(rows) >= min_instances]
         checksum = _write_arrays(work, renders, selected, side)
         manifest = _manifest(faces, renders, pictures, selected, members, candidates, checksum, side)
-        manifest["font_list"] = font_list or "installed"
+        manifest["font_list"] = font_list
         manifest["seconds"] = round(time.perf_counter() - start, 1)
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
         renders.close()

@@ -5,6 +5,10 @@ typographic family and style (name IDs 16/17, else 1/2). Two faces with the same
 (the same font shipped as ``.otf`` and ``.ttf``, say) count once, and a family keeps at most
 ``MAX_STYLES`` styles, the regular/bold/italic/bold-italic ones first, so that one large family
 (a dozen weights of one design) cannot dominate a class.
+
+A build draws the faces of one pinned list of Debian packages (``src/dmlkit/data/fonts/<list>.txt``):
+:func:`pinned_faces` keeps the faces of the list's packages *before* the family cap, so what else is
+installed never changes the faces a list gives.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import os
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from dmlkit.data.base import DatasetError
 
 #: where Debian's font packages put TrueType/OpenType files (TeX's and Wine's fonts included)
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/usr/share/texmf/fonts/opentype", "/usr/share/wine/fonts")
@@ -112,9 +118,45 @@ def with_packages(faces: list[Face]) -> list[Face]:
     return [Face(f.path, f.index, f.family, f.style, *owners.get(f.path, ("", ""))) for f in faces]
 
 
-def pinned_packages(name: str) -> set[str]:
-    """The packages of the pinned font list ``name`` (``core`` or ``large``)."""
+def list_path(name: str) -> Path:
+    """The file of the pinned font list ``name`` (``core`` or ``large``)."""
     path = Path(__file__).resolve().parent.parent / "fonts" / f"{name}.txt"
     if not path.is_file():
         raise ValueError(f"unknown font list {name!r}; choose core or large (src/dmlkit/data/fonts/*.txt)")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return path
+
+
+def pinned_packages(name: str) -> set[str]:
+    """The packages of the pinned font list ``name`` (``core`` or ``large``)."""
+    lines = list_path(name).read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def installed(packages: set[str]) -> set[str]:
+    """Those of ``packages`` that dpkg reports as installed (none where there is no dpkg)."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *sorted(packages)],
+                             capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return set()
+    return {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+
+
+def pinned_faces(name: str) -> list[Face]:
+    """The faces of the pinned list ``name``: its packages' faces, then :func:`cap_families`.
+
+    Raises:
+        DatasetError: when a package of the list is not installed (a partial list gives other data).
+    """
+    packages = pinned_packages(name)
+    missing = sorted(packages - installed(packages))
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise DatasetError(f"{len(missing)} of the {len(packages)} font packages of the {name} list are not installed "
+                           f"({shown}); install them: sudo apt-get install $(grep -v '^#' {list_path(name)})")
+    return select_pinned(with_packages(read_faces(font_files())), packages)
+
+
+def select_pinned(faces: list[Face], packages: set[str]) -> list[Face]:
+    """The faces of ``packages`` (their package filled in), capped per family after the choice."""
+    return cap_families([face for face in faces if face.package in packages])

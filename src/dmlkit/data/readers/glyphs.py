@@ -1,4 +1,8 @@
-"""The glyphs variants, read from a build (:mod:`dmlkit.data.glyphs`), built on first use.
+"""The glyphs variants, each read from its own build (:mod:`dmlkit.data.glyphs`), built on first use.
+
+Each variant has its own pinned font list and folder: ``glyphs`` from the core list
+(``src/dmlkit/data/fonts/core.txt``) in ``<data root>/glyphs``, ``glyphs-large`` from the large list in
+``<data root>/glyphs-large`` (data root: ``--data-root``, else ``$DMLKIT_DATA``, else ``~/.cache/dmlkit``).
 
 - ``glyphs`` (CUB-like): 200 classes from the alphabetic scripts and common symbols
   (:data:`dmlkit.data.glyphs.codepoints.ALPHABETIC`) among those with >= 40 instances, spread
@@ -23,40 +27,71 @@ from dmlkit.data.base import DatasetError, DatasetRecords
 from dmlkit.data.roots import ENV_VAR, cache_dir, search_bases
 
 log = logging.getLogger(__name__)
-VARIANTS = ("glyphs", "glyphs-large")
+#: each variant is built from its own pinned font list (src/dmlkit/data/fonts/<list>.txt) into its own folder
+FONT_LISTS = {"glyphs": "core", "glyphs-large": "large"}
+VARIANTS = tuple(FONT_LISTS)
 CUB_CLASSES, CUB_MIN, CUB_MAX = 200, 40, 60
 AUGMENTATIONS = frozenset({"crop", "affine"})  #: no horizontal flip: it turns b into d
 
 
-def find_build(root: str | None) -> Path | None:
-    """The first folder (data root, ``$DMLKIT_DATA``, user cache; each also ``/glyphs``) holding a build."""
-    for _, base in search_bases("glyphs", root):
-        for folder in (base, base / "glyphs"):
-            if (folder / "manifest.json").is_file() and (folder / "images.npy").is_file():
+def _is_build(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file() and (folder / "images.npy").is_file()
+
+
+def _font_list(folder: Path) -> str:
+    return json.loads((folder / "manifest.json").read_text()).get("font_list", "installed")
+
+
+def find_build(variant: str, root: str | None) -> Path | None:
+    """The first folder holding ``variant``'s build: data root, ``$DMLKIT_DATA``, user cache, each as
+    given and with ``/<variant>``; a build of another font list there is skipped (:func:`wrong_build`)."""
+    for _, base in search_bases(variant, root):
+        for folder in (base, base / variant):
+            if _is_build(folder) and _font_list(folder) == FONT_LISTS[variant]:
                 return folder
     return None
 
 
-def build_target(root: str | None) -> Path:
-    """Where a new build goes: ``ROOT/glyphs``, else ``$DMLKIT_DATA/glyphs``, else ``~/.cache/dmlkit/glyphs``."""
+def build_target(variant: str, root: str | None) -> Path:
+    """Where a new build of ``variant`` goes: ``ROOT/<variant>``, else ``$DMLKIT_DATA/<variant>``, else
+    ``~/.cache/dmlkit/<variant>``."""
     if root:
-        return Path(root).expanduser() / "glyphs"
+        return Path(root).expanduser() / variant
     if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser() / "glyphs"
-    return cache_dir("glyphs")
+        return Path(os.environ[ENV_VAR]).expanduser() / variant
+    return cache_dir(variant)
 
 
-def load_build(root: str | None, build: bool = True) -> tuple[Path, dict]:
-    """``(folder, manifest)`` of the glyphs build, building it first if there is none and ``build``."""
-    folder = find_build(root)
+def wrong_build(variant: str, folder: Path) -> str | None:
+    """Why ``folder`` cannot take a build of ``variant`` without ``--force`` (None when it can)."""
+    if _is_build(folder) and _font_list(folder) != FONT_LISTS[variant]:
+        return (f"{folder} holds a glyphs build of the {_font_list(folder)} fonts, but {variant} is built from the "
+                f"{FONT_LISTS[variant]} font list; rebuild it with `dmlkit datasets build {variant} --force`")
+    return None
+
+
+def build_variant(variant: str, root: str | None, force: bool = False) -> tuple[Path, dict | None]:
+    """Build ``variant`` from its font list unless it is built (or ``force``): ``(folder, manifest or None)``."""
+    folder = find_build(variant, root)
+    if folder is not None and not force:
+        return folder, None
+    target = folder or build_target(variant, root)
+    problem = wrong_build(variant, target)
+    if problem and not force:
+        raise DatasetError(problem)
+    from dmlkit.data.glyphs import build_glyphs
+
+    log.info("%s: building from the %s font list into %s (minutes)", variant, FONT_LISTS[variant], target)
+    return target, build_glyphs(target, font_list=FONT_LISTS[variant])
+
+
+def load_build(variant: str, root: str | None, build: bool = True) -> tuple[Path, dict]:
+    """``(folder, manifest)`` of ``variant``'s build, building it first if there is none and ``build``."""
+    folder = find_build(variant, root)
     if folder is None:
         if not build:
-            raise DatasetError("glyphs is not built yet; run `dmlkit datasets build glyphs`")
-        from dmlkit.data.glyphs import build_glyphs
-
-        folder = build_target(root)
-        log.info("glyphs: first use, building from the installed fonts into %s (a few minutes)", folder)
-        build_glyphs(folder)
+            raise DatasetError(f"{variant} is not built yet; run `dmlkit datasets build {variant}`")
+        folder, _ = build_variant(variant, root)
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
@@ -86,12 +121,12 @@ def read_glyphs(variant: str, root: str | None = None) -> DatasetRecords:
     """The ``glyphs`` or ``glyphs-large`` records (building the dataset on first use)."""
     if variant not in VARIANTS:
         raise DatasetError(f"unknown glyphs variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    folder, manifest = load_build(root)
+    folder, manifest = load_build(variant, root)
     stored = np.load(folder / "labels.npy")
     images = np.load(folder / "images.npy", mmap_mode="r")
     if len(images) != len(stored):
         raise DatasetError(f"{folder}: images.npy and labels.npy differ in length; rebuild with "
-                           "`dmlkit datasets build glyphs --force`")
+                           f"`dmlkit datasets build {variant} --force`")
     rows = select(manifest, stored, variant)
     ids, labels = np.unique(stored[rows], return_inverse=True)  # classes in code-point order
     names = [manifest["classes"][i]["name"] for i in ids]
