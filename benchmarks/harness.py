@@ -90,6 +90,8 @@ def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, floa
 
     start = time.perf_counter()
     config = resolve_config({"method": "initial", "dataset": entry.dataset, **train_settings(entry, seed, quick)})
+    if config.threads:  # as dmlkit.train does with the setting
+        torch.set_num_threads(config.threads)
     query = prepare_data(config, "none").query
     pixels = torch.from_numpy(np.asarray(query.images, dtype=np.float32).reshape(len(query), -1) / 255.0)
     metrics = dmlkit.evaluate(torch.nn.functional.normalize(pixels, dim=1), query.true_labels,
