@@ -225,6 +225,19 @@ def test_a_missing_font_package_is_named_with_the_apt_command(tmp_path, monkeypa
     assert "apt-get install" in capsys.readouterr().err and not (tmp_path / "glyphs").exists()
 
 
+def test_a_build_goes_to_the_data_root_given(built, tmp_path, monkeypatch):
+    import dmlkit.data.glyphs
+    from dmlkit.data.readers.glyphs import build_variant
+
+    root, _ = built
+    shutil.copytree(root / "glyphs-large", tmp_path / "cache" / "dmlkit" / "glyphs-large")  # the user cache has one
+    calls = []
+    monkeypatch.setattr(dmlkit.data.glyphs, "build_glyphs", lambda out, font_list: calls.append((out, font_list)) or {})
+    assert build_variant("glyphs-large", None) == (tmp_path / "cache" / "dmlkit" / "glyphs-large", None)
+    assert build_variant("glyphs-large", str(tmp_path / "mine"), force=True) == (tmp_path / "mine" / "glyphs-large", {})
+    assert calls == [(tmp_path / "mine" / "glyphs-large", "large")]  # not the cache's build
+
+
 def test_the_list_chooses_faces_before_the_family_cap():
     from dmlkit.data.glyphs.fonts import select_pinned
 

@@ -71,8 +71,12 @@ def wrong_build(variant: str, folder: Path) -> str | None:
 
 
 def build_variant(variant: str, root: str | None, force: bool = False) -> tuple[Path, dict | None]:
-    """Build ``variant`` from its font list unless it is built (or ``force``): ``(folder, manifest or None)``."""
-    folder = find_build(variant, root)
+    """Build ``variant`` from its font list unless it is built (or ``force``): ``(folder, manifest or None)``.
+
+    Only the first data root counts (``root``, else ``$DMLKIT_DATA``, else the user cache): a build
+    found further down the search is never the one rebuilt for ``--data-root PATH``."""
+    _, base = search_bases(variant, root)[0]
+    folder = next((f for f in (base, base / variant) if _is_build(f) and _font_list(f) == FONT_LISTS[variant]), None)
     if folder is not None and not force:
         return folder, None
     target = folder or build_target(variant, root)
