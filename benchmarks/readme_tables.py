@@ -37,7 +37,10 @@ TITLES = {"evaluation_speed": "Evaluation speed: dmlkit.evaluate vs pytorch-metr
           "drml_official": "DRML with the official training defaults (issue 25; compare with the DRML table)",
           "stml_official": "STML with the official per-batch query draws (issue 25; compare with the STML table)",
           "unsupervised_baselines": "Label-free baselines",
-          "ssdml_mining": "SSDML triplet mining against the hidden classes (first partition; % of triplets)"}
+          "ssdml_mining": "SSDML triplet mining against the hidden classes (first partition; % of triplets)",
+          "glyphs-large-yardsticks": "glyphs-large yardsticks: raw pixels and ImageNet Lite0 at 64 px (30,000 "
+                                     "stratified test images of 1,462 unseen classes)",
+          "glyphs_near_duplicates": "glyphs: raw-pixel R@1 with near-clone neighbours excluded (docs/datasets.md)"}
 
 
 def _cell(values: list[float]) -> str:
