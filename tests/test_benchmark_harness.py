@@ -67,3 +67,17 @@ def test_declared_suites_are_well_formed(load_benchmark):
         assert suite.name == name and suite.entries
         keys = [(e.row, e.dataset, e.protocol) for e in suite.entries]
         assert len(keys) == len(set(keys)), f"suite {name} repeats a row"
+
+
+def test_raw_pixels_rows_run_on_the_threads_setting(load_benchmark):
+    import torch
+
+    harness = load_benchmark("harness.py")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        entry = harness.Entry("raw-pixels", harness.RAW_PIXELS, "digits", settings={"threads": 1})
+        metrics, _ = harness.run_raw_pixels(entry, 0, False)
+        assert torch.get_num_threads() == 1 and 0.5 < metrics["recall@1"] <= 1.0
+    finally:
+        torch.set_num_threads(before)
