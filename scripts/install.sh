@@ -20,8 +20,8 @@ if command -v apt-get >/dev/null 2>&1 && [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     done
   fi
 fi
-# The glyphs dataset is drawn from Debian's font packages: the pinned core list (89 packages, 78 MB);
-# DMLKIT_FONTS=large installs the full list for glyphs-large (431 packages, 292 MB), DMLKIT_FONTS=none none.
+# The glyphs datasets are drawn from Debian's font packages: glyphs from the pinned core list (88 packages,
+# 78 MB); DMLKIT_FONTS=large installs the full list for glyphs-large (431 packages, 292 MB), DMLKIT_FONTS=none none.
 FONTS="src/dmlkit/data/fonts/${DMLKIT_FONTS:-core}.txt"
 if command -v apt-get >/dev/null 2>&1 && [ -f "$FONTS" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
@@ -31,7 +31,7 @@ if command -v apt-get >/dev/null 2>&1 && [ -f "$FONTS" ]; then
     if [ -n "$missing" ]; then
       # shellcheck disable=SC2086
       ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null) \
-        || echo "install.sh: could not install the fonts of $FONTS; the glyphs dataset will have fewer classes"
+        || echo "install.sh: could not install the fonts of $FONTS; building glyphs will name the missing packages"
     fi
   fi
 fi

@@ -23,10 +23,10 @@ _READERS: dict[str, tuple[DatasetReader, str]] = {
     "inshop": (readers.read_inshop, "In-shop Clothes Retrieval, zero-shot: train items / query vs gallery"),
     "glyphs": (lambda root: readers.read_glyphs("glyphs", root),
                ("characters as classes, font faces as instances, 64x64 grey: 100 train / 100 test classes, <= 60 "
-                "each (built from the installed fonts on first use, or `dmlkit datasets build glyphs`)")),
+                "each (built from the core font list on first use, or `dmlkit datasets build glyphs`)")),
     "glyphs-large": (lambda root: readers.read_glyphs("glyphs-large", root),
-                     ("every glyph class with >= 20 font faces, half train / half test (1,782 classes from the "
-                      "core font list; more with src/dmlkit/data/fonts/large.txt)")),
+                     ("every glyph class with >= 20 font faces, half train / half test: 2,925 classes (built from "
+                      "the large font list on first use, or `dmlkit datasets build glyphs-large`)")),
 }
 _PREFIXED = {
     "folder:PATH": "an image folder: PATH/<class>/* (first half of the classes train) or PATH/{train,test}/<class>/*",
