@@ -227,6 +227,7 @@ def test_a_missing_font_package_is_named_with_the_apt_command(tmp_path, monkeypa
 
 def test_a_build_goes_to_the_data_root_given(built, tmp_path, monkeypatch):
     import dmlkit.data.glyphs
+    from dmlkit.data.base import DatasetError
     from dmlkit.data.readers.glyphs import build_variant
 
     root, _ = built
@@ -236,6 +237,8 @@ def test_a_build_goes_to_the_data_root_given(built, tmp_path, monkeypatch):
     assert build_variant("glyphs-large", None) == (tmp_path / "cache" / "dmlkit" / "glyphs-large", None)
     assert build_variant("glyphs-large", str(tmp_path / "mine"), force=True) == (tmp_path / "mine" / "glyphs-large", {})
     assert calls == [(tmp_path / "mine" / "glyphs-large", "large")]  # not the cache's build
+    with pytest.raises(DatasetError, match="itself a glyphs build of the large fonts"):  # never nested in another
+        build_variant("glyphs", str(root / "glyphs-large"))
 
 
 def test_the_list_chooses_faces_before_the_family_cap():

@@ -77,6 +77,9 @@ def build_variant(variant: str, root: str | None, force: bool = False) -> tuple[
     found further down the search is never the one rebuilt for ``--data-root PATH``."""
     _, base = search_bases(variant, root)[0]
     folder = next((f for f in (base, base / variant) if _is_build(f) and _font_list(f) == FONT_LISTS[variant]), None)
+    if folder is None and _is_build(base):
+        raise DatasetError(f"{base} is itself a glyphs build of the {_font_list(base)} fonts; pass the folder above it "
+                           f"as --data-root to build {variant} beside it")
     if folder is not None and not force:
         return folder, None
     target = folder or build_target(variant, root)
