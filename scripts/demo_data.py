@@ -37,9 +37,7 @@ def demo_faces() -> list:
     """Every ``FACE_STEP``-th face of what ``build_glyphs(font_list="core")`` draws, in its order."""
     from dmlkit.data.glyphs import fonts
 
-    faces = fonts.with_packages(fonts.cap_families(fonts.read_faces(fonts.font_files())))
-    pinned = fonts.pinned_packages("core")
-    return [face for face in faces if face.package in pinned][::FACE_STEP]
+    return fonts.pinned_faces("core")[::FACE_STEP]
 
 
 def build_demo_data(root: Path) -> Path:
