@@ -10,26 +10,27 @@ instead) and becomes one row of ``benchmarks/results/<suite>.json``::
 
     {"method": "stml", "base_method": "stml", "preset": null, "dataset": "glyphs", "protocol": "standard",
      "seeds": [0, 1, 2], "metrics": {"recall@1": mean, "recall@1_std": sample std, ...},
-     "seconds": mean wall time per seed, "per_seed": [{"seed": 0, "metrics": {...}, "seconds": ...}],
-     "quick": false, "notes": "..."}
+     "seconds": mean wall time per seed,
+     "per_seed": [{"seed": 0, "metrics": {...}, "seconds": ..., "machine": ..., "commit": ..., "date": ...,
+                   "images_per_second": ..., "epochs": ..., "best": {...}}],
+     "quick": false, "notes": "...", "options": {...}, "paper_value": {...}}
 
+(``options`` and ``paper_value`` only where the entry has them; ``benchmarks/_common.py`` builds the rows.)
 Rows are keyed by (method, dataset, protocol, quick): a re-run replaces its own row and keeps the others.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, markdown_table, save_rows
+from _common import ROOT, ROW_KEY, backbone_weights_of_run, markdown_table, save_rows, schema_rows, stamp
 
 #: metrics every row reports (fractions in [0, 1])
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
-ROW_KEY = ("method", "dataset", "protocol", "quick")
 RAW_PIXELS = "raw-pixels"
 
 
@@ -45,8 +46,14 @@ class Entry:
         seeds: training seeds; the row reports mean ± sample std over them.
         settings: ``dmlkit.train`` settings (epochs, batch_size, lr, labels_per_class, ...).
         options: method options (``--set`` names).
-        quick: settings that replace ``settings`` under ``--quick`` (a smoke run, not a result).
+        quick: settings that replace ``settings`` under ``--quick`` (a smoke run, not a result); its
+            ``options`` are added to ``options``.
         notes: why the entry is set up the way it is (budget, optimizer choice, ...).
+        label: the protocol as the results name it (``unsupervised``: the standard protocol without labels;
+            ``semi-supervised-10-per-class``), when it differs from ``protocol``.
+        init_from: a finished run directory (relative to the repository) whose backbone initialises this
+            entry (``options["pretrained"]``), e.g. a label-free run for ``[ssl-init]`` rows.
+        paper_value: the paper's numbers for this row (fractions), shown beside ours.
     """
 
     row: str
@@ -59,6 +66,9 @@ class Entry:
     options: Mapping[str, Any] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    label: str | None = None
+    init_from: str | None = None
+    paper_value: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,16 @@ def train_settings(entry: Entry, seed: int, quick: bool) -> dict[str, Any]:
                                 **entry.settings, **(entry.quick if quick else {})}
     if entry.preset:
         settings["preset"] = entry.preset
-    if entry.options:
-        settings["options"] = dict(entry.options)
+    options = {**entry.options, **(entry.quick.get("options", {}) if quick else {})}
+    if options:
+        settings["options"] = options
     return settings
 
 
-def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
+Measured = tuple[dict[str, float], float, dict[str, Any]]  # metrics, seconds, extras of one seed
+
+
+def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> Measured:
     """L2-normalised pixels of the test split (the protocol's query set), Euclidean kNN."""
     import numpy as np
     import torch
@@ -96,40 +110,43 @@ def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, floa
     pixels = torch.from_numpy(np.asarray(query.images, dtype=np.float32).reshape(len(query), -1) / 255.0)
     metrics = dmlkit.evaluate(torch.nn.functional.normalize(pixels, dim=1), query.true_labels,
                               recall_at=query.recall_at, seed=0)
-    return metrics, time.perf_counter() - start
+    return metrics, time.perf_counter() - start, {}
 
 
-def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> tuple[dict[str, float], float]:
+def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> Measured:
     import dmlkit
 
     out = runs_root / f"{entry.row}-{entry.protocol}-seed{seed}{'-quick' if quick else ''}"
-    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **train_settings(entry, seed, quick))
-    return result["test"], float(result["seconds"])
+    settings = train_settings(entry, seed, quick)
+    if entry.init_from:
+        weights = backbone_weights_of_run(ROOT / entry.init_from, runs_root / f"{entry.row}-init.pt")
+        settings["options"] = {**settings.get("options", {}), "pretrained": str(weights)}
+    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **settings)
+    extras = {"epochs": result["config"]["epochs"], "best": result.get("best")}
+    if "images_per_second" in result:
+        extras["images_per_second"] = round(float(result["images_per_second"]), 1)
+    return result["test"], float(result["seconds"]), extras
 
 
-Runner = Callable[[Entry, int, bool], tuple[dict[str, float], float]]
+Runner = Callable[[Entry, int, bool], Measured]
 
 
 def aggregate(entry: Entry, per_seed: Sequence[Mapping[str, Any]], quick: bool) -> dict[str, Any]:
-    """One row from the per-seed results: each metric's mean, and its sample std (0 for one seed)."""
-    metrics: dict[str, float] = {}
-    for key in METRIC_KEYS:
-        values = [float(r["metrics"][key]) for r in per_seed if r["metrics"].get(key) is not None]
-        if values:
-            metrics[key] = statistics.mean(values)
-            metrics[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"method": entry.row, "base_method": entry.method, "preset": entry.preset, "dataset": entry.dataset,
-            "protocol": entry.protocol, "seeds": [r["seed"] for r in per_seed], "metrics": metrics,
-            "seconds": statistics.mean(r["seconds"] for r in per_seed), "per_seed": list(per_seed),
-            "quick": quick, "notes": entry.notes}
+    """One row from the per-seed results (``seed``, ``metrics``, ``seconds``, extras): each metric's mean and
+    sample std (0 for one seed), the mean seconds, the seeds' own numbers under ``per_seed``."""
+    shared = {"method": entry.row, "base_method": entry.method, "preset": entry.preset, "dataset": entry.dataset,
+              "protocol": entry.label or entry.protocol, "quick": quick, "notes": entry.notes,
+              "options": dict(entry.options) or None, "paper_value": entry.paper_value}
+    (row,) = schema_rows({**shared, **seed} for seed in per_seed)
+    return row
 
 
 def run_entry(entry: Entry, quick: bool, seeds: Sequence[int] | None, runner: Runner) -> dict[str, Any]:
     per_seed = []
     for seed in seeds if seeds is not None else entry.seeds:
-        metrics, seconds = runner(entry, seed, quick)
+        metrics, seconds, extras = runner(entry, seed, quick)
         per_seed.append({"seed": seed, "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
-                         "seconds": round(seconds, 2)})
+                         "seconds": round(seconds, 2), **stamp(), **extras})
     return aggregate(entry, per_seed, quick)
 
 
@@ -143,7 +160,7 @@ def run_suite(suite: Suite, *, quick: bool = False, seeds: Sequence[int] | None 
         raise SystemExit(f"suite '{suite.name}' has no row(s) {', '.join(unknown)}; its rows: "
                          f"{', '.join(e.row for e in suite.entries)}")
 
-    def default_runner(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
+    def default_runner(entry: Entry, seed: int, quick: bool) -> Measured:
         if entry.method == RAW_PIXELS:
             return run_raw_pixels(entry, seed, quick)
         return run_training(entry, seed, quick, runs_root)

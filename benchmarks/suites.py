@@ -40,3 +40,127 @@ SUITES: dict[str, Suite] = {
         ),
     ),
 }
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST suites (issues 3-9, 25). Their results files (benchmarks/results/<suite>.json) were written by the
+# per-method scripts these entries replace and converted to the one schema (experiments/convert_results_schema.py).
+
+_FM = "fashion-mnist"
+#: label-free rows: "unsupervised" is the standard protocol with the labels hidden
+_LABEL_FREE = (("standard", "unsupervised"), ("zero-shot", None))
+_LABEL_FREE_QUICK = {"epochs": 1, "train_subset": 3000, "test_subset": 1000}
+_NET128 = {"backbone": "mnist-net", "embedding_dim": 128}
+_STML_NOTE = "no paper number: STML reports CUB/Cars/SOP only; targets here are R@1 > raw pixels and NMI > 0.60"
+_PLM_NOTE = "no paper number: PLM reports CUB/Cars/SOP only (Table 1: CUB R@1 60.6 at 128-d)"
+
+
+def _yardsticks(quick: dict, protocols=_LABEL_FREE, **settings) -> tuple[Entry, ...]:
+    """The untrained mnist-net + linear 128-d head and the L2-normalised pixels, on each protocol."""
+    rows = []
+    for protocol, label in protocols:
+        rows.append(Entry("initial", "initial", _FM, protocol, label=label, options=_NET128, settings=settings,
+                          quick={k: v for k, v in quick.items() if k != "epochs"},
+                          notes="untrained mnist-net + linear 128-d head"))
+        rows.append(Entry(RAW_PIXELS, RAW_PIXELS, _FM, protocol, label=label, settings=settings,
+                          quick={"test_subset": quick["test_subset"]}, notes="L2-normalised 784-d pixels, Euclidean kNN"))
+    return tuple(rows)
+
+
+def _label_free(row: str, method: str, preset: str, seeds=(0, 1, 2), notes: str = "", **kwargs) -> tuple[Entry, ...]:
+    return tuple(Entry(row, method, _FM, protocol, label=label, preset=preset, seeds=seeds, quick=_LABEL_FREE_QUICK,
+                       notes=notes, **kwargs) for protocol, label in _LABEL_FREE)
+
+
+#: PLM Figure 3 at a reduced scale (zero-shot, 12,000 training images, 2 epochs, 4 seeds): one option at a time
+_PLM_SWEEP = {"n_proxies": (10, 300), "piece_dim": (2, 5), "n_alpha": (1.0, 2.0, 6.0), "delta": (0.5, 1.0)}
+_PLM_SWEEP_SCALE = {"train_subset": 12000, "epochs": 2}
+#: STML's unsupervised seed-1 run of the stml suite: the backbone of the [ssl-init] rows
+_STML_BACKBONE = "runs/benchmarks/stml/stml-standard-seed1"
+
+#: seed 002 Table 1 (Fashion-MNIST) and Table 4 (w/o orth): NMI, R@1, R@2, R@4, R@8 in %
+_SSDML_PAPER = {"initial": (32.6, 71.9, 82.0, 89.5, 94.8), "deep-lrml": (53.2, 75.3, 83.9, 90.2, 95.0),
+                "deep-seraph": (53.0, 75.9, 85.1, 91.5, 95.4), "deep-isdml": (51.3, 74.4, 84.2, 90.7, 95.1),
+                "deep-apllr": (38.9, 59.5, 73.3, 84.1, 91.4), "deep-apit": (37.3, 69.4, 80.1, 88.5, 94.1),
+                "ssdml": (52.1, 77.6, 86.0, 91.8, 95.6), "ssdml-no-orth": (50.3, 73.3, 82.4, 89.7, 94.4)}
+_SSDML_PROTOCOL = (("standard", "semi-supervised-10-per-class"),)
+_SSDML_SETTINGS = {"labels_per_class": 10}
+#: --quick: partitions of 1,500 unlabeled images, 1,000 test images (the partition, not the split, sets the cost)
+_SSDML_QUICK = {"epochs": 2, "test_subset": 1000, "options": {"n_unlabeled_partition": 1500}}
+
+
+def _ssdml(row: str, method: str, preset: str | None, options=None, epochs: int | None = None) -> Entry:
+    paper = _SSDML_PAPER.get(row)
+    quick = {"test_subset": 1000} if method == "initial" else _SSDML_QUICK
+    if method == "ssdml":
+        quick = {**quick, "options": {**quick["options"], "epochs_per_partition": 1}}
+    return Entry(row, method, _FM, "standard", label=_SSDML_PROTOCOL[0][1], preset=preset, options=options or {},
+                 settings={**_SSDML_SETTINGS, **({"epochs": epochs} if epochs else {})}, quick=quick,
+                 paper_value=None if paper is None else dict(zip(("nmi", "recall@1", "recall@2", "recall@4", "recall@8"),
+                                                                 (v / 100 for v in paper))),
+                 notes=f"preset {preset}" + (f" + {options}" if options else "") + (f", {epochs} epochs" if epochs else ""))
+
+
+_DRML_SETTINGS = {"epochs": 10, "batch_size": 100, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
+                  "scheduler": "cosine"}
+_DRML_BASELINE = {**_NET128, "samples_per_class": 20, "proxy_lr_multiplier": 10.0}
+_DRML_NOTE = ("no paper number for Fashion-MNIST; the seed's MLRC tables (CUB, Cars) show DRML-X >= X by 0-3 points "
+              "P@1 (DRML-Triplet on CUB concatenated: -0.2)")
+
+
+def _drml_pair(row: str, loss: str, base_loss: str) -> tuple[Entry, Entry]:
+    common = {"dataset": _FM, "protocol": "zero-shot", "seeds": (0, 1, 2), "settings": _DRML_SETTINGS,
+              "quick": {"epochs": 1, "train_subset": 2000, "test_subset": 1000}}
+    return (Entry(row, "supervised", options={"loss": loss, **_DRML_BASELINE}, notes=f"{loss}; {_DRML_NOTE}", **common),
+            Entry(f"drml-{row}", "drml", preset="drml-fashion-mnist", options={"base_loss": base_loss},
+                  notes=f"DRML over {base_loss}; {_DRML_NOTE}", **common))
+
+
+SUITES.update({
+    "stml": Suite("stml", "STML without labels on Fashion-MNIST, unsupervised and zero-shot, beside the untrained "
+                  "network and raw pixels (3 seeds, ~25 min of training per seed and protocol on 2 cores)",
+                  (*_label_free("stml", "stml", "stml-fashion-mnist", notes=f"preset stml-fashion-mnist; {_STML_NOTE}"),
+                   *_yardsticks(_LABEL_FREE_QUICK))),
+    "unsupervised_baselines": Suite(
+        "unsupervised_baselines", "DeepCluster and instance discrimination on Fashion-MNIST (issue 9): the STML "
+        "network, batch 120, 10 epochs",
+        (*_label_free("deepcluster", "deepcluster", "deepcluster-fashion-mnist",
+                      notes="k-means (100 clusters) every epoch, normalized softmax, classifier reset; labels never read"),
+         *_label_free("instance", "instance", "instance-fashion-mnist",
+                      notes="SimCLR NT-Xent (tau 0.5) on two views, in-batch negatives; labels never read"),
+         *_label_free("instance-moco", "instance", "instance-fashion-mnist-moco", seeds=(0,),
+                      notes="NT-Xent (tau 0.2), momentum encoder (0.99), queue of 4,096 keys; labels never read"))),
+    "plm": Suite(
+        "plm", "PLM without labels on Fashion-MNIST: the preset, Table 3's ablations, delta=1.0, Figure 3's sweeps "
+        "at a reduced scale, from STML's backbone, and the yardsticks",
+        (*_label_free("plm", "plm", "plm-fashion-mnist", notes=f"preset plm-fashion-mnist; {_PLM_NOTE}"),
+         *_label_free("plm-no-selection", "plm", "plm-fashion-mnist", seeds=(0,), options={"selection": False},
+                      notes="Table 3 ablation (1): pieces over all k neighbours"),
+         *_label_free("plm-binary", "plm", "plm-fashion-mnist", seeds=(0,), options={"similarity": "binary"},
+                      notes="Table 3 ablation (2): binary neighbourhood similarity"),
+         *_label_free("plm[delta=1.0]", "plm", "plm-fashion-mnist", seeds=(0,), options={"delta": 1.0}),
+         *_label_free("stml", "stml", "stml-fashion-mnist", seeds=(0,)),
+         *_yardsticks(_LABEL_FREE_QUICK),
+         *(Entry(name, "plm", _FM, "zero-shot", preset="plm-fashion-mnist", seeds=(0, 1, 2, 3), options=options,
+                 settings=_PLM_SWEEP_SCALE, quick=_LABEL_FREE_QUICK, notes=f"Figure 3 sweep at {_PLM_SWEEP_SCALE}")
+           for name, options in [("plm-sweep", {})] + [(f"plm-sweep[{k}={v}]", {k: v})
+                                                         for k, values in _PLM_SWEEP.items() for v in values]),
+         *(Entry(name, "plm", _FM, "standard", label="unsupervised", preset="plm-fashion-mnist", options=options,
+                 init_from=_STML_BACKBONE, quick=_LABEL_FREE_QUICK, notes="backbone of STML's unsupervised seed-1 run")
+           for name, options in (("plm[ssl-init]", {}), ("plm[delta=1.0][ssl-init]", {"delta": 1.0}))))),
+    "ssdml": Suite(
+        "ssdml", "SSDML with 10 labels per class on Fashion-MNIST (seed 002 Table 1, Table 4, Figure 2 middle), "
+        "beside the five deep classical baselines: hours per trained row on 2 cores",
+        (_ssdml("initial", "initial", None, _NET128), _ssdml("ssdml", "ssdml", "ssdml-fashion-mnist"),
+         *(_ssdml(name, name, f"{name}-fashion-mnist")
+           for name in ("deep-lrml", "deep-seraph", "deep-isdml", "deep-apllr", "deep-apit")),
+         _ssdml("ssdml-no-orth", "ssdml", "ssdml-fashion-mnist", {"orthogonal": False}, epochs=20),
+         *(_ssdml(f"ssdml[alpha={a:g}]", "ssdml", "ssdml-fashion-mnist", {"alpha_deg": a}, epochs=5)
+           for a in (35.0, 40.0, 45.0, 50.0, 55.0)),
+         Entry(RAW_PIXELS, RAW_PIXELS, _FM, "standard", label=_SSDML_PROTOCOL[0][1], quick={"test_subset": 1000},
+               notes="l2-normalised 784-d pixels, Euclidean kNN"))),
+    "drml": Suite(
+        "drml", "DRML over triplet, Proxy-Anchor and CosFace against the plain losses on Fashion-MNIST zero-shot "
+        "(3 seeds, one schedule for every row)",
+        (*_drml_pair("triplet", "TripletMarginLoss", "triplet"), *_drml_pair("proxyanchor", "ProxyAnchorLoss", "proxy_anchor"),
+         *_drml_pair("cosface", "CosFaceLoss", "cosface"))),
+})

@@ -26,22 +26,28 @@ def dataset_registry():
 
 @pytest.fixture()
 def load_benchmark(tmp_path, monkeypatch):
-    """``load_benchmark("plm.py")``: a benchmarks/ script imported as a fresh module, its results
-    directory redirected to ``tmp_path`` (the repository's results files are never touched)."""
+    """``load_benchmark("harness.py")``: a script of benchmarks/ (or else experiments/) imported as a fresh
+    module, its results directories redirected to ``tmp_path`` (the repository's results files are never touched)."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "benchmarks"
     monkeypatch.syspath_prepend(str(folder))
 
     def load(filename: str):
-        spec = importlib.util.spec_from_file_location(f"bench_{Path(filename).stem}", folder / filename)
+        path = folder / filename if (folder / filename).is_file() else root / "experiments" / filename
+        spec = importlib.util.spec_from_file_location(f"bench_{Path(filename).stem}", path)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
         spec.loader.exec_module(module)
         if "_common" in sys.modules:  # scripts that write results (readme_tables.py only reads)
             monkeypatch.setattr(sys.modules["_common"], "RESULTS_DIR", tmp_path)
+            monkeypatch.setattr(sys.modules["_common"], "EXPERIMENT_RESULTS_DIR", tmp_path)
+        for name in ("RESULTS_DIR", "EXPERIMENT_RESULTS_DIR"):  # the script's own binding of a folder
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, tmp_path)
         return module
 
     return load

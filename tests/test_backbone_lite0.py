@@ -3,7 +3,7 @@ photos, the input handling, the one default-backbone rule, frozen BN, raw pixels
 ``dmlkit backbones``.
 
 The Fashion-MNIST figures of the issue (full test split: pretrained vs random init vs raw pixels at
-32/64/96 px) are reproduced by ``benchmarks/initial_lite0.py`` (minutes); here a 400-image pinned subset
+32/64/96 px) are reproduced by ``experiments/initial_lite0.py`` (minutes); here a 400-image pinned subset
 checks the same ordering and the pinned values (seconds).
 """
 from __future__ import annotations
@@ -208,7 +208,7 @@ def test_cli_lists_backbones(capsys) -> None:
 
 
 def test_fashion_mnist_pinned_subset() -> None:
-    """Full-test figures: benchmarks/initial_lite0.py. 400 seeded test images at 64 px: pinned R@1."""
+    """Full-test figures: experiments/initial_lite0.py. 400 seeded test images at 64 px: pinned R@1."""
     from dmlkit.data.registry import load_records
     from dmlkit.evaluation.metrics import evaluate
 
@@ -227,5 +227,5 @@ def test_fashion_mnist_pinned_subset() -> None:
     assert recall["pretrained"] > recall["random"] + 0.05
 
 
-#: measured once (400 seeded images, 64 px, Euclidean); the full-split figures are in benchmarks/results/initial_lite0.json
+#: measured once (400 seeded images, 64 px, Euclidean); the full-split figures are in experiments/results/initial_lite0.json
 PINNED = {"pretrained": 0.72, "random": 0.6025, "pixels": 0.7025}

@@ -10,7 +10,7 @@ FAKE = {0: 0.50, 1: 0.70, 2: 0.60}  # recall@1 per seed
 
 def _fake_runner(entry, seed, quick):
     value = FAKE[seed] - (0.1 if quick else 0.0)
-    return {"recall@1": value, "nmi": 0.4, "map@r": 0.2, "recall@2": value}, 10.0 + seed
+    return {"recall@1": value, "nmi": 0.4, "map@r": 0.2, "recall@2": value}, 10.0 + seed, {"epochs": 3 + seed}
 
 
 def _suite(harness):
@@ -28,9 +28,10 @@ def test_rows_carry_mean_sample_std_and_seeds(load_benchmark, tmp_path):
     assert stml["metrics"]["recall@1"] == pytest.approx(0.6)  # (0.5 + 0.7 + 0.6) / 3
     assert stml["metrics"]["recall@1_std"] == pytest.approx(0.1)  # sample std of 0.5, 0.7, 0.6
     assert stml["metrics"]["nmi_std"] == 0.0 and stml["seconds"] == pytest.approx(11.0)
-    assert [r["seed"] for r in stml["per_seed"]] == [0, 1, 2]
+    assert [r["seed"] for r in stml["per_seed"]] == [0, 1, 2] and [r["epochs"] for r in stml["per_seed"]] == [3, 4, 5]
+    assert {"machine", "commit", "date"} <= set(stml["per_seed"][0]) and stml["options"] == {"sigma": 3}
     assert pixels["seeds"] == [0] and pixels["metrics"]["recall@1_std"] == 0.0
-    saved = json.loads((tmp_path / "toy.json").read_text())  # load_benchmark redirects RESULTS_DIR to tmp_path
+    saved = json.loads((tmp_path / "toy.json").read_text())  # load_benchmark redirects the results folders to tmp_path
     assert {"benchmark", "machine", "commit", "date", "rows"} <= set(saved)
     assert [r["method"] for r in saved["rows"]] == ["stml", "raw-pixels"]
 
@@ -81,3 +82,37 @@ def test_raw_pixels_rows_run_on_the_threads_setting(load_benchmark):
         assert torch.get_num_threads() == 1 and 0.5 < metrics["recall@1"] <= 1.0
     finally:
         torch.set_num_threads(before)
+
+
+def test_quick_options_add_to_the_entry_options_and_label_names_the_protocol(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    entry = harness.Entry("ssdml", "ssdml", "fashion-mnist", label="semi-supervised-10-per-class",
+                          options={"alpha_deg": 35.0}, quick={"epochs": 2, "options": {"n_unlabeled_partition": 1500}})
+    assert harness.train_settings(entry, 0, True)["options"] == {"alpha_deg": 35.0, "n_unlabeled_partition": 1500}
+    assert harness.train_settings(entry, 0, False)["options"] == {"alpha_deg": 35.0}
+    (row,) = harness.run_suite(harness.Suite("toy", "", (entry,)), runner=_fake_runner, runs_root=tmp_path)
+    assert row["protocol"] == "semi-supervised-10-per-class" and row["base_method"] == "ssdml"
+
+
+def test_fashion_mnist_suites_keep_the_settings_of_the_scripts_they_replace(load_benchmark):
+    """The settings the per-method scripts ran with (their results are in benchmarks/results/<suite>.json)."""
+    harness = load_benchmark("harness.py")
+    suites = load_benchmark("suites.py").SUITES
+
+    def entry(suite, row, protocol):
+        (found,) = [e for e in suites[suite].entries if e.row == row and (e.label or e.protocol) == protocol]
+        return found
+
+    stml = harness.train_settings(entry("stml", "stml", "unsupervised"), 1, False)
+    assert stml["preset"] == "stml-fashion-mnist" and stml["protocol"] == "standard" and stml["seed"] == 1
+    assert harness.train_settings(entry("stml", "stml", "zero-shot"), 0, True)["train_subset"] == 3000
+    assert entry("plm", "plm-sweep[n_alpha=6.0]", "zero-shot").seeds == (0, 1, 2, 3)
+    sweep = harness.train_settings(entry("plm", "plm-sweep[n_alpha=6.0]", "zero-shot"), 0, False)
+    assert sweep["options"] == {"n_alpha": 6.0} and sweep["train_subset"] == 12000 and sweep["epochs"] == 2
+    no_orth = harness.train_settings(entry("ssdml", "ssdml-no-orth", "semi-supervised-10-per-class"), 0, False)
+    assert no_orth["labels_per_class"] == 10 and no_orth["epochs"] == 20 and no_orth["options"] == {"orthogonal": False}
+    assert entry("ssdml", "ssdml", "semi-supervised-10-per-class").paper_value["recall@1"] == pytest.approx(0.776)
+    drml = harness.train_settings(entry("drml", "drml-cosface", "zero-shot"), 2, False)
+    assert drml["preset"] == "drml-fashion-mnist" and drml["options"] == {"base_loss": "cosface"} and drml["lr"] == 1e-3
+    triplet = harness.train_settings(entry("drml", "triplet", "zero-shot"), 0, False)
+    assert triplet["options"]["loss"] == "TripletMarginLoss" and triplet["options"]["samples_per_class"] == 20

@@ -60,3 +60,29 @@ def test_processes_saving_at_once_keep_every_row(tmp_path):
     rows = json.loads((tmp_path / "race.json").read_text())["rows"]
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((f"w{w}", i) for w in range(2) for i in range(100))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _seed_row(method, seed, r1, **extra):
+    return {"method": method, "dataset": "d", "protocol": "p", "seed": seed, "seconds": 10.0 * (seed + 1),
+            "metrics": {"recall@1": r1}, "notes": "n", **extra}
+
+
+def test_schema_rows_group_seeds_and_flat_rows_undo_it(common):
+    flat = [_seed_row("a", 0, 0.5, epochs=3), _seed_row("a", 1, 0.7, epochs=4), _seed_row("a", 2, 0.6, epochs=5),
+            _seed_row("a", 0, 0.1, quick=True), _seed_row("b", 0, 0.9, notes="other")]
+    rows = common.schema_rows(flat)
+    a, a_quick, b = rows
+    assert a["seeds"] == [0, 1, 2] and a["metrics"]["recall@1"] == pytest.approx(0.6)
+    assert a["metrics"]["recall@1_std"] == pytest.approx(0.1) and a["seconds"] == pytest.approx(20.0)
+    assert a["notes"] == "n" and [s["epochs"] for s in a["per_seed"]] == [3, 4, 5] and not a["quick"]
+    assert a_quick["quick"] and a_quick["metrics"]["recall@1_std"] == 0.0 and b["notes"] == "other"
+    back = [{k: v for k, v in r.items() if k != "seeds"} for r in common.flat_rows(rows)]
+    assert common.schema_rows(back) == rows
+
+
+def test_save_seed_rows_replaces_one_seed_and_keeps_the_others(common, tmp_path):
+    common.save_seed_rows("demo", [_seed_row("a", 0, 0.5), _seed_row("a", 1, 0.7)])
+    data = common.save_seed_rows("demo", [_seed_row("a", 1, 0.9), _seed_row("a", 2, 0.4)])
+    (row,) = data["rows"]
+    assert row["seeds"] == [0, 1, 2] and row["metrics"]["recall@1"] == pytest.approx(0.6)
+    assert json.loads((tmp_path / "demo.json").read_text()) == data

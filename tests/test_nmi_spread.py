@@ -1,4 +1,4 @@
-"""benchmarks/nmi_spread.py: NMI over k-means seeds (issue 4 diagnostic)."""
+"""experiments/nmi_spread.py: NMI over k-means seeds (issue 4 diagnostic)."""
 from __future__ import annotations
 
 import numpy as np

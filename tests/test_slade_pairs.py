@@ -1,4 +1,4 @@
-"""benchmarks/slade_pairs.py: pair counts by class group on a hand-made batch (issue 7 diagnostic)."""
+"""experiments/slade_pairs.py: pair counts by class group on a hand-made batch (issue 7 diagnostic)."""
 from __future__ import annotations
 
 import torch

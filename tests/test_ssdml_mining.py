@@ -1,6 +1,7 @@
-"""benchmarks/ssdml_mining.py: the orderings and fractions behind the mining diagnostic (issue 6)."""
+"""experiments/ssdml_mining.py: the orderings and fractions behind the mining diagnostic (issue 6)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,21 @@ def test_paper_affinity_of_unlabeled_pairs_ignores_the_labels(mining):
     assert unlabeled_edge.sum() > 20
     torch.testing.assert_close(a["paper"][unlabeled_edge], b["paper"][unlabeled_edge], rtol=0, atol=1e-12)
     assert (a["two-sided"][unlabeled_edge] - b["two-sided"][unlabeled_edge]).abs().max() > 1e-4
+
+
+def test_triplet_quality_by_hand(mining):
+    labels = np.array([0, 0, 1, 1, 2])
+    triplets = torch.tensor([
+        [0, 1, 2],  # positive same, negative other: correct
+        [2, 4, 3],  # positive other, negative same: inverted
+        [0, 1, 1],  # both same: no signal
+        [3, 0, 4],  # neither same: no signal
+    ])
+    quality = mining.triplet_quality(triplets, labels)
+    assert quality == {"triplets": 4, "positive_same_class": 0.5, "negative_same_class": 0.5,
+                       "correct": 0.25, "inverted": 0.25}
+
+
+def test_triplet_quality_of_no_triplets_is_nan(mining):
+    quality = mining.triplet_quality(torch.zeros(0, 3, dtype=torch.long), np.array([0, 1]))
+    assert quality["triplets"] == 0 and np.isnan(quality["correct"])

@@ -1,4 +1,5 @@
-"""SLADE on Fashion-MNIST with an unlabeled pool that holds unseen classes (a small stand-in for CUB + NABirds).
+"""Does SLADE's student beat its teacher on Fashion-MNIST when the unlabeled pool holds unseen classes (a small
+stand-in for CUB + NABirds)?
 
 Data arrangement (``pool_records``; no standard protocol gives it):
 
@@ -39,14 +40,14 @@ row; rows and run directories get the suffix ``[ssl-init]``.
 
 Usage (from the repository root)::
 
-    python benchmarks/slade.py            # full (about 25 min on 2 CPU cores)
-    python benchmarks/slade.py --quick    # 8,000 training (5,000 labeled) / 1,000 test images, 1 epoch per stage
-    python benchmarks/slade.py --only slade-all-pairs
-    python benchmarks/slade.py --seeds 1 2        # more training seeds (same labeled set and pool)
-    python benchmarks/slade.py --ssl-init runs/benchmarks/stml/full/stml-zero-shot
-    python benchmarks/slade.py --test-classes seen --only slade --only slade-all-pairs   # test on classes 0-4
+    python experiments/slade.py            # full (about 25 min on 2 CPU cores)
+    python experiments/slade.py --quick    # 8,000 training (5,000 labeled) / 1,000 test images, 1 epoch per stage
+    python experiments/slade.py --only slade-all-pairs
+    python experiments/slade.py --seeds 1 2        # more training seeds (same labeled set and pool)
+    python experiments/slade.py --ssl-init runs/benchmarks/stml/full/stml-zero-shot
+    python experiments/slade.py --test-classes seen --only slade --only slade-all-pairs   # test on classes 0-4
 
-Each run replaces its own rows in ``benchmarks/results/slade.json`` and prints a markdown table.
+Each run replaces its own rows in ``experiments/results/slade.json`` and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
-from _common import SSL_SUFFIX, backbone_weights_of_run, markdown_table, save_rows, seed_suffix
+from _common import (
+    EXPERIMENT_RESULTS_DIR,
+    SSL_SUFFIX,
+    backbone_weights_of_run,
+    markdown_table,
+    save_seed_rows,
+    seed_suffix,
+)
 
 import dmlkit
 from dmlkit.data.base import DatasetRecords
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[slade benchmark] FAILED {failed[-1]}", flush=True)
             continue
         rows += new
-        save_rows("slade", new)
+        save_seed_rows("slade", new, EXPERIMENT_RESULTS_DIR)
     columns = ["method", *[(k, _metric(k)) for k in METRICS], "epochs", "seconds"]
     print(markdown_table(rows, columns))
     for line in failed:

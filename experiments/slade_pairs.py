@@ -1,6 +1,6 @@
-"""How well SLADE's basis selection picks right pseudo-labeled pairs (diagnostic for issue 7).
+"""How well does SLADE's basis selection pick right pseudo-labeled pairs (diagnostic for issue 7)?
 
-For finished runs of ``benchmarks/slade.py`` (the student of the last round, its basis, momentum
+For finished runs of ``experiments/slade.py`` (the student of the last round, its basis, momentum
 Gaussians and pseudo labels), draw pool batches as the student sees them (8 pseudo-clusters x 4
 images, seed 0) and count, against the hidden classes:
 
@@ -13,12 +13,12 @@ overall and split by where the pair's true classes lie: both in the labeled clas
 both in 5-9 (``unseen``, the test classes) or one in each (``mixed``); and, over the same-cluster pairs, the
 Pearson correlation of the basis similarity with the embeddings' cosine similarity (high: the selection
 drops the positives the embedding already finds hard). Rows (one per run) go to
-``benchmarks/results/slade_pairs.json``.
+``experiments/results/slade_pairs.json``.
 
-Usage (from the repository root, after ``benchmarks/slade.py``; about a minute per run)::
+Usage (from the repository root, after ``experiments/slade.py``; about a minute per run)::
 
-    python benchmarks/slade_pairs.py                          # the slade runs of seeds 0-2, both inits
-    python benchmarks/slade_pairs.py runs/benchmarks/slade/full/slade
+    python experiments/slade_pairs.py                          # the slade runs of seeds 0-2, both inits
+    python experiments/slade_pairs.py runs/benchmarks/slade/full/slade
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
 
 GROUPS = ("all", "seen", "unseen", "mixed")
 DEFAULT_RUNS = tuple(f"runs/benchmarks/slade/full/slade{init}{seed}" for init in ("", "[ssl-init]")
@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         path = ROOT / run
         if not (path / "checkpoints" / "last.ckpt").is_file():
-            print(f"skipping {run}: no finished run there (run benchmarks/slade.py first)")
+            print(f"skipping {run}: no finished run there (run experiments/slade.py first)")
             continue
         rows.append({"method": path.name, "protocol": "pool pairs", "seed": 0, **measure(path), "notes": "last round's student, basis, Gaussians and pseudo labels; "
                      "150 pool batches of 8 clusters x 4"})
     if rows:
-        save_rows("slade_pairs", rows)
+        save_rows("slade_pairs", rows, folder=EXPERIMENT_RESULTS_DIR)
         columns = ["method", *[(f"{g} {kind}", lambda r, key=f"{g}/{kind}/precision": r["pair_metrics"][key])
                                for g in ("all", "unseen") for kind in ("all_positives", "selected_positives",
                                                                        "all_negatives", "selected_negatives")]]

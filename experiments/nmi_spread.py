@@ -1,14 +1,14 @@
-"""How much of an NMI number is the k-means seed (diagnostic for issue 4).
+"""How much of an NMI number is the k-means seed (diagnostic for issue 4)?
 
 The protocol's NMI (EVALUATION.md §3) runs k-means once (k-means++, 20 Lloyd iterations, seed 0). This
 script re-clusters fixed test embeddings with several k-means seeds and reports NMI's mean, standard
 deviation, minimum and maximum, for raw pixels (l2-normalised 784-d) and for the test embeddings of
-finished runs, on Fashion-MNIST's test split. Rows go to ``benchmarks/results/nmi_spread.json``.
+finished runs, on Fashion-MNIST's test split. Rows go to ``experiments/results/nmi_spread.json``.
 
 Usage (from the repository root; seconds per embedding)::
 
-    python benchmarks/nmi_spread.py                    # raw pixels + the STML and initial runs found
-    python benchmarks/nmi_spread.py runs/benchmarks/stml/full/stml-unsupervised-seed1 --seeds 10
+    python experiments/nmi_spread.py                    # raw pixels + the STML and initial runs found
+    python experiments/nmi_spread.py runs/benchmarks/stml/full/stml-unsupervised-seed1 --seeds 10
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
 import torch
-from _common import markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
 
 DATASET = "fashion-mnist"
 DEFAULT_RUNS = ("runs/benchmarks/ssdml/initial", "runs/benchmarks/stml/full/stml-unsupervised",
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         values = nmi_over_seeds(run_embeddings(path, images), labels, args.seeds, n_classes)
         rows.append(row(path.name, values, f"test embeddings of {run}"))
-    save_rows("nmi_spread", rows)
+    save_rows("nmi_spread", rows, folder=EXPERIMENT_RESULTS_DIR)
     stat = lambda key: lambda r: r["nmi_over_kmeans_seeds"][key]
     print(markdown_table(rows, ["method", *[(key, stat(key)) for key in ("mean", "std", "min", "max")]], digits=3))
     return 0

@@ -1,16 +1,28 @@
-"""Figure 3 of the PLM paper at reduced scale: which runs ``benchmarks/plm.py --sweep`` makes, and the plot.
+"""How sensitive is PLM to N_ρ, m, N_α and δ on Fashion-MNIST (the paper's Figure 3, at a reduced scale)?
 
-The sweeps change one option at a time from the preset (Sec. 4.1: N_ρ 100, m 3, N_α 4, δ 2); each run is a
-row ``plm-sweep[option=value]`` (``plm-sweep``: the preset itself) of ``benchmarks/results/plm.json``.
+Draws Recall@1 (mean ± std over seeds) against each option from the ``plm-sweep*`` rows of
+``benchmarks/results/plm.json`` (the ``plm`` suite: ``python -m benchmarks --suite plm --only plm-sweep ...``)
+into ``experiments/results/plm_sweep.png``. The sweeps change one option at a time from the preset (Sec. 4.1:
+N_ρ 100, m 3, N_α 4, δ 2); row ``plm-sweep[option=value]``, ``plm-sweep`` being the preset itself.
+
+    python experiments/plm_sweep.py
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-#: option -> the values besides the preset's
-SWEEP = {"n_proxies": (10, 300), "piece_dim": (2, 5), "n_alpha": (1.0, 2.0, 6.0), "delta": (0.5, 1.0)}
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import EXPERIMENT_RESULTS_DIR, RESULTS_DIR, flat_rows
+
+#: the options swept (their values: the rows present)
+SWEEP = ("n_proxies", "piece_dim", "n_alpha", "delta")
 SWEEP_LABELS = {"n_proxies": "N_ρ (proxies)", "piece_dim": "m (piece dimension)", "n_alpha": "N_α", "delta": "δ"}
 SWEEP_SCALE = {"train_subset": 12000, "epochs": 2}
 SWEEP_BASE = "plm-sweep"
@@ -26,7 +38,7 @@ def sweep_points(
         method = r["method"]
         if r.get("quick") or r["protocol"] != "zero-shot" or not method.startswith(SWEEP_BASE):
             continue
-        if method == SWEEP_BASE:
+        if method == SWEEP_BASE:  # the preset: a point on every option's curve
             for option in SWEEP:
                 grouped[option].setdefault(float(defaults[option]), []).append(r["metrics"][metric])
             continue
@@ -64,3 +76,16 @@ def sweep_figure(rows: list[dict], path: Path, defaults: dict) -> Path | None:
     runs = max(p[3] for series in points.values() for p in series)
     fig.suptitle(f"PLM, Fashion-MNIST zero-shot (sweep scale {SWEEP_SCALE}); mean ± std over {runs} seed(s)")
     return save_figure(fig, path)
+
+
+def plm_defaults(preset: str = "plm-fashion-mnist") -> dict:
+    """Every PLM option's value in the preset (the method's defaults where the preset is silent)."""
+    from dmlkit.engine.config import load_preset
+    from dmlkit.methods.plm import PLMConfig
+
+    return {**{f.name: f.default for f in dataclasses.fields(PLMConfig)}, **(load_preset(preset).get("options") or {})}
+
+
+if __name__ == "__main__":
+    results = flat_rows(json.loads((RESULTS_DIR / "plm.json").read_text())["rows"])
+    print(sweep_figure(results, EXPERIMENT_RESULTS_DIR / "plm_sweep.png", plm_defaults()))

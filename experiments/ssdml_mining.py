@@ -1,4 +1,4 @@
-"""How much class signal SSDML's triplet mining can carry on Fashion-MNIST (diagnostic for issue 6).
+"""How much class signal can SSDML's triplet mining carry on Fashion-MNIST (diagnostic for issue 6)?
 
 SSDML (seed 002) sorts each anchor's k-neighbourhood by the propagated affinity and pairs the first
 half (positives) with the second half (negatives). This script mines the first partition of the
@@ -20,13 +20,13 @@ Features: ``untrained`` (the SSDML network at initialisation, as the method star
 
 Columns (fractions of triplets): the positive / the negative shares the anchor's class; ``correct``
 (positive same, negative other) and ``inverted`` (the reverse). Rows go to
-``benchmarks/results/ssdml_mining.json``.
+``experiments/results/ssdml_mining.json``.
 
 Usage (from the repository root; about 2 minutes per (features, k) on one core)::
 
-    python benchmarks/ssdml_mining.py
-    python benchmarks/ssdml_mining.py --features runs/benchmarks/stml/full/stml-unsupervised-seed1 --k 10 50
-    python benchmarks/ssdml_mining.py --quick      # partition of 1,500 unlabeled, k = 10
+    python experiments/ssdml_mining.py
+    python experiments/ssdml_mining.py --features runs/benchmarks/stml/full/stml-unsupervised-seed1 --k 10 50
+    python experiments/ssdml_mining.py --quick      # partition of 1,500 unlabeled, k = 10
 """
 from __future__ import annotations
 
@@ -35,9 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, backbone_weights_of_run, markdown_table, save_rows
-from ssdml import triplet_quality
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _common import EXPERIMENT_RESULTS_DIR, ROOT, backbone_weights_of_run, markdown_table, save_seed_rows
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -49,6 +48,19 @@ PRESET = "ssdml-fashion-mnist"
 ORDERINGS = ("paper", "two-sided", "label-propagation", "distance", "oracle")
 KS = (10, 20, 50, 100)
 QUICK_OPTIONS = {"n_unlabeled_partition": 1500}
+
+
+def triplet_quality(triplets: torch.Tensor, true_labels: np.ndarray) -> dict:
+    """How the mined ``[T, 3]`` (anchor, positive, negative) triplets agree with the hidden classes.
+
+    ``correct``: positive of the anchor's class and negative of another; ``inverted``: the reverse; the
+    rest (both or neither of the anchor's class) carry no class signal.
+    """
+    y = torch.as_tensor(np.asarray(true_labels))[triplets.long()]
+    positive, negative = y[:, 1] == y[:, 0], y[:, 2] == y[:, 0]
+    fractions = {"positive_same_class": positive, "negative_same_class": negative,
+                 "correct": positive & ~negative, "inverted": ~positive & negative}
+    return {"triplets": len(triplets), **{k: round(float(v.float().mean()), 4) for k, v in fractions.items()}}
 
 
 def triplet_fractions(triplets: torch.Tensor, true_labels: torch.Tensor) -> dict[str, float]:
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 row["quick"] = True
             rows.append(row)
-    save_rows("ssdml_mining", rows)
+    save_seed_rows("ssdml_mining", rows, EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, ["protocol", "method", *[(key, lambda r, key=key: r["metrics"][key])
                                                          for key in rows[0]["metrics"]]], digits=3))
     return 0

@@ -1,4 +1,6 @@
-"""Pseudo-supervision quality (PLM's Table 2) on the training embeddings of finished benchmark runs.
+"""How right is each method's pseudo-supervision (PLM's Table 2) on the training embeddings of finished runs?
+
+Pseudo-supervision quality (PLM's Table 2) on the training embeddings of finished benchmark runs.
 
 For each run directory given, the run's network embeds its training split (the items its method drew
 pseudo labels from); ``MAX_ITEMS`` of them (seeded) are cut into batches of ``BATCH`` and every
@@ -10,9 +12,9 @@ Columns: ``purity`` (label purity of the groups an estimator forms), ``correlati
 of the estimated similarity with the same-class indicator over all pairs of a batch), pair precision and
 recall at a similarity of 0.5.
 
-    python benchmarks/quality.py runs/benchmarks/stml/full/stml-unsupervised [RUN ...] [--max-items 3000]
+    python experiments/quality.py runs/benchmarks/stml/full/stml-unsupervised [RUN ...] [--max-items 3000]
 
-Rows go to ``benchmarks/results/quality.json``: ``method`` = the estimator, ``protocol`` =
+Rows go to ``experiments/results/quality.json``: ``method`` = the estimator, ``protocol`` =
 ``"<run method> <run protocol>"`` (whose embeddings), replacing rows with the same key.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
 import torch
-from _common import markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_seed_rows
 
 MAX_ITEMS, BATCH, SEED = 3000, 120, 0
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for run_dir in args.runs:
         mine = quality_rows(run_dir, args.max_items)
-        save_rows("quality", mine)
+        save_seed_rows("quality", mine, EXPERIMENT_RESULTS_DIR)
         rows += mine
     print(markdown_table(rows, ["protocol", "method"] + [
         (name, lambda r, k=key: r["metrics"].get(k, float("nan")))

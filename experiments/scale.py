@@ -1,4 +1,6 @@
-"""Scale: a method refresh (neighbour table) and the full evaluation on 120,000 items of 512 dimensions.
+"""Do a method refresh (neighbour table) and the full evaluation fit in time and memory at 120,000 items of 512 dimensions?
+
+Scale: a method refresh (neighbour table) and the full evaluation on 120,000 items of 512 dimensions.
 
 Two measurements on the same seeded synthetic "clustered" embeddings (class centres ~ N(0, I), items =
 centre + N(0, 2.4² I), 1,000 classes of 120 items; 120,000 items is the size of Stanford Online
@@ -18,7 +20,7 @@ itself added. ``seconds`` is the wall time of the call, ``cpu_seconds`` its user
 on a shared machine, ``cpu_seconds / threads`` estimates the wall time on an idle one
 (``idle_seconds_estimate``). Target: under 8 GiB and 10 minutes on 2 cores.
 
-    python benchmarks/scale.py [--quick] [--threads 2] [--items 120000] [--classes 1000]
+    python experiments/scale.py [--quick] [--threads 2] [--items 120000] [--classes 1000]
 
 ``--quick`` uses 12,000 items in 100 classes (a smoke check; its rows are stored under their own
 dataset name).
@@ -35,9 +37,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
-from _common import ROOT, markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, ROOT, markdown_table, save_rows
 
 SEED = 0
 DIM = 512
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=MEASUREMENTS, help="run one of the two measurements")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
-    parser.add_argument("--no-save", action="store_true", help="print, do not write benchmarks/results/scale.json")
+    parser.add_argument("--no-save", action="store_true", help="print, do not write experiments/results/scale.json")
     parser.add_argument("--worker", choices=MEASUREMENTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n, classes = (12_000, 100) if args.quick else (args.items, args.classes)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{measurement}: {rows[-1]['seconds']:.1f} s wall, {rows[-1]['cpu_seconds']:.1f} s CPU, "
               f"peak {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
         if not args.no_save:
-            save_rows("scale", rows[-1:])
+            save_rows("scale", rows[-1:], folder=EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, [
         "protocol", "dataset", ("wall s", "seconds"), ("CPU s", "cpu_seconds"),
         ("idle 2-core s (est.)", "idle_seconds_estimate"), ("peak MB", "peak_rss_mb"), ("extra MB", "extra_rss_mb"),

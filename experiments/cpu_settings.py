@@ -1,5 +1,5 @@
-"""CPU speed settings on the mnist-net path: OpenMP wait policy × threads, channels-last, torch.compile,
-no_grad vs inference_mode for embedding (docs/speed.md).
+"""Which CPU settings make mnist-net training faster on 2 cores: OpenMP wait policy × threads, channels-last,
+torch.compile, no_grad vs inference_mode for embedding (docs/speed.md)?
 
 Each setting is timed in a fresh subprocess (the wait policy must be set before torch loads), and the
 settings of one comparison run back to back, ``--repeats`` times alternately; the median images/s is
@@ -7,9 +7,9 @@ kept and each row names its baseline's images/s from the same rounds. Training =
 AdamW step of mnist-net + a linear 128-d head on a 128-image batch of 28 px (random pixels: speed
 does not depend on them); embedding = forward of 512 images.
 
-    python benchmarks/cpu_settings.py [--repeats 3] [--steps 20]
+    python experiments/cpu_settings.py [--repeats 3] [--steps 20]
 
-Writes ``benchmarks/results/cpu_settings.json`` (rows keyed by ``setting``).
+Writes ``experiments/results/cpu_settings.json`` (rows keyed by ``setting``).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, markdown_table, save_rows
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _common import EXPERIMENT_RESULTS_DIR, ROOT, markdown_table, save_rows
 
 # name -> (environment, worker options)
 SETTINGS = {
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             row["baseline"] = base
             row["speed_ratio_vs_baseline"] = round(statistics.median(s / b for s, b in zip(speeds, base_speeds)), 3)
         rows.append(row)
-    save_rows("cpu_settings", rows, key=("setting", "dataset"))
+    save_rows("cpu_settings", rows, key=("setting", "dataset"), folder=EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, ["setting", "images_per_second", "baseline", "speed_ratio_vs_baseline",
                                 "all_images_per_second", "warmup_seconds", "error", "load_average"]))
     return 0

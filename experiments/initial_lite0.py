@@ -1,6 +1,8 @@
-"""The ``initial`` yardstick with EfficientNet-Lite0 on Fashion-MNIST's test split (issue 20).
+"""How good a yardstick is the untrained (ImageNet-pretrained) EfficientNet-Lite0 on Fashion-MNIST's test split (issue 20)?
 
-Rows (``benchmarks/results/initial_lite0.json``), each on all 10 classes and on the zero-shot classes 5–9:
+The ``initial`` yardstick with EfficientNet-Lite0 on Fashion-MNIST's test split (issue 20).
+
+Rows (``experiments/results/initial_lite0.json``), each on all 10 classes and on the zero-shot classes 5–9:
 the pretrained Lite0's pooled 1280-d features (as the ``initial`` method reports them: no head) at 32, 64
 and 96 px with TF-style input, the same at 64 px with ImageNet mean/std input (the normalisation check),
 the randomly initialised Lite0 (eval-mode BN, seed 0) at 64 px, and raw pixels (784-d). Plus one speed
@@ -9,9 +11,9 @@ pool) against the same trunk fed ready 64-px RGB, timed side by side (alternatin
 
 Usage (from the repository root)::
 
-    python benchmarks/initial_lite0.py                 # full test split (10,000 images), ≈ 20 min on 1 busy core
-    python benchmarks/initial_lite0.py --limit 2000    # a fixed seeded subset
-    python benchmarks/initial_lite0.py --only speed --only "initial[pixels]"   # some rows (saved row by row)
+    python experiments/initial_lite0.py                 # full test split (10,000 images), ≈ 20 min on 1 busy core
+    python experiments/initial_lite0.py --limit 2000    # a fixed seeded subset
+    python experiments/initial_lite0.py --only speed --only "initial[pixels]"   # some rows (saved row by row)
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
 import torch
-from _common import markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_seed_rows
 
 DATASET = "fashion-mnist"
 #: (row name, backbone, pretrained, input size, input norm)
@@ -128,7 +130,7 @@ def main() -> None:
     rows = []
     if not args.only or "speed" in args.only:
         rows.append(speed_row(args.reps))
-        save_rows("initial_lite0", rows[-1:])
+        save_seed_rows("initial_lite0", rows[-1:], EXPERIMENT_RESULTS_DIR)
         print(rows[-1], flush=True)
     for method, name, pretrained, size, norm in EMBEDDINGS:
         if args.only and method not in args.only:
@@ -138,7 +140,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         notes = f"{len(images)} test images{' (seeded subset)' if args.limit else ''}, Euclidean, no head"
         rows += metric_rows(method, features, labels, seconds, notes)
-        save_rows("initial_lite0", rows[-2:])
+        save_seed_rows("initial_lite0", rows[-2:], EXPERIMENT_RESULTS_DIR)
         print(method, [round(r["metrics"]["recall@1"], 4) for r in rows[-2:]], f"{seconds:.0f}s", flush=True)
     print(markdown_table([r for r in rows if r["protocol"] != "speed"],
                          ["method", "protocol", ("R@1", lambda r: r["metrics"]["recall@1"]),

@@ -1,4 +1,7 @@
-"""`dmlkit serve` latency: one query over N = 100,000 stored 128-d embeddings (issue 26's target: < 200 ms
+"""Does one `dmlkit serve` query over N = 100,000 stored 128-d embeddings answer within issue 26's 200 ms
+on 2 cores?
+
+`dmlkit serve` latency: one query over N = 100,000 stored 128-d embeddings (issue 26's target: < 200 ms
 on 2 cores).
 
 Seeded synthetic embeddings (10,000 classes of 10, unit vectors, as a trained run stores them). Rows:
@@ -15,7 +18,7 @@ Seeded synthetic embeddings (10,000 classes of 10, unit vectors, as a trained ru
 ``seconds`` is the median wall time of one call over ``--repeats`` random queries; ``p95_seconds`` and
 ``cpu_seconds`` (median user + system CPU time of the process per call) come with it.
 
-    python benchmarks/serve_latency.py [--quick] [--threads 2] [--repeats 50] [--startup]
+    python experiments/serve_latency.py [--quick] [--threads 2] [--repeats 50] [--startup]
 
 ``--quick``: N = 10,000.
 """
@@ -30,10 +33,11 @@ import time
 from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 import numpy as np
 import torch
-from _common import markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
 
 from dmlkit.serve.index import RetrievalIndex
 from dmlkit.serve.server import ServeHTTPServer
@@ -122,7 +126,7 @@ def main() -> None:
         pass
     n = 10_000 if args.quick else 100_000
     rows = [row for backend in ("faiss", "torch") for row in measure(n, backend, args.repeats, args.startup)]
-    save_rows("serve_latency", rows)
+    save_rows("serve_latency", rows, folder=EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, ["method", "dataset", "protocol", ("ms (median)", lambda r: 1000 * r["seconds"]),
                                 ("ms p95", lambda r: 1000 * r.get("p95_seconds", r["seconds"])),
                                 ("CPU ms", lambda r: 1000 * r["cpu_seconds"])], digits=1))
