@@ -120,6 +120,90 @@ def _class_name(records: DatasetRecords, c: int) -> str:
     return f"class {c}"
 
 
+def _hold_out_val(labels: np.ndarray, train_idx: np.ndarray, fold: int | None, n_folds: int, val_fraction: float,
+                  val_seed: int, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)``: the MLRC ``fold``'s classes, or ``val_fraction`` of each training class, held out
+    of the training items as ``val`` (neither: no ``val``)."""
+    if fold is not None:
+        folds = mlrc_folds(labels[train_idx], n_folds)
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+        held = np.isin(labels[train_idx], folds[fold])
+        info["fold_classes"] = [int(folds[fold][0]), int(folds[fold][-1])]
+        return train_idx[~held], train_idx[held]
+    if val_fraction > 0:
+        train_labels = labels[train_idx]
+        counts = np.bincount(train_labels[train_labels >= 0], minlength=int(labels.max()) + 1)
+        held = _draw_per_class(train_labels, np.rint(counts * val_fraction).astype(np.int64), _rng(val_seed, 1))
+        return train_idx[~held], train_idx[held]
+    return train_idx, np.empty(0, dtype=np.int64)
+
+
+def _visible_labels(records: DatasetRecords, train_idx: np.ndarray, labels_per_class: int | None,
+                    seed: int) -> np.ndarray:
+    """The training labels a method may read: -1 where the dataset marks an item unlabeled, and, with
+    ``labels_per_class``, all but that many seeded draws of each class hidden too."""
+    labels = records.labels
+    visible = labels[train_idx].copy()
+    if records.labeled is not None:
+        visible[~records.labeled[train_idx]] = -1
+    if labels_per_class is None:
+        return visible
+    n = int(labels_per_class)
+    counts = np.bincount(visible[visible >= 0], minlength=int(labels.max()) + 1)
+    present = np.flatnonzero(counts)
+    too_few = present[counts[present] < n]
+    if len(too_few):
+        c = int(too_few[0])
+        raise DatasetError(
+            f"{records.name}: labels_per_class={n} but {_class_name(records, c)} has only {counts[c]} "
+            f"labeled training images ({len(too_few)} class(es) too small); lower labels_per_class"
+        )
+    keep = _draw_per_class(visible, np.full(len(counts), n), _rng(seed, 2))
+    visible[~keep] = -1
+    return visible
+
+
+def _dataset(records: DatasetRecords, idx: np.ndarray, tag: str, shown: np.ndarray, true: np.ndarray,
+             class_names) -> DMLDataset:
+    """The items ``idx`` of ``records`` as a dataset named ``<name>/<tag>`` with the given visible and true labels."""
+    loader = None if records.in_memory else ImageLoader(stored_size(records.image_size), records.channels)
+    images = records.images[idx] if records.in_memory else [records.images[i] for i in idx]
+    return DMLDataset(images, shown, true, loader, f"{records.name}/{tag}", records.recall_at,
+                      records.channels, records.image_size, class_names, records.augmentations)
+
+
+def _check_split_arguments(labels_per_class: int | None, fold: int | None, val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if fold is not None and val_fraction > 0:
+        raise ValueError("use either fold (MLRC validation fold) or val_fraction (SSDML), not both")
+    if labels_per_class is not None and int(labels_per_class) < 1:
+        raise ValueError(f"labels_per_class must be a positive integer, got {labels_per_class}")
+
+
+def _train_dataset(records: DatasetRecords, train_idx: np.ndarray, visible: np.ndarray) -> tuple[DMLDataset, np.ndarray]:
+    """The training dataset with its classes renumbered 0..C-1 (sorted original ids; -1 stays -1), and
+    those original ids."""
+    labels = records.labels
+    true_train = labels[train_idx]
+    train_classes = np.unique(true_train[true_train >= 0])
+    remap = np.full(int(labels.max()) + 2, -1, dtype=np.int64)
+    remap[train_classes] = np.arange(len(train_classes))
+    names = records.class_names
+    train_names = [names[c] for c in train_classes] if names is not None and len(names) > labels.max() else None
+    return _dataset(records, train_idx, "train", remap[visible], remap[true_train], train_names), train_classes
+
+
+def _lone_queries(labels: np.ndarray, query_idx: np.ndarray, gallery_idx: np.ndarray | None) -> int:
+    """Queries with no relevant item to retrieve: alone in their class (in the query set, or absent from the gallery)."""
+    q_labels = labels[query_idx]
+    if gallery_idx is None:
+        _, q_counts = np.unique(q_labels, return_counts=True)
+        return int((q_counts == 1).sum())
+    return int((~np.isin(q_labels, labels[gallery_idx])).sum())
+
+
 def make_split(
     records: DatasetRecords,
     protocol: str = "standard",
@@ -146,85 +230,34 @@ def make_split(
         DatasetError: a class has fewer than ``labels_per_class`` items, or a split is empty.
         ValueError: bad arguments (unknown protocol, fold out of range, fold with val_fraction).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if fold is not None and val_fraction > 0:
-        raise ValueError("use either fold (MLRC validation fold) or val_fraction (SSDML), not both")
-    if labels_per_class is not None and int(labels_per_class) < 1:
-        raise ValueError(f"labels_per_class must be a positive integer, got {labels_per_class}")
+    _check_split_arguments(labels_per_class, fold, val_fraction)
     labels = records.labels
     train_mask, query_mask, gallery_mask, info = _protocol_masks(records, protocol)
-    train_idx = np.flatnonzero(train_mask)
-    val_idx = np.empty(0, dtype=np.int64)
-
-    if fold is not None:
-        folds = mlrc_folds(labels[train_idx], n_folds)
-        if not 0 <= fold < n_folds:
-            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
-        held = np.isin(labels[train_idx], folds[fold])
-        val_idx, train_idx = train_idx[held], train_idx[~held]
-        info["fold_classes"] = [int(folds[fold][0]), int(folds[fold][-1])]
-    elif val_fraction > 0:
-        train_labels = labels[train_idx]
-        counts = np.bincount(train_labels[train_labels >= 0], minlength=int(labels.max()) + 1)
-        held = _draw_per_class(train_labels, np.rint(counts * val_fraction).astype(np.int64), _rng(val_seed, 1))
-        val_idx, train_idx = train_idx[held], train_idx[~held]
-
-    true_train = labels[train_idx]
-    visible = true_train.copy()
-    if records.labeled is not None:
-        visible[~records.labeled[train_idx]] = -1
-    if labels_per_class is not None:
-        n = int(labels_per_class)
-        counts = np.bincount(visible[visible >= 0], minlength=int(labels.max()) + 1)
-        present = np.flatnonzero(counts)
-        too_few = present[counts[present] < n]
-        if len(too_few):
-            c = int(too_few[0])
-            raise DatasetError(
-                f"{records.name}: labels_per_class={n} but {_class_name(records, c)} has only {counts[c]} "
-                f"labeled training images ({len(too_few)} class(es) too small); lower labels_per_class"
-            )
-        keep = _draw_per_class(visible, np.full(len(counts), n), _rng(seed, 2))
-        visible[~keep] = -1
-
-    # renumber the training classes 0..C-1 (sorted original ids); -1 stays -1
-    train_classes = np.unique(true_train[true_train >= 0])
-    remap = np.full(int(labels.max()) + 2, -1, dtype=np.int64)
-    remap[train_classes] = np.arange(len(train_classes))
-    names = records.class_names
-    train_names = [names[c] for c in train_classes] if names is not None and len(names) > labels.max() else None
-
-    loader = None if records.in_memory else ImageLoader(stored_size(records.image_size), records.channels)
-
-    def build(idx: np.ndarray, tag: str, shown: np.ndarray, true: np.ndarray, class_names) -> DMLDataset:
-        images = records.images[idx] if records.in_memory else [records.images[i] for i in idx]
-        return DMLDataset(images, shown, true, loader, f"{records.name}/{tag}", records.recall_at,
-                          records.channels, records.image_size, class_names, records.augmentations)
-
+    train_idx, val_idx = _hold_out_val(labels, np.flatnonzero(train_mask), fold, n_folds, val_fraction, val_seed, info)
+    visible = _visible_labels(records, train_idx, labels_per_class, seed)
     query_idx = np.flatnonzero(query_mask)
     gallery_idx = np.flatnonzero(gallery_mask) if gallery_mask is not None else None
     for tag, idx in (("train", train_idx), ("test", query_idx), ("gallery", gallery_idx)):
         if idx is not None and len(idx) == 0:
             raise DatasetError(f"{records.name}: the {tag} split is empty under protocol {protocol!r}")
-    train = build(train_idx, "train", remap[visible], remap[true_train], train_names)
-    query = build(query_idx, "query" if gallery_idx is not None else "test", labels[query_idx], labels[query_idx], names)
-    gallery = build(gallery_idx, "gallery", labels[gallery_idx], labels[gallery_idx], names) if gallery_idx is not None else None
-    val = build(val_idx, "val", labels[val_idx], labels[val_idx], names) if len(val_idx) else None
+
+    train, train_classes = _train_dataset(records, train_idx, visible)
+    names = records.class_names
+    query = _dataset(records, query_idx, "query" if gallery_idx is not None else "test", labels[query_idx],
+                     labels[query_idx], names)
+    gallery = (_dataset(records, gallery_idx, "gallery", labels[gallery_idx], labels[gallery_idx], names)
+               if gallery_idx is not None else None)
+    val = _dataset(records, val_idx, "val", labels[val_idx], labels[val_idx], names) if len(val_idx) else None
 
     q_labels = labels[query_idx]
-    if gallery_idx is None:
-        _, q_counts = np.unique(q_labels, return_counts=True)
-        lone = int((q_counts == 1).sum())
-    else:
-        lone = int((~np.isin(q_labels, labels[gallery_idx])).sum())
     info.update(
         protocol=protocol, seed=seed, labels_per_class=labels_per_class, fold=fold, n_folds=n_folds if fold is not None else None,
         val_fraction=val_fraction, val_seed=val_seed if val_fraction > 0 else None,
         n_train=len(train_idx), n_labeled=int((visible >= 0).sum()), n_unlabeled=int((visible < 0).sum()),
         n_val=len(val_idx), n_query=len(query_idx), n_gallery=len(gallery_idx) if gallery_idx is not None else 0,
         n_train_classes=len(train_classes), n_test_classes=len(np.unique(q_labels)),
-        n_labeled_classes=len(np.unique(visible[visible >= 0])), lone_queries=lone,
+        n_labeled_classes=len(np.unique(visible[visible >= 0])),
+        lone_queries=_lone_queries(labels, query_idx, gallery_idx),
         train_classes=train_classes.tolist(),
     )
     return SplitData(train=train, query=query, gallery=gallery, val=val, info=info)
