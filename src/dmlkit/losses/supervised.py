@@ -226,8 +226,6 @@ def build_metric_loss(
 
     The defaults are the baselines' (PA δ = 0.1, α = 32); DRML passes δ = 0.2, α = 64.
     """
-    from pytorch_metric_learning import losses as pml
-
     key = LOSS_ALIASES.get(name.lower().replace("-", "_"))
     if key is None:
         raise ValueError(f"unknown base loss '{name}'; choose one of: triplet, margin, proxy_anchor, cosface")
@@ -242,30 +240,34 @@ def build_metric_loss(
         raise ValueError(f"the {key} loss takes no miner, got miner='{miner}'; use miner='auto'")
     if key in ("triplet", "margin") and miner == "none":
         raise ValueError(f"the {key} loss needs a triplet miner: hard, semihard or distance_weighted")
+    loss = _pml_loss(key, num_classes, embedding_dim, triplet_margin=triplet_margin, margin_alpha=margin_alpha,
+                     margin_beta0=margin_beta0, pa_delta=pa_delta, pa_alpha=pa_alpha, cosface_m=cosface_m,
+                     cosface_s=cosface_s, proxy_init=proxy_init)
+    miner_kw = ({"cutoff": hard_cutoff} if miner == "hard" else {"margin": semihard_margin} if miner == "semihard"
+                else {"dim": embedding_dim if dw_dim == "auto" else int(dw_dim), "cutoff": dw_cutoff,
+                      "mask_positives": dw_mask_positives} if miner == "distance_weighted" else {})
+    return MetricLoss(key, loss, miner, embedding_dim, miner_kw)
+
+
+def _pml_loss(key: str, num_classes: int, embedding_dim: int, *, triplet_margin: float, margin_alpha: float,
+              margin_beta0: float, pa_delta: float, pa_alpha: float, cosface_m: float, cosface_s: float,
+              proxy_init: str) -> nn.Module:
+    """The pytorch-metric-learning loss of ``key`` with its parameters; proxy tables drawn by ``proxy_init``."""
+    from pytorch_metric_learning import losses as pml
 
     if key == "triplet":
-        loss: nn.Module = pml.TripletMarginLoss(margin=triplet_margin)
-    elif key == "margin":
-        loss = pml.MarginLoss(margin=margin_alpha, beta=margin_beta0, learn_beta=True, num_classes=num_classes)
-    elif key == "proxy_anchor":
+        return pml.TripletMarginLoss(margin=triplet_margin)
+    if key == "margin":
+        return pml.MarginLoss(margin=margin_alpha, beta=margin_beta0, learn_beta=True, num_classes=num_classes)
+    if key == "proxy_anchor":
         loss = pml.ProxyAnchorLoss(num_classes, embedding_dim, margin=pa_delta, alpha=pa_alpha)
         _init_table(loss.proxies.data, proxy_init)
-    else:
-        loss = pml.CosFaceLoss(num_classes, embedding_dim, margin=cosface_m, scale=cosface_s)
-        table = torch.empty(num_classes, embedding_dim)
-        _init_table(table, proxy_init)
-        loss.W.data.copy_(table.T)  # pytorch-metric-learning stores W as [D, C]
-
-    if miner == "hard":
-        miner_kw: dict = {"cutoff": hard_cutoff}
-    elif miner == "semihard":
-        miner_kw = {"margin": semihard_margin}
-    elif miner == "distance_weighted":
-        n = embedding_dim if dw_dim == "auto" else int(dw_dim)
-        miner_kw = {"dim": n, "cutoff": dw_cutoff, "mask_positives": dw_mask_positives}
-    else:
-        miner_kw = {}
-    return MetricLoss(key, loss, miner, embedding_dim, miner_kw)
+        return loss
+    loss = pml.CosFaceLoss(num_classes, embedding_dim, margin=cosface_m, scale=cosface_s)
+    table = torch.empty(num_classes, embedding_dim)
+    _init_table(table, proxy_init)
+    loss.W.data.copy_(table.T)  # pytorch-metric-learning stores W as [D, C]
+    return loss
 
 
 __all__ = [
