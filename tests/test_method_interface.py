@@ -106,7 +106,10 @@ def test_quality_rows_come_from_the_methods_estimators():
 
 @pytest.mark.parametrize("method, old, new", [("plm", "proxy_lr_mult", "proxy_lr_multiplier"),
                                               ("slade", "m_per_class", "samples_per_class"),
-                                              ("slade", "cluster_init", "kmeans_init")])
+                                              ("slade", "cluster_init", "kmeans_init"),
+                                              ("stml", "num_neighbors", "group_size"),
+                                              ("stml", "ema_m", "momentum"),
+                                              ("drml", "num_branches", "n_branches")])
 def test_deprecated_option_names_warn_and_map_to_the_new_ones(method, old, new):
     cls = method_class(method)
     with pytest.warns(FutureWarning, match=f"'{old}' is deprecated, use '{new}'"):
@@ -177,3 +180,16 @@ def test_a_deprecated_option_name_reaches_the_method_through_the_run_config():
     assert config.options == {"samples_per_class": 8}  # config.yaml records the current name
     with pytest.warns(FutureWarning):  # an old run's config.yaml, validated again on resume
         assert method_options("plm", {"proxy_lr_mult": 10.0})["proxy_lr_multiplier"] == 10.0
+
+
+def test_one_name_per_choice_across_method_options():
+    """NN-group size, EMA momentum and counts read alike in every method's options (issue 24, item 5)."""
+    import dataclasses
+
+    fields = {name: {f.name for f in dataclasses.fields(method_class(name).Config)}
+              for name in ("stml", "plm", "instance", "deep-lrml", "drml", "slade", "deepcluster")}
+    assert {"group_size"} <= fields["stml"] & fields["plm"] & fields["deep-lrml"]
+    assert {"momentum"} <= fields["stml"] & fields["plm"] & fields["instance"]
+    assert "n_branches" in fields["drml"] and "n_clusters" in fields["slade"] & fields["deepcluster"]
+    stale = {"num_neighbors", "ema_m", "num_branches", "freeze_bn", "m_per_class", "proxy_lr_mult", "cluster_init"}
+    assert not stale & set().union(*fields.values())

@@ -24,7 +24,7 @@ class TinyBackbone(nn.Module):
 
 
 def tiny_stml(**options) -> STML:
-    options = {"embedding_dim": 8, "g_dim": 12, "num_neighbors": 2, **options}
+    options = {"embedding_dim": 8, "g_dim": 12, "group_size": 2, **options}
     return STML(Config(**options), INFO, backbone_factory=TinyBackbone)
 
 
@@ -95,7 +95,7 @@ def test_views_are_view_major_and_teacher_sees_both(monkeypatch):
 
 
 def test_ema_teacher_update_and_order():
-    method = tiny_stml(ema_m=0.0)
+    method = tiny_stml(momentum=0.0)
     method.train()
     method.student(torch.rand(6, 1, 28, 28))  # moves BN statistics and num_batches_tracked
     method.before_optimizer_step()
@@ -103,13 +103,13 @@ def test_ema_teacher_update_and_order():
         torch.testing.assert_close(t, s, msg=key)
     assert method.teacher.backbone.net[1].num_batches_tracked.item() == 1
 
-    method = tiny_stml(ema_m=1.0)
+    method = tiny_stml(momentum=1.0)
     before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     method.before_optimizer_step()
     for key, value in method.teacher.state_dict().items():
         assert torch.equal(value, before[key]), key
 
-    method = tiny_stml(ema_m=0.5, ema_before_step=False)
+    method = tiny_stml(momentum=0.5, ema_before_step=False)
     t0 = method.teacher.head.linear.weight.clone()
     s0 = method.student.head.linear.weight.clone()
     method.before_optimizer_step()
@@ -150,7 +150,7 @@ def toy_context(dataset: ToyDataset, epoch: int = 0) -> RefreshContext:
 
 def test_refresh_builds_nn_groups_and_batches_are_groups():
     dataset = ToyDataset(24)
-    method = tiny_stml(num_neighbors=3)
+    method = tiny_stml(group_size=3)
     with pytest.raises(RuntimeError, match="refresh"):
         method.batch_sampler(dataset, 6, seed=0, epoch=0)
     method.eval()
@@ -173,7 +173,7 @@ def test_refresh_builds_nn_groups_and_batches_are_groups():
 
 def test_refresh_every_and_teacher_source():
     dataset = ToyDataset(24)
-    method = tiny_stml(num_neighbors=3, refresh_nn_every_epochs=2, nn_source="teacher_g")
+    method = tiny_stml(group_size=3, refresh_nn_every_epochs=2, nn_source="teacher_g")
     method.refresh(toy_context(dataset, epoch=0))
     table = method.neighbours.clone()
     with torch.no_grad():
@@ -205,15 +205,15 @@ def test_registry_options_and_errors():
     assert STML.uses_labels == "none"
     assert STML.defaults["batch_size"] == 120 and STML.defaults["optimizer"] == "adamp"
     c = Config()
-    assert (c.sigma, c.delta, c.num_neighbors, c.neighbourhood, c.expansion, c.ema_m) == (3.0, 1.0, 5, 10, 5, 0.999)
-    assert Config(num_neighbors=2).neighbourhood == 4 and Config(k=5).expansion == 2
+    assert (c.sigma, c.delta, c.group_size, c.neighbourhood, c.expansion, c.momentum) == (3.0, 1.0, 5, 10, 5, 0.999)
+    assert Config(group_size=2).neighbourhood == 4 and Config(k=5).expansion == 2
     names = {f.name for f in dataclasses.fields(Config)}
-    assert {"sigma", "delta", "num_neighbors", "views", "k", "qe_size", "ema_m", "ema_before_step", "nn_source",
+    assert {"sigma", "delta", "group_size", "views", "k", "qe_size", "momentum", "ema_before_step", "nn_source",
             "student_norm", "teacher_norm", "rc_normaliser", "kl_temperature", "rc_weight_f", "rc_weight_g",
             "kl_weight", "tie_break", "refresh_nn_every_epochs", "emb_lr", "bn_freeze"} <= names
     with pytest.raises(ValueError, match="no option"):
         STML.from_options({"sigmaa": 2}, INFO)
-    for bad in ({"nn_source": "labels"}, {"rc_normaliser": "mean"}, {"ema_m": 2.0}, {"views": 1},
+    for bad in ({"nn_source": "labels"}, {"rc_normaliser": "mean"}, {"momentum": 2.0}, {"views": 1},
                 {"tie_break": "random"}, {"sigma": 0}):
         with pytest.raises(ValueError):
             Config(**bad)
@@ -249,9 +249,9 @@ def test_presets_are_valid_stml_settings():
         preset = load_stml_preset(name)
         assert preset["method"] == "stml", name
         config = Config(**preset.get("options", {}))
-        assert preset.get("batch_size", STML.defaults["batch_size"]) % config.num_neighbors == 0, name
+        assert preset.get("batch_size", STML.defaults["batch_size"]) % config.group_size == 0, name
     sop = Config(**load_stml_preset("stml-sop")["options"])
-    assert (sop.num_neighbors, sop.delta, sop.ema_m, sop.emb_lr) == (2, 0.9, 0.9, 0.01)
+    assert (sop.group_size, sop.delta, sop.momentum, sop.emb_lr) == (2, 0.9, 0.9, 0.01)
 
 
 def test_fashion_mnist_preset_builds_the_small_network():

@@ -61,7 +61,7 @@ def test_groups_follow_the_table_and_are_reproducible_per_seed_and_epoch():
 def test_stml_batch_sampler_uses_its_query_sampling():
     info = BuildInfo(channels=1, image_size=28, num_train=N, num_classes=0, dataset="toy", views_preset="grey28")
     for mode in ("per_batch", "permutation"):
-        method = STML(Config(embedding_dim=8, g_dim=8, num_neighbors=K, query_sampling=mode), info,
+        method = STML(Config(embedding_dim=8, g_dim=8, group_size=K, query_sampling=mode), info,
                       backbone_factory=lambda: _Tiny())
         method.neighbours = _table()
         assert method.batch_sampler(list(range(N)), BATCH, 0, 0).queries == mode

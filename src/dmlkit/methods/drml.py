@@ -37,7 +37,7 @@ class Config:
     pretrained: str | None = "auto"  # ImageNet weights when on this machine; None: random; or a weights file
     bn_freeze: bool | None = None  # §2: all trunk BatchNorm layers frozen; None = frozen iff pretrained
     input_size: int | None = None  # side the backbone resizes to (None: its default)
-    num_branches: int = 4  # §2: K = 4
+    n_branches: int = 4  # §2: K = 4
     node_dim: int = 128  # §2: d = 128 (32 in MLRC mode, §7); the embedding has K·d dimensions
     lambda_emb: float = 10.0  # §3: weight of the final-embedding loss
     lambda_rec: float = 1.0  # §3 / README (paper description: 0.1)
@@ -92,7 +92,8 @@ class DRML(Method):
         # (--val-fraction / --fold); without one early stopping is inactive (docs/methods/drml.md).
         "early_stop_patience": 15, "early_stop_monitor": "val_recall@1", "early_stop_collapse": 0.6,
     }
-    renamed_options: ClassVar[dict[str, str]] = {"freeze_bn": "bn_freeze"}  # every method's backbone option
+    renamed_options: ClassVar[dict[str, str]] = {"freeze_bn": "bn_freeze",  # every method's backbone option
+                                                  "num_branches": "n_branches"}  # n_ counts, as n_clusters
 
     def __init__(self, config: Config, info: BuildInfo) -> None:
         super().__init__()
@@ -108,14 +109,14 @@ class DRML(Method):
         self.backbone = build_method_backbone(config.backbone, info, config.pretrained, config.bn_freeze,
                                               config.input_size, paper="bn-inception")
         self.head = RelationalHead(
-            self.backbone.out_dim, config.num_branches, config.node_dim, branch_input=config.branch_input,
+            self.backbone.out_dim, config.n_branches, config.node_dim, branch_input=config.branch_input,
             edge_score=config.edge_score, emb_grad_into_nodes=config.emb_grad_into_nodes,
             integrator_init=config.integrator_init,
         )
         loss_kw = {k: v for k, v in asdict(config).items() if k in (
             "miner", "pa_delta", "pa_alpha", "cosface_m", "cosface_s", "triplet_margin", "semihard_margin",
             "hard_cutoff", "margin_alpha", "margin_beta0", "dw_dim", "dw_mask_positives", "dw_cutoff")}
-        self.objective = DRMLLoss(config.base_loss, info.num_classes, config.num_branches, config.node_dim,
+        self.objective = DRMLLoss(config.base_loss, info.num_classes, config.n_branches, config.node_dim,
                                   config.lambda_emb, config.lambda_rec, config.recon_error,
                                   branch_proxy_init=config.branch_proxy_init, **loss_kw)
         self.views = Views(info.views_preset, 1, augmentations=info.augmentations,

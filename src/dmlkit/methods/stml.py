@@ -50,11 +50,11 @@ class Config:
     g_dim: int = 1024  # auxiliary head g, `bg_embedding_size` (spec §2); smaller is fine for small networks
     sigma: float = 3.0  # Gaussian bandwidth of w^P (README value, spec §4.1)
     delta: float = 1.0  # RC margin on normalised distances (1 CUB/Cars, 0.9 SOP; spec §7)
-    num_neighbors: int = 5  # NN-group size K of the batches (5 CUB/Cars, 2 SOP; spec §7)
+    group_size: int = 5  # NN-group size K of the batches (5 CUB/Cars, 2 SOP; spec §7)
     views: int = 2  # augmented views per image (spec §3)
-    k: int | None = None  # k-reciprocal neighbourhood; None = num_neighbors * views (spec §4)
+    k: int | None = None  # k-reciprocal neighbourhood; None = group_size * views (spec §4)
     qe_size: int | None = None  # query-expansion neighbours; None = round_half_even(k/2) (spec §4.5)
-    ema_m: float = 0.999  # teacher momentum (0.999 CUB/Cars, 0.9 SOP; spec §6-7)
+    momentum: float = 0.999  # teacher momentum (0.999 CUB/Cars, 0.9 SOP; spec §6-7)
     ema_before_step: bool = True  # EMA after backward and before optimizer.step, as the official code (spec §6)
     nn_source: str = "student_g"  # network that builds the NN batches: "student_g" (code) | "teacher_g" (spec §3)
     student_norm: bool = False  # L2-normalise student outputs before distances (official default off, spec §5)
@@ -71,7 +71,7 @@ class Config:
     emb_lr: float | None = None  # learning rate of the heads f and g; None = the backbone lr (SOP README: 1e-2)
 
     def __post_init__(self) -> None:
-        positive = {"embedding_dim": self.embedding_dim, "g_dim": self.g_dim, "num_neighbors": self.num_neighbors,
+        positive = {"embedding_dim": self.embedding_dim, "g_dim": self.g_dim, "group_size": self.group_size,
                     "views": self.views, "sigma": self.sigma, "kl_temperature": self.kl_temperature,
                     "refresh_nn_every_epochs": self.refresh_nn_every_epochs}
         for name, value in positive.items():
@@ -79,8 +79,8 @@ class Config:
                 raise ValueError(f"STML option {name} must be positive, got {value}")
         if self.views < 2:
             raise ValueError(f"STML needs at least 2 views per image (views={self.views}); the paper uses 2")
-        if not 0.0 <= self.ema_m <= 1.0:
-            raise ValueError(f"ema_m must lie in [0, 1], got {self.ema_m}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1], got {self.momentum}")
         if self.nn_source not in ("student_g", "teacher_g"):
             raise ValueError(f"nn_source must be 'student_g' or 'teacher_g', got '{self.nn_source}'")
         if self.rc_normaliser not in NORMALISERS:
@@ -93,7 +93,7 @@ class Config:
     @property
     def neighbourhood(self) -> int:
         """k of the k-reciprocal sets."""
-        return self.k if self.k is not None else self.num_neighbors * self.views
+        return self.k if self.k is not None else self.group_size * self.views
 
     @property
     def expansion(self) -> int:
@@ -126,6 +126,9 @@ class STML(Method):
         "optimizer": "adamp",  # AdamP with Nesterov (spec §7)
         "scheduler": "cosine",  # cosine over the epochs, stepped per epoch (spec §7)
     }
+    #: one name per choice across methods: NN-group size as PLM's and the classical baselines' group_size,
+    #: EMA teacher momentum as PLM's and instance discrimination's momentum
+    renamed_options: ClassVar[dict[str, str]] = {"num_neighbors": "group_size", "ema_m": "momentum"}
 
     def __init__(self, config: Config, info: BuildInfo,
                  backbone_factory: Callable[[], nn.Module] | None = None) -> None:
@@ -177,7 +180,7 @@ class STML(Method):
             return
         tower = self.student if self.config.nn_source == "student_g" else self.teacher
         embeddings = context.embed(lambda images: tower(self.views.eval_transform(images)))
-        _, self.neighbours = context.knn(embeddings, self.config.num_neighbors)
+        _, self.neighbours = context.knn(embeddings, self.config.group_size)
         self.neighbours = self.neighbours.long().cpu()
 
     def batch_sampler(self, dataset, batch_size: int, seed: int, epoch: int):
@@ -216,7 +219,7 @@ class STML(Method):
         """θ_t ← m θ_t + (1-m) θ_s over the teacher's state (BN statistics too; f has no counterpart)."""
         from dmlkit.models.ema import ema_update
 
-        ema_update(self.teacher, self.student, self.config.ema_m)
+        ema_update(self.teacher, self.student, self.config.momentum)
 
     def before_optimizer_step(self) -> None:
         if self.config.ema_before_step:
@@ -232,7 +235,7 @@ class STML(Method):
         """Eqs. 2-5 on the teacher's g of un-augmented images, each its own index (one view)."""
         c = self.config
         teacher = self.teacher(self.views.eval_transform(images))
-        return contextual_similarity(teacher, torch.arange(len(images), device=images.device), c.num_neighbors,
+        return contextual_similarity(teacher, torch.arange(len(images), device=images.device), c.group_size,
                                      c.sigma)
 
     @classmethod
