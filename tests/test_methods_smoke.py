@@ -1,5 +1,6 @@
 """Every registered method trains one short epoch through the engine: every metric in range, the
-weights moved and stayed finite, and the method's own invariant holds after training."""
+weights moved and stayed finite, and the method's own invariant holds after training (INVARIANTS: one for
+every method trained here)."""
 import csv
 import json
 import math
@@ -46,9 +47,33 @@ def _ema_teacher(prefix: str):
     return check
 
 
+def _metric_and_root(method, out: Path, initial: dict) -> None:
+    """The classical baselines keep M ⪰ 0 with its symmetric square root: M^{1/2} M^{1/2} = M (spec §8)."""
+    metric, root = method.metric.double(), method.metric_sqrt.double()
+    assert torch.allclose(metric, metric.T, atol=1e-6) and float(torch.linalg.eigvalsh(metric).min()) >= -1e-6
+    assert torch.allclose(root @ root, metric, atol=1e-4 * max(1.0, float(metric.abs().max())))
+
+
+def _unit_embeddings(dim):
+    def check(method, out: Path, initial: dict) -> None:
+        method.eval()
+        z = method.embed(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+        assert z.shape == (4, dim(method.config)) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
+    return check
+
+
+def _deepcluster(method, out: Path, initial: dict) -> None:
+    labels = method.pseudo_labels
+    assert len(labels) == 360 and int(labels.min()) >= 0 and int(labels.max()) < method.config.n_clusters
+    _unit_embeddings(lambda c: c.embedding_dim)(method, out, initial)
+
+
 #: what each method guarantees after training, beyond moved, finite weights
 INVARIANTS = {"ssdml": _ssdml, "slade": _slade, "stml": _ema_teacher("teacher."),
-              "plm": _ema_teacher("momentum_encoder.")}
+              "plm": _ema_teacher("momentum_encoder."), "deepcluster": _deepcluster,
+              "instance": _unit_embeddings(lambda c: c.embedding_dim),
+              "drml": _unit_embeddings(lambda c: c.n_branches * c.node_dim),
+              **dict.fromkeys(("deep-lrml", "deep-seraph", "deep-isdml", "deep-apllr", "deep-apit"), _metric_and_root)}
 
 
 @pytest.fixture()
@@ -97,4 +122,5 @@ def test_method_trains_through_the_engine(name, tmp_path, built):
     with open(out / "logs" / "metrics.csv") as handle:
         losses = [float(row["train/loss_epoch"]) for row in csv.DictReader(handle) if row.get("train/loss_epoch")]
     assert losses and all(math.isfinite(v) for v in losses)
-    INVARIANTS.get(name, lambda *args: None)(method, out, initial)
+    assert name in INVARIANTS, f"give {name} an invariant in INVARIANTS"
+    INVARIANTS[name](method, out, initial)
