@@ -5,7 +5,8 @@ row schema of ``benchmarks/harness.py`` (run once on 2026-12-03; the tables of d
 
 Each flat row becomes a seed of its (method, dataset, protocol, quick) row: metrics as mean and sample std,
 the seed's own numbers and extras under ``per_seed``, and the file's machine, commit and date on every seed
-(the old files kept them once per file). Files already in the schema are left as they are.
+(the old files kept them once per file). Files already in the schema, and files whose rows name no method
+(``cpu_settings.json``: rows keyed by setting), are left as they are.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def base_method(row: dict) -> str:
 def convert(path: Path) -> bool:
     data = json.loads(path.read_text())
     rows = data.get("rows", [])
-    if not rows or any("per_seed" in r for r in rows) or not all("metrics" in r and "method" in r for r in rows):
+    if not rows or any("per_seed" in r for r in rows) or not all("method" in r for r in rows):
         return False
     where = {k: data[k] for k in ("machine", "commit", "date") if k in data}
     data["rows"] = schema_rows({**where, **r, "base_method": base_method(r)} for r in rows)

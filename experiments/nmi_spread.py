@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np
 import torch
-from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_seed_rows
 
 DATASET = "fashion-mnist"
 DEFAULT_RUNS = ("runs/benchmarks/ssdml/initial", "runs/benchmarks/stml/full/stml-unsupervised",
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         values = nmi_over_seeds(run_embeddings(path, images), labels, args.seeds, n_classes)
         rows.append(row(path.name, values, f"test embeddings of {run}"))
-    save_rows("nmi_spread", rows, folder=EXPERIMENT_RESULTS_DIR)
+    save_seed_rows("nmi_spread", rows, EXPERIMENT_RESULTS_DIR)
     stat = lambda key: lambda r: r["nmi_over_kmeans_seeds"][key]
     print(markdown_table(rows, ["method", *[(key, stat(key)) for key in ("mean", "std", "min", "max")]], digits=3))
     return 0

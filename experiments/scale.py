@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
-from _common import EXPERIMENT_RESULTS_DIR, ROOT, markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, ROOT, markdown_table, save_seed_rows
 
 SEED = 0
 DIM = 512
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{measurement}: {rows[-1]['seconds']:.1f} s wall, {rows[-1]['cpu_seconds']:.1f} s CPU, "
               f"peak {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
         if not args.no_save:
-            save_rows("scale", rows[-1:], folder=EXPERIMENT_RESULTS_DIR)
+            save_seed_rows("scale", rows[-1:], EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, [
         "protocol", "dataset", ("wall s", "seconds"), ("CPU s", "cpu_seconds"),
         ("idle 2-core s (est.)", "idle_seconds_estimate"), ("peak MB", "peak_rss_mb"), ("extra MB", "extra_rss_mb"),

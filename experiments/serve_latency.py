@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np
 import torch
-from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_seed_rows
 
 from dmlkit.serve.index import RetrievalIndex
 from dmlkit.serve.server import ServeHTTPServer
@@ -126,7 +126,7 @@ def main() -> None:
         pass
     n = 10_000 if args.quick else 100_000
     rows = [row for backend in ("faiss", "torch") for row in measure(n, backend, args.repeats, args.startup)]
-    save_rows("serve_latency", rows, folder=EXPERIMENT_RESULTS_DIR)
+    save_seed_rows("serve_latency", rows, EXPERIMENT_RESULTS_DIR)
     print(markdown_table(rows, ["method", "dataset", "protocol", ("ms (median)", lambda r: 1000 * r["seconds"]),
                                 ("ms p95", lambda r: 1000 * r.get("p95_seconds", r["seconds"])),
                                 ("CPU ms", lambda r: 1000 * r["cpu_seconds"])], digits=1))

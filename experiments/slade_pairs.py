@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_rows
+from _common import EXPERIMENT_RESULTS_DIR, markdown_table, save_seed_rows
 
 GROUPS = ("all", "seen", "unseen", "mixed")
 DEFAULT_RUNS = tuple(f"runs/benchmarks/slade/full/slade{init}{seed}" for init in ("", "[ssl-init]")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"method": path.name, "protocol": "pool pairs", "seed": 0, **measure(path), "notes": "last round's student, basis, Gaussians and pseudo labels; "
                      "150 pool batches of 8 clusters x 4"})
     if rows:
-        save_rows("slade_pairs", rows, folder=EXPERIMENT_RESULTS_DIR)
+        save_seed_rows("slade_pairs", rows, EXPERIMENT_RESULTS_DIR)
         columns = ["method", *[(f"{g} {kind}", lambda r, key=f"{g}/{kind}/precision": r["pair_metrics"][key])
                                for g in ("all", "unseen") for kind in ("all_positives", "selected_positives",
                                                                        "all_negatives", "selected_negatives")]]
