@@ -50,3 +50,29 @@ def test_benchmarks_keep_one_entry_point():
     names = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
     assert names - {"evaluation_speed.py", "propagation_scaling.py", "train_overhead.py", "glyphs_yardsticks.py"} == {
         "__main__.py", "_common.py", "harness.py", "suites.py", "readme_tables.py"}
+
+
+#: results files in their own shape: the speed branch's measurements, the glyphs yardsticks, CPU settings
+OWN_SHAPE = {"evaluation_speed", "propagation_scaling", "train_overhead", "glyphs_yardsticks", "cpu_settings"}
+SCHEMA = {"method", "base_method", "preset", "dataset", "protocol", "seeds", "metrics", "seconds", "per_seed", "quick"}
+
+
+def test_results_files_follow_the_row_schema():
+    import json
+    import statistics
+
+    paths = [*(ROOT / "benchmarks" / "results").glob("*.json"), *(ROOT / "experiments" / "results").glob("*.json")]
+    checked = 0
+    for path in paths:
+        if path.stem in OWN_SHAPE:
+            continue
+        data = json.loads(path.read_text())
+        assert {"benchmark", "machine", "commit", "date", "rows"} <= set(data), path.name
+        for row in data["rows"]:
+            assert SCHEMA <= set(row), (path.name, sorted(SCHEMA - set(row)))
+            assert row["seeds"] == [s["seed"] for s in row["per_seed"]], (path.name, row["method"])
+            for key, mean in ((k, v) for k, v in row["metrics"].items() if not k.endswith("_std")):
+                values = [s["metrics"][key] for s in row["per_seed"] if s.get("metrics", {}).get(key) is not None]
+                assert mean == statistics.mean(values), (path.name, row["method"], key)
+            checked += 1
+    assert checked > 100
