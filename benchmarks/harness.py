@@ -12,7 +12,7 @@ instead) and becomes one row of ``benchmarks/results/<suite>.json``::
      "seeds": [0, 1, 2], "metrics": {"recall@1": mean, "recall@1_std": sample std, ...},
      "seconds": mean wall time per seed,
      "per_seed": [{"seed": 0, "metrics": {...}, "seconds": ..., "machine": ..., "commit": ..., "date": ...,
-                   "images_per_second": ..., "epochs": ..., "best": {...}}],
+                   "images_per_second": ..., "epochs": ..., "best": {...}, "history": [...]}],
      "quick": false, "notes": "...", "options": {...}, "paper_value": {...}}
 
 (``options`` and ``paper_value`` only where the entry has them; ``benchmarks/_common.py`` builds the rows.)
@@ -32,6 +32,8 @@ from _common import ROOT, ROW_KEY, backbone_weights_of_run, markdown_table, save
 #: metrics every row reports (fractions in [0, 1])
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
 RAW_PIXELS = "raw-pixels"
+#: per evaluated epoch, what a seed keeps of the run's history (convergence figures)
+HISTORY_KEYS = ("epoch", "recall@1", "nmi", "val_map@r")
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> Measu
         weights = backbone_weights_of_run(ROOT / entry.init_from, runs_root / f"{entry.row}-init.pt")
         settings["options"] = {**settings.get("options", {}), "pretrained": str(weights)}
     result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **settings)
-    extras = {"epochs": result["config"]["epochs"], "best": result.get("best")}
+    extras = {"epochs": result["config"]["epochs"], "best": result.get("best"),
+              "history": [{k: h[k] for k in HISTORY_KEYS if k in h} for h in result.get("history", []) if "recall@1" in h]}
     if "images_per_second" in result:
         extras["images_per_second"] = round(float(result["images_per_second"]), 1)
     return result["test"], float(result["seconds"]), extras
