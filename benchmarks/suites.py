@@ -5,6 +5,8 @@ no training) and, where labels exist, the supervised ceiling.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness import RAW_PIXELS, Entry, Suite
 
 _FMNIST_QUICK = {"train_subset": 1200, "test_subset": 600, "epochs": 1}
@@ -160,7 +162,11 @@ SUITES.update({
                notes="l2-normalised 784-d pixels, Euclidean kNN"))),
     "drml": Suite(
         "drml", "DRML over triplet, Proxy-Anchor and CosFace against the plain losses on Fashion-MNIST zero-shot "
-        "(3 seeds, one schedule for every row)",
+        "(3 seeds, one schedule for every row; the drml-* rows of drml.json predate issue 25's official defaults)",
         (*_drml_pair("triplet", "TripletMarginLoss", "triplet"), *_drml_pair("proxyanchor", "ProxyAnchorLoss", "proxy_anchor"),
          *_drml_pair("cosface", "CosFaceLoss", "cosface"))),
 })
+SUITES["drml_official"] = Suite(
+    "drml_official", "issue 25: the DRML rows re-run with the official training defaults (now dmlkit's), seeds 0-1; "
+    "the drml suite's plain-loss rows are the comparison",
+    tuple(replace(e, seeds=(0, 1)) for e in SUITES["drml"].entries if e.method == "drml"))
