@@ -128,8 +128,20 @@ def finished_run(out: Path, settings: Mapping[str, Any], method: str, dataset: s
     done = json.loads(path.read_text())
     wanted = resolve_config({"method": method, "dataset": dataset, **settings}).to_dict()
     ignored = {"out", "progress", "pictures", "threads", "num_workers", "picture_every"}
-    same = all(done["config"].get(k) == v for k, v in wanted.items() if k not in ignored)
+    config = {**done["config"], "options": _current_names(method, done["config"].get("options") or {})}
+    same = all(config.get(k) == v for k, v in wanted.items() if k not in ignored)
     return done if same else None
+
+
+def _current_names(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished run's options under today's names (a run from before a rename is the same run)."""
+    import warnings
+
+    from dmlkit.methods import method_class
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return method_class(method).current_option_names(dict(options))
 
 
 def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:

@@ -181,3 +181,20 @@ def test_seeds_keep_their_extras_where_and_from_what_they_ran(load_benchmark, tm
     assert all({"machine", "commit", "date"} <= set(r) for r in stml["per_seed"])
     assert stml["metrics"]["recall@1"] == pytest.approx(0.6) and stml["fingerprint"] == harness.fingerprint(
         _suite(harness).entries[0])
+
+
+def test_reuse_sees_a_run_from_before_an_option_rename(load_benchmark, tmp_path):
+    """A finished run whose config.yaml says ema_m / num_neighbors is the same run as one with momentum /
+    group_size: --reuse reads it instead of training it again."""
+    harness = load_benchmark("harness.py")
+    settings = {"protocol": "standard", "seed": 0, "epochs": 2, "options": {"momentum": 0.9, "group_size": 3}}
+    from dmlkit.engine.config import resolve_config
+
+    config = resolve_config({"method": "stml", "dataset": "fashion-mnist", **settings}).to_dict()
+    old = {k: v for k, v in config["options"].items() if k not in ("momentum", "group_size")}
+    config["options"] = {**old, "ema_m": 0.9, "num_neighbors": 3}
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"recall@1": 0.5}, "seconds": 3.0, "config": config}))
+    assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist")["seconds"] == 3.0
+    config["options"]["ema_m"] = 0.5
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"recall@1": 0.5}, "seconds": 3.0, "config": config}))
+    assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist") is None
