@@ -46,17 +46,16 @@ def test_experiments_say_what_question_they_answered():
 
 def test_benchmarks_keep_one_entry_point():
     """Besides the harness (``python -m benchmarks``), its helpers and the table generator, only the
-    scripts other branches own stay in benchmarks/ (speed measurements, the glyphs yardsticks)."""
+    scripts other branches own stay in benchmarks/ (speed measurements, the glyphs near-clone analysis)."""
     names = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
-    owned = {"evaluation_speed.py", "propagation_scaling.py", "train_overhead.py", "glyphs_yardsticks.py",
-             "glyphs_near_duplicates.py"}  # the speed and glyphs-large branches' (issue 24 session)
+    owned = {"evaluation_speed.py", "propagation_scaling.py", "train_overhead.py",  # the speed branch's
+             "glyphs_near_duplicates.py"}  # the glyphs-large branch's analysis (issue 24 session)
     assert names - owned == {
         "__main__.py", "_common.py", "harness.py", "suites.py", "readme_tables.py"}
 
 
-#: results files in their own shape: the speed branch's measurements, the glyphs yardsticks, CPU settings
-OWN_SHAPE = {"evaluation_speed", "propagation_scaling", "train_overhead", "glyphs_yardsticks", "glyphs_near_duplicates",
-             "cpu_settings"}
+#: results files in their own shape: the speed branch's measurements, the glyphs near-clone analysis, CPU settings
+OWN_SHAPE = {"evaluation_speed", "propagation_scaling", "train_overhead", "glyphs_near_duplicates", "cpu_settings"}
 SCHEMA = {"method", "base_method", "preset", "dataset", "protocol", "seeds", "metrics", "seconds", "per_seed", "quick"}
 
 
