@@ -14,6 +14,11 @@ instead) and becomes one row of ``benchmarks/results/<suite>.json``::
      "quick": false, "notes": "..."}
 
 Rows are keyed by (method, dataset, protocol, quick): a re-run replaces its own row and keeps the others.
+A row is saved after every seed. Seeds already in the row are kept when the row's ``fingerprint`` (the
+entry's preset, settings and options) is unchanged, so ``--seeds 1 2`` adds seeds to a row run with seed 0;
+a changed entry starts its row afresh. ``--reuse`` reads a seed from its run directory when that run
+finished with the same resolved configuration, instead of training it again (an interrupted suite
+goes on where it stopped).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, markdown_table, save_rows
+from _common import ROOT, load_results, markdown_table, save_rows
 
 #: metrics every row reports (fractions in [0, 1])
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "precision@1", "r_precision", "map@r")
@@ -79,6 +84,30 @@ def train_settings(entry: Entry, seed: int, quick: bool) -> dict[str, Any]:
     return settings
 
 
+def fingerprint(entry: Entry) -> str:
+    """What makes two runs of an entry the same experiment (seeds aside)."""
+    import json
+
+    return json.dumps({"method": entry.method, "preset": entry.preset, "settings": dict(entry.settings),
+                       "options": dict(entry.options)}, sort_keys=True)
+
+
+def finished_run(out: Path, settings: Mapping[str, Any], method: str, dataset: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a finished run in ``out`` whose resolved configuration equals this one's, or None."""
+    import json
+
+    from dmlkit.engine.config import resolve_config
+
+    path = out / "metrics.json"
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    wanted = resolve_config({"method": method, "dataset": dataset, **settings}).to_dict()
+    ignored = {"out", "progress", "pictures", "threads", "num_workers", "picture_every"}
+    same = all(done["config"].get(k) == v for k, v in wanted.items() if k not in ignored)
+    return done if same else None
+
+
 def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
     """L2-normalised pixels of the test split (the protocol's query set), Euclidean kNN."""
     import numpy as np
@@ -97,11 +126,17 @@ def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, floa
     return metrics, time.perf_counter() - start
 
 
-def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path) -> tuple[dict[str, float], float]:
+def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path,
+                 reuse: bool = False) -> tuple[dict[str, float], float]:
     import dmlkit
 
     out = runs_root / f"{entry.row}-{entry.protocol}-seed{seed}{'-quick' if quick else ''}"
-    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **train_settings(entry, seed, quick))
+    settings = train_settings(entry, seed, quick)
+    done = finished_run(out, settings, entry.method, entry.dataset) if reuse else None
+    if done is not None:
+        print(f"{entry.row} seed {seed}: reusing the finished run in {out}")
+        return done["test"], float(done["seconds"])
+    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **settings)
     return result["test"], float(result["seconds"])
 
 
@@ -119,21 +154,39 @@ def aggregate(entry: Entry, per_seed: Sequence[Mapping[str, Any]], quick: bool) 
     return {"method": entry.row, "base_method": entry.method, "preset": entry.preset, "dataset": entry.dataset,
             "protocol": entry.protocol, "seeds": [r["seed"] for r in per_seed], "metrics": metrics,
             "seconds": statistics.mean(r["seconds"] for r in per_seed), "per_seed": list(per_seed),
-            "quick": quick, "notes": entry.notes}
+            "quick": quick, "notes": entry.notes, "fingerprint": fingerprint(entry)}
 
 
-def run_entry(entry: Entry, quick: bool, seeds: Sequence[int] | None, runner: Runner) -> dict[str, Any]:
-    per_seed = []
-    for seed in seeds if seeds is not None else entry.seeds:
+def earlier_seeds(suite: str, entry: Entry, quick: bool) -> list[dict[str, Any]]:
+    """The per-seed results of this entry's saved row, if it was run with the same fingerprint."""
+    for row in load_results(suite).get("rows", []):
+        if ((row.get("method"), row.get("dataset"), row.get("protocol"), row.get("quick"))
+                == (entry.row, entry.dataset, entry.protocol, quick) and row.get("fingerprint") == fingerprint(entry)):
+            return list(row.get("per_seed", []))
+    return []
+
+
+def run_entry(entry: Entry, quick: bool, seeds: Sequence[int] | None, runner: Runner,
+              save: Callable[[dict[str, Any]], None] | None = None,
+              earlier: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Run ``entry`` for each seed; after each seed, ``save`` the row (earlier seeds not re-run kept)."""
+    wanted = list(seeds if seeds is not None else entry.seeds)
+    per_seed = [dict(r) for r in earlier if r["seed"] not in wanted]
+    row: dict[str, Any] = {}
+    for seed in wanted:
         metrics, seconds = runner(entry, seed, quick)
         per_seed.append({"seed": seed, "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
                          "seconds": round(seconds, 2)})
-    return aggregate(entry, per_seed, quick)
+        per_seed.sort(key=lambda r: r["seed"])
+        row = aggregate(entry, per_seed, quick)
+        if save is not None:
+            save(row)
+    return row
 
 
 def run_suite(suite: Suite, *, quick: bool = False, seeds: Sequence[int] | None = None,
               only: Sequence[str] | None = None, runs_root: Path | None = None,
-              runner: Runner | None = None) -> list[dict[str, Any]]:
+              runner: Runner | None = None, reuse: bool = False) -> list[dict[str, Any]]:
     """Run (the ``only`` rows of) ``suite`` and save each row as it finishes; returns the rows."""
     runs_root = runs_root or ROOT / "runs" / "benchmarks" / suite.name
     unknown = sorted(set(only or ()) - {e.row for e in suite.entries})
@@ -144,14 +197,15 @@ def run_suite(suite: Suite, *, quick: bool = False, seeds: Sequence[int] | None 
     def default_runner(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
         if entry.method == RAW_PIXELS:
             return run_raw_pixels(entry, seed, quick)
-        return run_training(entry, seed, quick, runs_root)
+        return run_training(entry, seed, quick, runs_root, reuse)
 
     rows = []
     for entry in suite.entries:
         if only and entry.row not in only:
             continue
-        row = run_entry(entry, quick, None if entry.method == RAW_PIXELS and seeds else seeds, runner or default_runner)
-        save_rows(suite.name, [row], key=ROW_KEY)
+        row = run_entry(entry, quick, None if entry.method == RAW_PIXELS and seeds else seeds, runner or default_runner,
+                        save=lambda r: save_rows(suite.name, [r], key=ROW_KEY),
+                        earlier=earlier_seeds(suite.name, entry, quick))
         rows.append(row)
     return rows
 
@@ -180,10 +234,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the reduced smoke version of every row")
     parser.add_argument("--seeds", type=int, nargs="+", help="override every row's seeds")
     parser.add_argument("--only", nargs="+", help="run only these rows")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a seed from its run directory when that run finished with the same configuration")
     args = parser.parse_args(argv)
     if args.list or not args.suite:
         for suite in SUITES.values():
             print(f"{suite.name}: {suite.description}\n  rows: {', '.join(e.row for e in suite.entries)}")
         return
-    rows = run_suite(SUITES[args.suite], quick=args.quick, seeds=args.seeds, only=args.only)
+    rows = run_suite(SUITES[args.suite], quick=args.quick, seeds=args.seeds, only=args.only, reuse=args.reuse)
     print(summary(rows))

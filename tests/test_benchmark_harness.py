@@ -35,17 +35,60 @@ def test_rows_carry_mean_sample_std_and_seeds(load_benchmark, tmp_path):
     assert [r["method"] for r in saved["rows"]] == ["stml", "raw-pixels"]
 
 
-def test_rerun_replaces_its_own_row_and_quick_rows_stay_apart(load_benchmark, tmp_path):
+def test_rerun_replaces_its_own_seeds_and_quick_rows_stay_apart(load_benchmark, tmp_path):
     harness = load_benchmark("harness.py")
     suite = _suite(harness)
-    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path)
+    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, seeds=[0])
     harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, quick=True, only=["stml"])
-    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, seeds=[1], only=["stml"])
+
+    def second_runner(entry, seed, quick):  # seed 1 measured again, differently
+        metrics, seconds = _fake_runner(entry, seed, quick)
+        return {**metrics, "recall@1": 0.9}, seconds
+
+    harness.run_suite(suite, runner=second_runner, runs_root=tmp_path, seeds=[1, 2], only=["stml"])
     rows = json.loads((tmp_path / "toy.json").read_text())["rows"]
     full = [r for r in rows if r["method"] == "stml" and not r["quick"]]
     quick = [r for r in rows if r["method"] == "stml" and r["quick"]]
-    assert len(full) == 1 and full[0]["seeds"] == [1] and full[0]["metrics"]["recall@1"] == pytest.approx(0.7)
-    assert len(quick) == 1 and quick[0]["metrics"]["recall@1"] == pytest.approx(0.5)  # 0.6 - 0.1
+    assert len(full) == 1 and full[0]["seeds"] == [0, 1, 2]  # seed 0 kept from the first run
+    assert full[0]["metrics"]["recall@1"] == pytest.approx((0.5 + 0.9 + 0.9) / 3)
+    assert len(quick) == 1 and quick[0]["metrics"]["recall@1"] == pytest.approx(0.5)  # seeds 0-2, each 0.1 lower
+
+
+def test_changed_entry_starts_its_row_afresh(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    harness.run_suite(_suite(harness), runner=_fake_runner, runs_root=tmp_path, only=["stml"])
+    changed = harness.Suite("toy", "a toy suite", (harness.Entry("stml", "stml", "glyphs", options={"sigma": 2}),))
+    harness.run_suite(changed, runner=_fake_runner, runs_root=tmp_path, seeds=[1])
+    (row,) = json.loads((tmp_path / "toy.json").read_text())["rows"]
+    assert row["seeds"] == [1] and row["metrics"]["recall@1"] == pytest.approx(0.7)
+
+
+def test_a_saved_row_survives_an_interrupted_entry(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+
+    def dies_on_seed_2(entry, seed, quick):
+        if seed == 2:
+            raise KeyboardInterrupt
+        return _fake_runner(entry, seed, quick)
+
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_suite(_suite(harness), runner=dies_on_seed_2, runs_root=tmp_path)
+    (row,) = json.loads((tmp_path / "toy.json").read_text())["rows"]
+    assert row["seeds"] == [0, 1] and row["metrics"]["recall@1"] == pytest.approx(0.6)
+
+
+def test_reuse_reads_a_finished_run_only_when_its_configuration_matches(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    settings = {"protocol": "standard", "seed": 0, "epochs": 2, "options": {"backbone": "mnist-net"}}
+    from dmlkit.engine.config import resolve_config
+
+    config = resolve_config({"method": "stml", "dataset": "fashion-mnist", **settings}).to_dict()
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"recall@1": 0.5}, "seconds": 3.0, "config": config}))
+    assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist")["seconds"] == 3.0
+    assert harness.finished_run(tmp_path, {**settings, "seed": 1}, "stml", "fashion-mnist") is None
+    assert harness.finished_run(tmp_path, {**settings, "options": {"backbone": "mnist-net", "sigma": 2.0}},
+                                "stml", "fashion-mnist") is None
+    assert harness.finished_run(tmp_path / "absent", settings, "stml", "fashion-mnist") is None
 
 
 def test_settings_and_unknown_rows(load_benchmark, tmp_path):
