@@ -70,3 +70,43 @@ def test_train_subset_too_small_for_the_labeled_items_of_a_semi_supervised_run_i
     config = resolve_config({"method": "ssdml", "dataset": "digits", "labels_per_class": 10, "train_subset": 150})
     train = prepare_data(config, "partial").train
     assert len(train) == 150 and (train.labels >= 0).sum() == 100
+
+
+def test_view_strength_is_a_checked_run_setting_every_method_receives():
+    import typing
+
+    from dmlkit.data.views import Views
+    from dmlkit.methods import REGISTRY, method_class
+    from dmlkit.methods.base import BuildInfo
+
+    assert resolve_config({"method": "supervised"}).view_strength == 1.0
+    assert resolve_config({"method": "supervised", "view_strength": 0}).view_strength == 0
+    assert parse_overrides(["view_strength=0.5"]) == {"view_strength": 0.5}
+    for bad in (-0.5, float("nan"), "strong"):
+        with pytest.raises(ConfigError, match="view_strength"):
+            resolve_config({"method": "supervised", "view_strength": bad})
+    info = BuildInfo(channels=1, image_size=28, num_train=200, num_classes=10, views_preset="grey28", view_strength=0.3)
+    for name in REGISTRY:
+        cls = method_class(name)
+        hints = typing.get_type_hints(cls.Config)
+        options = {"backbone": "mnist-net", "pretrained": None}
+        method = cls.from_options({k: v for k, v in options.items() if k in hints}, info)
+        strengths = [views.strength for views in method.modules() if isinstance(views, Views)]
+        assert strengths and set(strengths) == {0.3}, name
+    from dmlkit.engine.run import build_method, prepare_data
+
+    config = resolve_config({"method": "supervised", "dataset": "digits", "view_strength": 0.25,
+                             "options": {"backbone": "resnet18-small"}})
+    method = build_method(config, prepare_data(config, "all").train)
+    assert [v.strength for v in method.modules() if isinstance(v, Views)] == [0.25]
+
+
+def test_every_shipped_preset_resolves_to_valid_settings():
+    from dmlkit.engine.config import list_presets
+
+    presets = list_presets()
+    assert {"ssdml-glyphs", "deep-lrml-glyphs", "deep-isdml-glyphs", "supervised-glyphs-5labels", "slade-glyphs",
+            "drml-proxyanchor-glyphs", "drml-cosface-glyphs", "proxyanchor-glyphs", "cosface-glyphs"} <= set(presets)
+    for name, first_line in presets.items():
+        config = resolve_config({"preset": name})  # unknown keys, bad types or ranges raise ConfigError
+        assert first_line and config.method and config.dataset, name

@@ -45,7 +45,7 @@ def test_pool_arrangement_is_disjoint(bench):
         bench.pool_records(_records(), labeled_per_class=11)
 
 
-@pytest.mark.parametrize("name", ["slade-fashion-mnist", "slade-fashion-mnist-contrastive"])
+@pytest.mark.parametrize("name", ["slade-fashion-mnist", "slade-fashion-mnist-contrastive", "slade-glyphs"])
 def test_presets_build(name):
     preset = load_preset(name)
     cls = method_class(preset["method"])

@@ -21,8 +21,18 @@ Presets (the stored size S0 is what the readers store, see :func:`dmlkit.data.im
 A dataset declares which augmentations keep an image's class (``DatasetRecords.augmentations``,
 names in :data:`AUGMENTATIONS`); ``Views(..., augmentations=...)`` leaves the others out of its
 preset, so every method's views respect it (glyphs: no ``hflip``, since mirroring turns b into d).
+
+Strength (``Views(..., strength=s)``, the run setting ``view_strength``) scales every magnitude of the
+preset linearly: the crop's smallest area fraction ``lo`` becomes ``lo - (1 - lo)(s - 1)`` (at least
+0.01) and its aspect-ratio range ``(r0, r1)`` becomes ``(r0^s, r1^s)``; rotation ``10 s`` degrees (at
+most 180), translation ``0.1 s`` (at most 1), crop padding ``round(4 s)`` px, colour jitter ``0.4 s``
+(hue ``0.1 s``, at most 0.5). Probabilities (affine 0.5, flip 0.5, jitter 0.8) do not change. ``s = 1``
+is the preset as above, bit for bit; ``s = 0`` is no augmentation: ``grey28``/``colour32`` views are the
+input, ``imagenet224`` views the input resized to the crop size.
 """
 from __future__ import annotations
+
+import math
 
 import kornia.augmentation as K
 import torch
@@ -33,6 +43,7 @@ PRESETS = ("grey28", "colour32", "imagenet224")
 #: augmentation names a dataset can declare class-keeping: random (resized) crop, small rotation and
 #: translation, horizontal flip, colour jitter
 AUGMENTATIONS = frozenset({"crop", "affine", "hflip", "colour"})
+MIN_CROP_SCALE = 0.01  #: the smallest crop area fraction a strength above 1 can reach
 
 
 def preset_for(data) -> str:
@@ -53,10 +64,12 @@ class Views(nn.Module):
             input size.
         augmentations: the class-keeping augmentations the dataset declares (None = all of
             :data:`AUGMENTATIONS`); the preset's others are left out.
+        strength: scale of every augmentation's magnitude (>= 0; 1 = the preset, 0 = none; see the
+            module docstring).
     """
 
     def __init__(self, preset: str, n_views: int = 2, crop_size: int | None = None,
-                 augmentations: frozenset[str] | None = None) -> None:
+                 augmentations: frozenset[str] | None = None, strength: float = 1.0) -> None:
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown views preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -67,31 +80,31 @@ class Views(nn.Module):
         unknown = set(augmentations or ()) - AUGMENTATIONS
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose among {sorted(AUGMENTATIONS)}")
+        if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
+            raise ValueError(f"view strength must be a finite number >= 0 (1 = the preset, 0 = no augmentation), "
+                             f"got {strength!r}")
         self.allowed = AUGMENTATIONS if augmentations is None else frozenset(augmentations)
-        self.preset, self.n_views = preset, int(n_views)
+        self.preset, self.n_views, self.strength = preset, int(n_views), float(strength)
         self.crop_size = int(crop_size or 224)
         self._pipelines = nn.ModuleDict()
 
     def _pipeline(self, h: int, w: int) -> nn.Module:
         key = f"{h}x{w}"
         if key not in self._pipelines:
+            s = self.strength
             if self.preset == "grey28":
-                aug = [
-                    ("crop", K.RandomResizedCrop((h, w), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3))),
-                    ("affine", K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), p=0.5)),
-                ]
+                aug = [("crop", _resized_crop((h, w), 0.5, s)), ("affine", _affine(s))]
             elif self.preset == "colour32":
-                aug = [
-                    ("crop", K.RandomCrop((h, w), padding=4)),
-                    ("hflip", K.RandomHorizontalFlip()),
-                    ("colour", K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)),
-                ]
+                aug = [("crop", K.RandomCrop((h, w), padding=round(4 * s))), ("hflip", K.RandomHorizontalFlip()),
+                       ("colour", K.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, min(0.5, 0.1 * s), p=0.8))]
             else:
-                s = self.crop_size
-                crop = K.RandomResizedCrop((s, s), scale=(0.16, 1.0), ratio=(3 / 4, 4 / 3))
-                if "crop" not in self.allowed:  # the output size must still be the crop size
-                    crop = K.Resize((s, s))
-                aug = [("resize" if "crop" not in self.allowed else "crop", crop), ("hflip", K.RandomHorizontalFlip())]
+                size = (self.crop_size, self.crop_size)
+                crop = ("crop", _resized_crop(size, 0.16, s))
+                if "crop" not in self.allowed or s == 0:  # the output size must still be the crop size
+                    crop = ("resize", K.Resize(size))
+                aug = [crop, ("hflip", K.RandomHorizontalFlip())]
+            if s == 0:  # no augmentation: only the resize a preset needs
+                aug = [(name, module) for name, module in aug if name == "resize"]
             aug = [module for name, module in aug if name in self.allowed or name == "resize"]
             self._pipelines[key] = nn.Sequential(*aug)
         return self._pipelines[key]
@@ -124,3 +137,15 @@ class Views(nn.Module):
             return F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
         top, left = (h - s) // 2, (w - s) // 2
         return images[..., top:top + s, left:left + s]
+
+
+def _resized_crop(size: tuple[int, int], lo: float, s: float) -> nn.Module:
+    """RandomResizedCrop whose smallest area fraction ``lo`` and aspect range (3/4, 4/3) are scaled by
+    strength ``s`` (``s = 1``: exactly ``lo`` and (3/4, 4/3))."""
+    return K.RandomResizedCrop(size, scale=(max(MIN_CROP_SCALE, lo - (1 - lo) * (s - 1)), 1.0),
+                               ratio=((3 / 4) ** s, (4 / 3) ** s))
+
+
+def _affine(s: float) -> nn.Module:
+    """The small affine of ``grey28`` (10 degrees, 10 % translation at ``s = 1``), p = 0.5."""
+    return K.RandomAffine(degrees=min(180.0, 10.0 * s), translate=(min(1.0, 0.1 * s), min(1.0, 0.1 * s)), p=0.5)

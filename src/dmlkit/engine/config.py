@@ -54,6 +54,7 @@ class RunConfig:
     early_stop_patience: int | None = None  # epochs without improvement of early_stop_monitor; None/0 = off
     early_stop_monitor: str | None = None  # an evaluation key, e.g. val_recall@1 (needs a validation split)
     early_stop_collapse: float | None = None  # also stop when the monitor falls to this fraction of its best
+    view_strength: float = 1.0  # scales every training augmentation's magnitude: 1 = the views preset, 0 = none
     options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
 

@@ -116,7 +116,8 @@ def build_method(config: RunConfig, train_set: DMLDataset) -> Method:
     visible = train_set.labels[train_set.labels >= 0]
     info = BuildInfo(channels=train_set.channels, image_size=train_set.image_size, num_train=len(train_set),
                      num_classes=len(np.unique(visible)), dataset=config.dataset,
-                     views_preset=preset_for(train_set), augmentations=train_set.augmentations)
+                     views_preset=preset_for(train_set), augmentations=train_set.augmentations,
+                     view_strength=config.view_strength)
     method = cls.from_options(dict(config.options), info)
     if _runs_on_cpu(config):
         # oneDNN convolutions run 1.2-1.9x faster on channels-last weights (mnist-net, cifar-net, ResNet-18;

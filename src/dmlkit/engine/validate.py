@@ -27,7 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: smallest allowed value of numeric run settings (inclusive)
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "eval_every": 1, "devices": 1, "threads": 1,
                              "labels_per_class": 1, "train_subset": 1, "test_subset": 1, "picture_every": 1,
-                             "num_workers": 0, "seed": 0, "weight_decay": 0.0, "fold": 0}
+                             "num_workers": 0, "seed": 0, "weight_decay": 0.0, "fold": 0,
+                             "view_strength": 0.0}
 
 
 def nearest(name: str, valid: typing.Iterable[str]) -> str:
@@ -87,6 +88,9 @@ def validate_run(config: RunConfig) -> None:
 def _check_numbers(config: RunConfig) -> None:
     if config.lr is not None and not (math.isfinite(config.lr) and config.lr >= 0):
         raise ConfigError(f"lr must be a finite learning rate >= 0 (e.g. 1e-4), got {config.lr!r}")
+    if not math.isfinite(config.view_strength):
+        raise ConfigError(f"view_strength must be a finite number >= 0 (1 = the views preset, 0 = no augmentation), "
+                          f"got {config.view_strength!r}")
     if config.weight_decay is not None and not math.isfinite(config.weight_decay):
         raise ConfigError(f"weight_decay must be a finite number >= 0, got {config.weight_decay!r}")
     if not 0.0 <= config.val_fraction < 1.0:

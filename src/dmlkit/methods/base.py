@@ -49,6 +49,8 @@ class BuildInfo:
         views_preset: the augmentation preset for this dataset (``grey28``, ``colour32``, ``imagenet224``).
         augmentations: the augmentations that keep the dataset's classes (None = all); pass it to
             every :class:`~dmlkit.data.views.Views` a method builds.
+        view_strength: the run's ``view_strength`` (1 = the preset's magnitudes, 0 = no augmentation);
+            pass it to every :class:`~dmlkit.data.views.Views` a method builds (``strength=``).
     """
 
     channels: int = 1
@@ -58,6 +60,7 @@ class BuildInfo:
     dataset: str = ""
     views_preset: str = "grey28"
     augmentations: frozenset[str] | None = None
+    view_strength: float = 1.0
 
 
 @dataclass

@@ -76,7 +76,8 @@ class _StochasticBaseline(Method):
         self.backbone, self.head = _build_network(self.config, info)
         from dmlkit.data.views import Views
 
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
         dim = self.head.out_dim if self.head is not None else self.backbone.out_dim
         self.register_buffer("metric", torch.eye(dim))  # M, initialised to I (spec §8)
         self.register_buffer("metric_sqrt", torch.eye(dim))  # M^{1/2}

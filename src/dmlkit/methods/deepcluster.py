@@ -121,7 +121,8 @@ class DeepCluster(Method):
 
         self.config = config = config if config is not None else Config()
         self.network = network if network is not None else _embedding_network(config, info)
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)  # DeepCluster trains on one random augmentation per image
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)  # DeepCluster trains on one random augmentation per image
         k, d = config.n_clusters, config.embedding_dim
         self.classifier_weight = nn.Parameter(torch.zeros(k, d))
         self.classifier_bias = nn.Parameter(torch.zeros(k)) if config.loss == "softmax" else None

@@ -118,7 +118,8 @@ class DRML(Method):
         self.objective = DRMLLoss(config.base_loss, info.num_classes, config.num_branches, config.node_dim,
                                   config.lambda_emb, config.lambda_rec, config.recon_error,
                                   branch_proxy_init=config.branch_proxy_init, **loss_kw)
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.epoch = 0
         self.optimizer_steps = 0  # steps seen by before_optimizer_step in this process
         self.clipped_steps = 0  # of which gradients were clipped

@@ -95,7 +95,8 @@ class InstanceDiscrimination(Method):
 
         self.config = config = config if config is not None else Config()
         self.network = network if network is not None else _embedding_network(config, info)
-        self.views = Views(info.views_preset, 2, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 2, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.momentum_encoder = (copy.deepcopy(self.network).requires_grad_(False).eval()
                                  if config.momentum is not None else None)
         ntxent = SupConLoss(temperature=config.temperature)  # = NT-Xent with one positive per anchor (docstring)

@@ -128,7 +128,8 @@ class PLM(Method):
         super().__init__()
         self.config = config = config or PLMConfig()
         crop = {"crop_size": config.crop_size} if info.views_preset == "imagenet224" else {}
-        self.views = Views(info.views_preset, config.views, **crop, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, config.views, **crop, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.network = network if network is not None else _embedding_network(config, info)
         self.momentum_encoder = copy.deepcopy(self.network).requires_grad_(False).eval()  # f_φ (Sec. 3.1.2)
         self.proxies = ManifoldProxies(

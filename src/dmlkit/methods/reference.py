@@ -72,7 +72,8 @@ class InitialMethod(Method):
                                                   bn_freeze=config.bn_freeze, input_size=config.input_size)
         from dmlkit.data.views import Views
 
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise RuntimeError("the 'initial' method does not train")
@@ -114,7 +115,8 @@ class SupervisedMethod(Method):
         self.backbone, self.head = build_embedder(config.backbone, config.embedding_dim, info, config.pretrained,
                                                   normalize=config.normalize, bn_freeze=config.bn_freeze,
                                                   input_size=config.input_size)
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.loss_fn = build_loss(config.loss, info.num_classes, config.embedding_dim)
         self.miner = getattr(miners, config.miner)() if config.miner else None
         self._label_map: Tensor | None = None

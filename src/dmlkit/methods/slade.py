@@ -152,7 +152,8 @@ class SLADE(Method):
             config.backbone, config.embedding_dim, info, config.pretrained,
             bn_freeze=config.bn_freeze, input_size=config.input_size,
         )
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.basis = FeatureBasis(n_basis, config.embedding_dim, config.basis_ce, config.basis_sim)
         self.gaussians = SimilarityGaussians(config.beta, config.lambda_sd, config.m_sd, config.sd_gradient)
         self.rank = RankingLoss(

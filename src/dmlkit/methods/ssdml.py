@@ -109,7 +109,8 @@ class SSDML(Method):
         feature_dim = config.head_dim or self.backbone.out_dim
         self.projection = OrthogonalProjection(feature_dim, config.embedding_dim,
                                                generator=seeded_generator(0, feature_dim, config.embedding_dim))
-        self.views = Views(info.views_preset, 1, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, 1, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.triplets: Tensor | None = None  # [T, 3] indices into the training split
         self.partition_number = 0  # partitions drawn so far
         self.epochs_on_partition = 0  # epochs trained on the current partition

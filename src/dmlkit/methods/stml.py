@@ -160,7 +160,8 @@ class STML(Method):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         crop = 227 if info.views_preset == "imagenet224" and self.backbone_name in INCEPTION_BACKBONES else None
-        self.views = Views(info.views_preset, config.views, crop_size=crop, augmentations=info.augmentations)
+        self.views = Views(info.views_preset, config.views, crop_size=crop, augmentations=info.augmentations,
+                           strength=info.view_strength)
         self.neighbours: Tensor | None = None
 
     def train(self, mode: bool = True) -> STML:
