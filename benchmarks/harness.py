@@ -135,9 +135,17 @@ def run_training(entry: Entry, seed: int, quick: bool, runs_root: Path,
     done = finished_run(out, settings, entry.method, entry.dataset) if reuse else None
     if done is not None:
         print(f"{entry.row} seed {seed}: reusing the finished run in {out}")
-        return done["test"], float(done["seconds"])
-    result = dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True, **settings)
-    return result["test"], float(result["seconds"])
+    result = done if done is not None else dmlkit.train(entry.method, entry.dataset, str(out), overwrite=True,
+                                                        **settings)
+    return reported_metrics(result), float(result["seconds"])
+
+
+def reported_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The test metrics of the epoch chosen on a validation split (MLRC) when the run had one, else the last."""
+    best = result.get("best") or {}
+    if str(best.get("selected_on", "")).startswith("validation"):
+        return {k: v for k, v in best.items() if k not in ("epoch", "selected_on")}
+    return dict(result["test"])
 
 
 Runner = Callable[[Entry, int, bool], tuple[dict[str, float], float]]

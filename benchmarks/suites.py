@@ -14,7 +14,9 @@ _GAIN_SEEDS = (0, 1, 2)  # rows that claim a gain over their start report mean +
 
 
 def _glyphs(row: str, preset: str, seeds: tuple[int, ...] = (0,), notes: str = "", **quick: int) -> Entry:
-    method = preset.split("-glyphs")[0]
+    from dmlkit.engine.config import load_preset
+
+    method = load_preset(preset)["method"]
     return Entry(row, method, "glyphs", "standard", preset=preset, seeds=seeds, settings=_ONE_THREAD,
                  quick={**_GLYPHS_QUICK, **quick}, notes=notes)
 
@@ -33,6 +35,15 @@ SUITES: dict[str, Suite] = {
             _glyphs("instance", "instance-glyphs"),
             _glyphs("instance-moco", "instance-glyphs-moco"),
             _glyphs("deepcluster", "deepcluster-glyphs", train_subset=1200),  # 1,000 clusters need >= 1,000 images
+            _glyphs("supervised-5labels", "supervised-glyphs-5labels", notes="5 labels per train class alone"),
+            _glyphs("ssdml", "ssdml-glyphs", notes="5 labels per train class + the unlabeled rest"),
+            _glyphs("deep-lrml", "deep-lrml-glyphs", notes="5 labels per train class + the unlabeled rest"),
+            _glyphs("deep-isdml", "deep-isdml-glyphs", notes="5 labels per train class + the unlabeled rest"),
+            _glyphs("slade", "slade-glyphs", notes="teacher on 5 labels per train class, student on the pool"),
+            _glyphs("proxyanchor-fold0", "proxyanchor-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
+            _glyphs("drml-proxyanchor-fold0", "drml-proxyanchor-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
+            _glyphs("cosface-fold0", "cosface-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
+            _glyphs("drml-cosface-fold0", "drml-cosface-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
             _glyphs("stml-512", "stml-glyphs-512"),
             _glyphs("plm-512", "plm-glyphs-512"),
         ),

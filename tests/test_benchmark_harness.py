@@ -110,3 +110,12 @@ def test_declared_suites_are_well_formed(load_benchmark):
         assert suite.name == name and suite.entries
         keys = [(e.row, e.dataset, e.protocol) for e in suite.entries]
         assert len(keys) == len(set(keys)), f"suite {name} repeats a row"
+
+
+def test_mlrc_rows_report_the_validation_selected_epoch(load_benchmark):
+    harness = load_benchmark("harness.py")
+    last = {"recall@1": 0.5}
+    chosen = {"epoch": 2, "selected_on": "validation map@r", "recall@1": 0.6}
+    assert harness.reported_metrics({"test": last, "best": chosen}) == {"recall@1": 0.6}
+    on_test = {**chosen, "selected_on": "test recall@1 (best-on-test, for reproduction only)"}
+    assert harness.reported_metrics({"test": last, "best": on_test}) == last
