@@ -96,7 +96,7 @@ def finished_run(out: Path, settings: Mapping[str, Any], method: str, dataset: s
     """The ``metrics.json`` of a finished run in ``out`` whose resolved configuration equals this one's, or None."""
     import json
 
-    from dmlkit.engine.config import resolve_config
+    from dmlkit.engine.config import RunConfig, resolve_config
 
     path = out / "metrics.json"
     if not path.is_file():
@@ -104,8 +104,12 @@ def finished_run(out: Path, settings: Mapping[str, Any], method: str, dataset: s
     done = json.loads(path.read_text())
     wanted = resolve_config({"method": method, "dataset": dataset, **settings}).to_dict()
     ignored = {"out", "progress", "pictures", "threads", "num_workers", "picture_every"}
-    same = all(done["config"].get(k) == v for k, v in wanted.items() if k not in ignored)
-    return done if same else None
+    defaults = RunConfig().to_dict()  # a setting newer than the run counts as its default there
+    differ = [k for k, v in wanted.items()
+              if k not in ignored and done["config"].get(k, defaults.get(k)) != v]
+    if differ:
+        print(f"{out}: finished with other settings ({', '.join(differ)}); training again")
+    return None if differ else done
 
 
 def run_raw_pixels(entry: Entry, seed: int, quick: bool) -> tuple[dict[str, float], float]:
