@@ -13,12 +13,13 @@ _ONE_THREAD = {"threads": 1}  # two runs share the 2 cores side by side
 _GAIN_SEEDS = (0, 1, 2)  # rows that claim a gain over their start report mean +- std over 3 seeds
 
 
-def _glyphs(row: str, preset: str, seeds: tuple[int, ...] = (0,), notes: str = "", **quick: int) -> Entry:
+def _glyphs(row: str, preset: str, seeds: tuple[int, ...] = (0,), notes: str = "",
+            settings: dict | None = None, options: dict | None = None, **quick: int) -> Entry:
     from dmlkit.engine.config import load_preset
 
     method = load_preset(preset)["method"]
-    return Entry(row, method, "glyphs", "standard", preset=preset, seeds=seeds, settings=_ONE_THREAD,
-                 quick={**_GLYPHS_QUICK, **quick}, notes=notes)
+    return Entry(row, method, "glyphs", "standard", preset=preset, seeds=seeds, settings={**_ONE_THREAD, **(settings or {})},
+                 options=options or {}, quick={**_GLYPHS_QUICK, **quick}, notes=notes)
 
 
 SUITES: dict[str, Suite] = {
@@ -44,6 +45,8 @@ SUITES: dict[str, Suite] = {
             _glyphs("drml-proxyanchor-fold0", "drml-proxyanchor-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
             _glyphs("cosface-fold0", "cosface-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
             _glyphs("drml-cosface-fold0", "drml-cosface-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
+            _glyphs("plm-lr1e-4", "plm-glyphs", settings={"lr": 1e-4},
+                    notes="diagnosis: PLM at stml-glyphs' backbone lr (the preset's 5e-4 is the paper's)"),
             _glyphs("stml-512", "stml-glyphs-512"),
             _glyphs("plm-512", "plm-glyphs-512"),
         ),
