@@ -38,6 +38,8 @@ SUITES: dict[str, Suite] = {
             _glyphs("deepcluster", "deepcluster-glyphs", train_subset=1200),  # 1,000 clusters need >= 1,000 images
             _glyphs("supervised-5labels", "supervised-glyphs-5labels", notes="5 labels per train class alone"),
             _glyphs("ssdml", "ssdml-glyphs", notes="5 labels per train class + the unlabeled rest"),
+            _glyphs("ssdml-hinge", "ssdml-glyphs", options={"loss_form": "hinge"},
+                    notes="repair option: Eq. 3's softplus replaced by the hinge of the original angular loss"),
             _glyphs("deep-lrml", "deep-lrml-glyphs", notes="5 labels per train class + the unlabeled rest"),
             _glyphs("deep-isdml", "deep-isdml-glyphs", notes="5 labels per train class + the unlabeled rest"),
             _glyphs("slade", "slade-glyphs", notes="teacher on 5 labels per train class, student on the pool"),
