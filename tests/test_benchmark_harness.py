@@ -198,3 +198,13 @@ def test_reuse_sees_a_run_from_before_an_option_rename(load_benchmark, tmp_path)
     config["options"]["ema_m"] = 0.5
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"recall@1": 0.5}, "seconds": 3.0, "config": config}))
     assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist") is None
+def test_reuse_treats_a_setting_newer_than_the_run_as_its_default(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    from dmlkit.engine.config import resolve_config
+
+    settings = {"protocol": "standard", "seed": 0, "options": {"backbone": "mnist-net"}}
+    config = resolve_config({"method": "stml", "dataset": "fashion-mnist", **settings}).to_dict()
+    del config["eval_every"]  # as if the run predates the setting
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {}, "seconds": 1.0, "config": config}))
+    assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist") is not None
+    assert harness.finished_run(tmp_path, {**settings, "eval_every": 2}, "stml", "fashion-mnist") is None

@@ -242,3 +242,23 @@ def test_alternate_is_validated():
         build(alternate="per_step")
     with pytest.raises(ValueError, match="use alternate='per_batch'"):
         build(alternate="per_epoch", l_solver="retraction")
+
+
+def test_hinge_form_is_zero_on_satisfied_triplets_and_the_margin_on_violated_ones():
+    import torch
+
+    from dmlkit.losses.angular_triplet import angular_margins, angular_triplet_loss
+
+    anchor = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    positive = torch.tensor([[0.9, 0.1], [0.0, 1.0]])  # row 0: a close positive; row 1: a far one
+    negative = torch.tensor([[-1.0, 0.0], [0.7, 0.7]], requires_grad=True)
+    margins = angular_margins(anchor, positive, negative, None, 45.0)
+    assert margins[0] < 0 < margins[1]
+    hinge = angular_triplet_loss(anchor, positive, negative, None, 45.0, form="hinge")
+    assert torch.isclose(hinge, margins[1])  # only the violated triplet counts
+    hinge.backward()
+    assert torch.equal(negative.grad[0], torch.zeros(2)) and negative.grad[1].abs().sum() > 0
+    soft = angular_triplet_loss(anchor, positive, negative.detach(), None, 45.0)
+    assert soft > hinge  # the softplus also charges the satisfied triplet
+    with pytest.raises(ValueError, match="form"):
+        angular_triplet_loss(anchor, positive, negative, None, 45.0, form="square")

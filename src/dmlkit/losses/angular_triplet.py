@@ -41,19 +41,28 @@ def angular_margins(anchor: Tensor, positive: Tensor, negative: Tensor, L: Tenso
 
 def angular_triplet_loss(
     anchor: Tensor, positive: Tensor, negative: Tensor, L: Tensor | None = None, alpha_deg: float = 40.0,
-    reduction: str = "sum",
+    reduction: str = "sum", form: str = "softplus",
 ) -> Tensor:
     """Eq. 3: ``Σ_i softplus(m_i)`` (``reduction="sum"``, the seed's form) or its mean.
+
+    ``form="hinge"`` sums ``max(0, m_i)`` instead: the angular loss of Wang et al. (ICCV 2017, Eq. 5)
+    that Eq. 3 smooths. It stops pushing a triplet once its angle is satisfied, where the softplus
+    keeps a gradient ``sigmoid(m_i)`` on every triplet (on SSDML's mined triplets, half of whose
+    negatives share the anchor's class, that steady push spreads the classes apart).
 
     Args:
         anchor, positive, negative: ``[T, d]`` network outputs z (l2-normalised).
         L: ``[d, l]`` metric factor (``None`` = identity).
         alpha_deg: the angle α at the negative (seed: 40° MNIST/CIFAR, 45° FGVC).
         reduction: ``sum`` | ``mean``.
+        form: ``softplus`` (Eq. 3 as printed) | ``hinge``.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got '{reduction}'")
-    losses = F.softplus(angular_margins(anchor, positive, negative, L, alpha_deg))
+    if form not in ("softplus", "hinge"):
+        raise ValueError(f"form must be 'softplus' or 'hinge', got '{form}'")
+    margins = angular_margins(anchor, positive, negative, L, alpha_deg)
+    losses = F.softplus(margins) if form == "softplus" else F.relu(margins)
     if reduction == "mean" and losses.numel() == 0:
         return losses.sum()  # no triplets: 0, still attached to the graph
     return losses.sum() if reduction == "sum" else losses.mean()
@@ -123,18 +132,19 @@ def minimize_stiefel(
 
 def metric_step(
     anchor: Tensor, positive: Tensor, negative: Tensor, L: Tensor, alpha_deg: float = 40.0,
-    reduction: str = "sum", max_iter: int = 10, orthogonal: bool = True,
+    reduction: str = "sum", max_iter: int = 10, orthogonal: bool = True, form: str = "softplus",
 ) -> Tensor:
     """SSDML's L-step (Algorithm 1, θ fixed): minimise Eq. 3 over L by :func:`minimize_stiefel`.
 
     Args:
         anchor, positive, negative: ``[T, d]`` features z; detached here (θ is held fixed).
         L: ``[d, l]`` the current metric factor, the warm start.
-        alpha_deg, reduction: as :func:`angular_triplet_loss`.
+        alpha_deg, reduction, form: as :func:`angular_triplet_loss`.
         max_iter, orthogonal: as :func:`minimize_stiefel`.
 
     Returns:
         the new ``[d, l]`` L (a new tensor; the caller copies it into its parameter).
     """
     fixed = (anchor.detach(), positive.detach(), negative.detach())
-    return minimize_stiefel(lambda X: angular_triplet_loss(*fixed, X, alpha_deg, reduction), L, max_iter, orthogonal)
+    return minimize_stiefel(lambda X: angular_triplet_loss(*fixed, X, alpha_deg, reduction, form), L, max_iter,
+                            orthogonal)

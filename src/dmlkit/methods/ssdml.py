@@ -67,6 +67,7 @@ class SSDMLConfig:
     tol: float = 1e-6  # sparse solver's entrywise tolerance on W (spec §11)
     dense_max: int = 20_000  # largest partition solved densely (spec §9)
     reduction: str = "sum"  # Eq. 3 sums over the T_b triplets of a batch
+    loss_form: str = "softplus"  # Eq. 3 as printed | "hinge": max(0, m_i), Wang et al.'s angular loss (a repair option)
     l_solver: str = "rcg"  # "rcg": Manopt-style Riemannian CG L-step per batch; "retraction": optimizer step + QR
     l_max_iter: int = 10  # Manopt CG max_iter per L-step (seed 002)
     alternate: str = "per_batch"  # L-step granularity (spec §6 open choice): per_batch | per_epoch | per_partition
@@ -186,7 +187,7 @@ class SSDML(Method):
         """L ← the Riemannian-CG minimiser of Eq. 3 over these triplets (:func:`metric_step`)."""
         cfg = self.config
         self.projection.weight.copy_(metric_step(anchor, positive, negative, self.projection.weight, cfg.alpha_deg,
-                                                 cfg.reduction, cfg.l_max_iter, cfg.orthogonal))
+                                                 cfg.reduction, cfg.l_max_iter, cfg.orthogonal, cfg.loss_form))
 
     def _softmax_pretraining(self, context: RefreshContext) -> None:
         """CIFAR-10 stage: the L layer replaced by a softmax classifier, trained on the labeled items."""
@@ -219,7 +220,7 @@ class SSDML(Method):
             L = self.projection.weight.detach()  # θ-step: L fixed
         else:
             L = self.projection.weight
-        loss = angular_triplet_loss(anchor, positive, negative, L, cfg.alpha_deg, cfg.reduction)  # Eq. 3
+        loss = angular_triplet_loss(anchor, positive, negative, L, cfg.alpha_deg, cfg.reduction, cfg.loss_form)  # Eq. 3
         with torch.no_grad():
             margins = angular_margins(anchor, positive, negative, L, cfg.alpha_deg)
         return {"loss": loss, "violations": (margins > 0).float().mean(),
