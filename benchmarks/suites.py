@@ -56,6 +56,8 @@ SUITES: dict[str, Suite] = {
             _glyphs("drml-cosface-fold0", "drml-cosface-glyphs", notes="MLRC fold 0 of 4 (75 train classes)"),
             _glyphs("plm-lr1e-4", "plm-glyphs", settings={"lr": 1e-4},
                     notes="diagnosis: PLM at stml-glyphs' backbone lr (the preset's 5e-4 is the paper's)"),
+            _glyphs("plm-momentum0.999", "plm-glyphs", options={"momentum": 0.999},
+                    notes="diagnosis: PLM with the paper's neighbour-network momentum (the preset: 0.99)"),
             _glyphs("stml-512", "stml-glyphs-512"),
             _glyphs("plm-512", "plm-glyphs-512"),
         ),
