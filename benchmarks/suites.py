@@ -58,6 +58,8 @@ SUITES: dict[str, Suite] = {
                     notes="diagnosis: PLM at stml-glyphs' backbone lr (the preset's 5e-4 is the paper's)"),
             _glyphs("plm-momentum0.999", "plm-glyphs", options={"momentum": 0.999},
                     notes="diagnosis: PLM with the paper's neighbour-network momentum (the preset: 0.99)"),
+            _glyphs("plm-delta1", "plm-glyphs", options={"delta": 1.0},
+                    notes="diagnosis: PLM with half the paper's delta (the lever on Fashion-MNIST)"),
             _glyphs("stml-512", "stml-glyphs-512"),
             _glyphs("plm-512", "plm-glyphs-512"),
         ),
