@@ -126,12 +126,10 @@ def test_kmeans_torch_and_faiss_run_the_same_lloyd_from_the_same_init():
 
 
 def test_kmeans_skipping_unmoved_centroids_equals_plain_lloyd():
-    from dmlkit.evaluation.clustering import _init_centroids
-
     x, _ = clustered(n_classes=40, per_class=12, dim=6, spread=1.5, seed=6)
     x = x.double()  # float64: no near-ties decided by rounding
     for iters in (1, 3, 20):  # stopped mid-way and converged
-        centroids = _init_centroids(x, 40, "random", torch.Generator().manual_seed(2))
+        centroids = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(2))[:40]].clone()
         for _ in range(iters):  # the textbook loop: full assignment, then every centroid its mean
             assign = torch.cdist(x, centroids).argmin(dim=1)
             for c in assign.unique():
@@ -237,7 +235,7 @@ def test_evaluate_backends_agree_including_recall_beyond_the_ranked_list():
 
 
 def test_first_relevant_rank_breaks_ties_by_index():
-    from dmlkit.evaluation.metrics import first_relevant_rank
+    from dmlkit.evaluation.ranking import first_relevant_rank
 
     d = torch.tensor([[1.0, 0.5, 0.5, 0.5, float("inf")], [2.0, 2.0, 2.0, 2.0, 2.0]])
     members = torch.tensor([[0, 3, 4], [4, 0, 0]])  # row 1 has a single member, padded

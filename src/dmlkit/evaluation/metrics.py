@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from dmlkit.evaluation.clustering import kmeans, nmi_score
-from dmlkit.evaluation.knn import as_embeddings, check_options, distance_blocks, iter_knn, topk_block
+from dmlkit.evaluation.knn import as_embeddings, check_options
+from dmlkit.evaluation.ranking import first_relevant_rank, neighbour_relevance, ranked_relevance  # noqa: F401 (re-exported)
 
 LONE_QUERY = ("exclude", "zero")
 AVERAGES = ("micro", "class")
@@ -47,69 +48,34 @@ def _check_ks(ks: Sequence[int], name: str, available: int) -> tuple[int, ...]:
     return ks
 
 
-def class_members(g_class: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gallery indices grouped by class: ``(order, start, count)`` with class ``c``'s members
-    ``order[start[c] : start[c] + count[c]]`` in ascending index order."""
-    order = torch.argsort(g_class, stable=True)
-    count = torch.bincount(g_class, minlength=num_classes)
-    return order, torch.cumsum(count, 0) - count, count
+def recall_at_k(relevant: torch.Tensor, recall_at: Sequence[int], first_rank: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Recall@K = 1[∃ i <= K: rel_i = 1] per query: ``first_rank <= K`` when the rank of the first
+    relevant item is given (any K), else read off ``relevant [B, k]`` (K <= k). ``-> float64 [B]`` each."""
+    if first_rank is None:
+        first_rank = torch.where(relevant.any(dim=1), relevant.to(torch.int8).argmax(dim=1) + 1, relevant.shape[1] + 1)
+    return {f"recall@{k}": (first_rank <= k).to(torch.float64) for k in recall_at}
 
 
-def first_relevant_rank(d: torch.Tensor, members: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each row's first relevant column under the (distance, column) order.
+def precision_at_k(hits: torch.Tensor, precision_at: Sequence[int]) -> dict[str, torch.Tensor]:
+    """P@K = hits[K] / K per query, from the running hit counts ``hits [B, k]`` (``hits[:, i-1] = Σ_{t<=i} rel_t``)."""
+    return {f"precision@{k}": hits[:, k - 1].to(torch.float64) / k for k in precision_at}
 
-    Args:
-        d: ``[B, M]`` ranking distances (+inf marks the removed self-match).
-        members: ``[B, m]`` gallery columns of each row's class; ``valid`` ``[B, m]`` marks real entries.
 
-    Returns:
-        int64 ``[B]``; ``M + 1`` for rows without a relevant item at finite distance. Recall@K is
-        ``rank <= K`` for every K at once, with no top-K list: rank = #{d < d*} + 1, plus, in the
-        rare rows where other columns tie with d*, those of them with a lower index.
+def r_precision_and_map_at_r(relevant: torch.Tensor, num_relevant: torch.Tensor, hits: torch.Tensor | None = None
+                             ) -> dict[str, torch.Tensor]:
+    """RP = (1/R) Σ_{i<=R} rel_i and MAP@R = (1/R) Σ_{i<=R} P(i) rel_i per query (MLRC), R = ``num_relevant``.
+
+    ``relevant [B, k]`` needs k >= max R; rows with R = 0 score 0. ``-> float64 [B]`` each.
     """
-    member_d = torch.where(valid, d.gather(1, members), float("inf"))
-    best = member_d.amin(dim=1, keepdim=True)
-    first_col = torch.where(valid & (member_d == best), members, d.shape[1]).amin(dim=1, keepdim=True)
-    n_lt = (d < best).to(torch.float32).sum(dim=1).long()
-    n_le = (d <= best).to(torch.float32).sum(dim=1).long()
-    rank = n_lt + 1
-    tied = torch.nonzero(n_le - n_lt > 1).flatten()
-    if tied.numel():
-        cols = torch.arange(d.shape[1], device=d.device)
-        ties_before = ((d[tied] == best[tied]) & (cols < first_col[tied])).sum(dim=1)
-        rank[tied] += ties_before
-    return torch.where(torch.isinf(best.squeeze(1)), d.shape[1] + 1, rank)
-
-
-def ranked_relevance(d: torch.Tensor, is_relevant: torch.Tensor, k: int) -> torch.Tensor:
-    """Relevance of each row's ``k`` nearest columns under the (distance, column) order: bool ``[B, k]``.
-
-    Args:
-        d: ``[B, M]`` ranking distances (>= 0, +inf for the removed self-match).
-        is_relevant: bool ``[B, M]``, column ``j`` is relevant to row ``q``.
-
-    Long lists (k >= 64, float32 on CPU, the R-Precision lists of large classes) skip the indices:
-    the bits of a non-negative float32 order like its value, so ``bits << 1 | relevant`` sorted by
-    numpy's vectorised partition + sort gives the relevance sequence directly, several times faster
-    than ``topk``. Equal distances of equal relevance may come in any order without changing it;
-    rows where equal distances differ in relevance (within the first k + 1) are redone by index
-    with :func:`topk_block`.
-    """
-    if k < 64 or d.dtype != torch.float32 or d.device.type != "cpu" or not bool((d >= 0).all()):
-        return is_relevant.gather(1, topk_block(d, k)[1])
-    keys = np.left_shift((d + 0.0).numpy().view(np.uint32), 1)  # + 0.0 makes -0.0 +0.0; bit 31 is free
-    np.bitwise_or(keys, is_relevant.numpy(), out=keys)
-    kk = min(k + 1, keys.shape[1])
-    if kk < keys.shape[1]:
-        keys = np.partition(keys, kk - 1, axis=1)[:, :kk]
-    keys = torch.from_numpy(np.sort(keys, axis=1).view(np.int32))  # < 2^32: the int32 view keeps equality
-    rel, value = (keys & 1).bool(), keys >> 1
-    mixed = ((value[:, 1:] == value[:, :-1]) & (rel[:, 1:] != rel[:, :-1])).any(dim=1)
-    relevant = rel[:, :k].clone()
-    redo = torch.nonzero(mixed).flatten()
-    if redo.numel():
-        relevant[redo] = is_relevant[redo].gather(1, topk_block(d[redo], k)[1])
-    return relevant
+    if hits is None:
+        hits = relevant.to(torch.int32).cumsum(dim=1)
+    ranks = torch.arange(1, relevant.shape[1] + 1, device=relevant.device)
+    counted = relevant & (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1))  # rel_i for i <= R
+    r = num_relevant.to(torch.float64).clamp_min(1)
+    precision_at_i = hits.to(torch.float64) / ranks
+    return {"r_precision": counted.sum(dim=1).to(torch.float64) / r,
+            "map@r": torch.where(counted, precision_at_i, 0.0).sum(dim=1) / r}
 
 
 def retrieval_scores(
@@ -133,18 +99,19 @@ def retrieval_scores(
         float64 ``[B]`` tensors keyed ``recall@K``, ``precision@K``, ``r_precision``, ``map@r``.
     """
     hits = relevant.to(torch.int32).cumsum(dim=1)  # hits[:, i-1] = Σ_{t<=i} rel_t
-    if first_rank is None:
-        out = {f"recall@{k}": (hits[:, k - 1] > 0).to(torch.float64) for k in recall_at}
-    else:
-        out = {f"recall@{k}": (first_rank <= k).to(torch.float64) for k in recall_at}
-    out.update({f"precision@{k}": hits[:, k - 1].to(torch.float64) / k for k in precision_at})
-    ranks = torch.arange(1, relevant.shape[1] + 1, device=relevant.device)
-    counted = relevant & (ranks.unsqueeze(0) <= num_relevant.unsqueeze(1))  # rel_i for i <= R
-    r = num_relevant.to(torch.float64).clamp_min(1)
-    out["r_precision"] = counted.sum(dim=1).to(torch.float64) / r
-    precision_at_i = hits.to(torch.float64) / ranks
-    out["map@r"] = torch.where(counted, precision_at_i, 0.0).sum(dim=1) / r
+    out = recall_at_k(relevant, recall_at, first_rank)
+    out.update(precision_at_k(hits, precision_at))
+    out.update(r_precision_and_map_at_r(relevant, num_relevant, hits))
     return out
+
+
+def clustering_nmi(
+    x: torch.Tensor, labels: torch.Tensor, iters: int = 20, n_init: int = 1, init: str = "auto", seed: int = 0,
+    backend: str = "torch",
+) -> float:
+    """NMI between ``labels [N]`` and k-means on ``x [N, D]`` with one cluster per distinct label."""
+    clusters = kmeans(x, int(torch.unique(labels).numel()), iters, n_init, init, seed, backend)
+    return nmi_score(labels, clusters)
 
 
 def _mean(values: torch.Tensor, labels: torch.Tensor, average: str) -> float:
@@ -209,23 +176,9 @@ def evaluate(
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     check_options(metric, backend)
-    gallery = as_embeddings(embeddings, "embeddings")
-    g_labels = _as_labels(labels, gallery.shape[0], "labels").to(gallery.device)
-    same = query_embeddings is None
-    if same:
-        if query_labels is not None:
-            raise ValueError("query_labels given without query_embeddings; pass both or neither")
-        query, q_labels = gallery, g_labels
-    else:
-        if query_labels is None:
-            raise ValueError("query_embeddings given without query_labels; pass both")
-        query = as_embeddings(query_embeddings, "query_embeddings").to(gallery.device, gallery.dtype)
-        q_labels = _as_labels(query_labels, query.shape[0], "query_labels").to(gallery.device)
-        if query.shape[1] != gallery.shape[1]:
-            raise ValueError(
-                f"query_embeddings have dimension {query.shape[1]} but embeddings have {gallery.shape[1]}"
-            )
-    available = gallery.shape[0] - int(same)
+    query, q_labels, gallery, g_labels = _query_and_gallery(embeddings, labels, query_embeddings, query_labels)
+    same = gallery is None
+    available = (query if same else gallery).shape[0] - int(same)
     if available < 1:
         raise ValueError("a set compared to itself needs at least 2 items")
     recall_at = _check_ks(recall_at, "recall_at", available)
@@ -234,35 +187,14 @@ def evaluate(
     classes, inverse = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
     q_class, g_class = inverse[: len(q_labels)], inverse[len(q_labels) :]
     num_relevant = torch.bincount(g_class, minlength=len(classes))[q_class] - int(same)
-    per_query: dict[str, torch.Tensor] = {}
-
-    def record(start: int, scores: dict[str, torch.Tensor]) -> None:
-        for name, value in scores.items():
-            stop = start + value.shape[0]
-            per_query.setdefault(name, torch.empty(query.shape[0], dtype=torch.float64))[start:stop] = value.cpu()
-
     list_k = max(max(precision_at), int(num_relevant.max()))  # the list RP, MAP@R and P@K read
-    if backend == "torch":  # Recall@K from the first relevant rank: no top-max(K) list needed
-        order, first, count = class_members(g_class, len(classes))
-        width = torch.arange(max(int(count.max()), 1), device=order.device)
-        for start, d in distance_blocks(query, None if same else gallery, True, metric, chunk):
-            stop = start + d.shape[0]
-            c = q_class[start:stop].unsqueeze(1)
-            valid = width < count[c]
-            members = order[(first[c] + width).clamp_max(len(order) - 1)]  # [b, largest class]
-            relevant = ranked_relevance(d, g_class.unsqueeze(0) == c, list_k)
-            found = relevant.any(dim=1)  # first relevant inside the list: its position is its rank
-            rank = torch.where(found, relevant.to(torch.int8).argmax(dim=1) + 1, 0)
-            beyond = torch.nonzero(~found).flatten()
-            if beyond.numel():
-                rank[beyond] = first_relevant_rank(d[beyond], members[beyond], valid[beyond])
-            record(start, retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at, rank))
-    else:
-        k = max(max(recall_at, default=1), list_k)
-        for start, _, idx in iter_knn(query, k, None if same else gallery, True, metric, backend, chunk):
-            stop = start + idx.shape[0]
-            relevant = g_class[idx] == q_class[start:stop].unsqueeze(1)
-            record(start, retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at))
+    per_query: dict[str, torch.Tensor] = {}
+    for start, relevant, rank in neighbour_relevance(query, gallery, q_class, g_class, list_k,
+                                                     max(recall_at, default=1), metric, backend, chunk):
+        stop = start + relevant.shape[0]
+        scores = retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at, rank)
+        for name, value in scores.items():
+            per_query.setdefault(name, torch.empty(query.shape[0], dtype=torch.float64))[start:stop] = value.cpu()
 
     lone = (num_relevant == 0).cpu()
     keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
@@ -271,8 +203,24 @@ def evaluate(
     kept_labels = q_labels.cpu()[keep]
     result = {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
     if nmi:
-        n_clusters = int(torch.unique(q_labels).numel())
-        clusters = kmeans(query, n_clusters, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
-        result["nmi"] = nmi_score(q_labels, clusters)
+        result["nmi"] = clustering_nmi(query, q_labels, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
     result["num_lone_queries"] = int(lone.sum())
     return result
+
+
+def _query_and_gallery(embeddings, labels, query_embeddings, query_labels
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Validated ``(query, query labels, gallery or None when compared to self, gallery labels)``."""
+    gallery = as_embeddings(embeddings, "embeddings")
+    g_labels = _as_labels(labels, gallery.shape[0], "labels").to(gallery.device)
+    if query_embeddings is None:
+        if query_labels is not None:
+            raise ValueError("query_labels given without query_embeddings; pass both or neither")
+        return gallery, g_labels, None, g_labels
+    if query_labels is None:
+        raise ValueError("query_embeddings given without query_labels; pass both")
+    query = as_embeddings(query_embeddings, "query_embeddings").to(gallery.device, gallery.dtype)
+    q_labels = _as_labels(query_labels, query.shape[0], "query_labels").to(gallery.device)
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query_embeddings have dimension {query.shape[1]} but embeddings have {gallery.shape[1]}")
+    return query, q_labels, gallery, g_labels

@@ -140,11 +140,12 @@ def group_purity_sums(labels: torch.Tensor | np.ndarray, groups: object, kind: s
 
 
 def kmeans_labels(embeddings: torch.Tensor, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """scikit-learn k-means (k-means++, n_init=1) pseudo labels."""
-    from sklearn.cluster import KMeans
+    """k-means pseudo labels (:func:`dmlkit.kmeans.kmeans`: k-means++, one run, Lloyd to convergence
+    or 300 rounds, scikit-learn's ``max_iter``)."""
+    from dmlkit.kmeans import kmeans
 
-    x = np.asarray(torch.as_tensor(embeddings).detach().cpu().double())
-    return KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x)
+    x = torch.as_tensor(embeddings).detach().cpu().double()
+    return kmeans(x, n_clusters, iters=300, init="k-means++", seed=seed).numpy()
 
 
 def agglomerative_labels(embeddings: torch.Tensor, n_clusters: int, linkage: str = "ward") -> np.ndarray:

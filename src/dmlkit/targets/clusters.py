@@ -10,9 +10,9 @@ Given teacher embeddings ``F_u [N, D]`` of an unlabeled pool:
    own centroid;
 3. ``ŷ_j = argmin_c ||F_u,j − μ_c||``. A cluster seeded from prototype ``π_c`` keeps index c.
 
-Distances are computed in row blocks ([block, K], never [N, N]); the nearest-centroid search runs in
-torch or, with ``backend="faiss"``, through a flat faiss index (same algorithm, same labels);
-``backend="auto"`` takes faiss when it is installed (the optional ``dmlkit[faiss]`` extra), torch otherwise.
+Seeding and Lloyd's iterations are dmlkit's one k-means (:mod:`dmlkit.kmeans`): distances in row blocks
+([block, K], never [N, N]), torch or, with ``backend="faiss"``, a flat faiss index (same algorithm, same
+labels); ``backend="auto"`` takes faiss when it is installed (the optional ``dmlkit[faiss]`` extra).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "faiss")
-_BLOCK = 65536
+from dmlkit.kmeans import BACKENDS, kmeans_plus_plus, lloyd, nearest_centroid, resolve_backend
+
+__all__ = ["BACKENDS", "class_prototypes", "kmeans_plus_plus", "kmeans_pseudo_labels", "nearest_centroid"]
 
 
 def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:
@@ -44,73 +45,6 @@ def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int | None
         )
     sums = torch.zeros(c, x.shape[1]).index_add_(0, y, x)
     return F.normalize(sums / counts[:, None], dim=1)
-
-
-def nearest_centroid(x: Tensor, centroids: Tensor, backend: str = "torch") -> tuple[Tensor, Tensor]:
-    """Squared Euclidean distance to, and index of, the nearest centroid: ``[N, D], [K, D] -> [N], [N]``.
-    Ties go to the smaller index."""
-    from dmlkit.optional import has_faiss
-
-    if backend == "auto":
-        backend = "faiss" if has_faiss() else "torch"
-    if backend == "faiss":
-        import numpy as np
-
-        from dmlkit.optional import import_faiss
-
-        faiss = import_faiss()
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(np.ascontiguousarray(centroids.numpy(), dtype=np.float32))
-        dist, idx = index.search(np.ascontiguousarray(x.numpy(), dtype=np.float32), 1)
-        return torch.from_numpy(dist[:, 0]).clamp_min(0), torch.from_numpy(idx[:, 0]).long()
-    if backend != "torch":
-        raise ValueError(f"unknown k-means backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    dists, labels = [], []
-    c_sq = (centroids * centroids).sum(1)
-    for block in x.split(_BLOCK):
-        d = ((block * block).sum(1, keepdim=True) - 2 * block @ centroids.T + c_sq).clamp_min(0)  # [b, K]
-        m, i = d.min(dim=1)
-        dists.append(m)
-        labels.append(i)
-    return torch.cat(dists), torch.cat(labels)
-
-
-def kmeans_plus_plus(
-    x: Tensor, n_new: int, generator: torch.Generator, chosen: Tensor | None = None
-) -> Tensor:
-    """k-means++ seeding: ``n_new`` rows of ``x [N, D]`` drawn with probability ∝ D(x)², D the distance
-    to the nearest centre already chosen (``chosen [C, D]``, or the first centre uniform). ``-> [n_new, D]``."""
-    if n_new > len(x):
-        raise ValueError(
-            f"k-means++ needs {n_new} new centres but there are only {len(x)} points; lower n_clusters"
-        )
-    out = []
-    if chosen is None or len(chosen) == 0:
-        first = int(torch.randint(len(x), (1,), generator=generator))
-        out.append(x[first])
-        min_d = ((x - x[first]) ** 2).sum(1)
-    else:
-        min_d = nearest_centroid(x, chosen)[0]
-    while len(out) < n_new:
-        weights = min_d.double()
-        if weights.sum() <= 0:  # every point sits on a centre: draw uniformly
-            weights = torch.ones_like(weights)
-        pick = int(torch.multinomial(weights, 1, generator=generator))
-        out.append(x[pick])
-        min_d = torch.minimum(min_d, ((x - x[pick]) ** 2).sum(1))
-    return torch.stack(out) if out else x.new_zeros(0, x.shape[1])
-
-
-def _fill_empty(x: Tensor, labels: Tensor, dist: Tensor, centroids: Tensor) -> None:
-    """Re-seed every empty cluster, in place, with the points farthest from their own centroid."""
-    counts = torch.bincount(labels, minlength=len(centroids))
-    empty = torch.nonzero(counts == 0).flatten()
-    if len(empty) == 0:
-        return
-    far = torch.argsort(dist, descending=True, stable=True)[: len(empty)]
-    centroids[empty] = x[far]
-    labels[far] = empty
-    dist[far] = 0.0
 
 
 def kmeans_pseudo_labels(
@@ -147,6 +81,7 @@ def kmeans_pseudo_labels(
         raise ValueError(f"n_clusters must be in 1..{len(x)} (the number of points), got {n_clusters}")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    resolve_backend(backend)  # an unknown backend fails before the seeding
     gen = torch.Generator().manual_seed(int(seed))
     if isinstance(init, str):
         if init not in ("k-means++", "kmeans++"):
@@ -160,18 +95,5 @@ def kmeans_pseudo_labels(
             centroids = torch.cat([protos, kmeans_plus_plus(x, k - len(protos), gen, chosen=protos)])
         else:
             centroids = kmeans_plus_plus(protos, k, gen)
-    centroids = centroids.clone()
-    dist, labels = nearest_centroid(x, centroids, backend)
-    _fill_empty(x, labels, dist, centroids)
-    for _ in range(iters):
-        counts = torch.bincount(labels, minlength=k).float()
-        centroids = torch.zeros_like(centroids).index_add_(0, labels, x) / counts[:, None]
-        if spherical:
-            centroids = F.normalize(centroids, dim=1)
-        dist, new = nearest_centroid(x, centroids, backend)
-        _fill_empty(x, new, dist, centroids)
-        changed = bool((new != labels).any())
-        labels = new
-        if not changed:
-            break
+    labels, centroids, _ = lloyd(x, centroids, iters, spherical=spherical, refill_empty=True, backend=backend)
     return labels, centroids
