@@ -132,3 +132,14 @@ def test_kmeans_finds_the_partition_sklearn_finds_on_separated_data():
     theirs = KMeans(n_clusters=5, n_init=1, random_state=0).fit_predict(x.double().numpy())
     assert normalized_mutual_info_score(theirs, ours) == pytest.approx(1.0)
     assert normalized_mutual_info_score(y, ours) == pytest.approx(1.0)
+
+
+def test_a_reseeded_centroid_is_offered_to_points_of_clusters_that_did_not_move():
+    # A (mean 12.5) holds 50, its farthest point; B (mean 88.25) holds 53; the empty C is re-seeded at
+    # 50. B keeps its members and does not move, yet 53 is nearer to C (3) than to B (35.25): it must
+    # switch, though neither its own centroid nor C moved in the update.
+    x = torch.tensor([0.0, -1.0, 1.0, 50.0, 53.0, 100.0, 101.0, 99.0], dtype=torch.float64).unsqueeze(1)
+    start = torch.tensor([[12.5], [88.25], [1000.0]], dtype=torch.float64)
+    labels, centroids, _ = lloyd(x, start, 1, refill_empty=True)
+    assert labels.tolist() == [0, 0, 0, 2, 2, 1, 1, 1]
+    assert torch.equal(labels, _textbook_lloyd(x, start, 1))
