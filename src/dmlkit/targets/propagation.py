@@ -44,7 +44,7 @@ from torch import Tensor
 from dmlkit.evaluation.knn import topk_block
 
 SYMMETRIZE_MODES = ("transpose", "literal", "none")
-SOLVERS = ("auto", "dense", "sparse_krylov", "sparse_neumann")
+SOLVERS = ("auto", "dense", "sparse_krylov", "sparse_neumann", "partitioned")
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Propagation:
         forward: ``[n, k]`` ``W*[a, N_k(a)[m]]``; backward: ``[n, k]`` ``W*[N_k(a)[m], a]``.
         diagonal: ``[n]`` ``W*[a, a]`` (used by ``symmetrize="literal"``).
         solver: ``"dense"``, ``"sparse_krylov"`` or ``"sparse_neumann"``.
-        tol: guaranteed entrywise error of ``affinity`` (0 for dense up to rounding).
+        tol: guaranteed entrywise error of ``affinity`` (0 for dense up to rounding; NaN for ``partitioned``: none).
         sweeps: the largest number of iterations (sweeps) any block needed (0 for dense).
     """
 
@@ -277,6 +277,7 @@ def propagate(
     dense_max: int = 20_000,
     block_size: int = 512,
     device: str | torch.device = "cpu",
+    part_size: int = 1500,
 ) -> Propagation:
     """Propagated, symmetrised affinities ``W[a, j]`` for every ``j ∈ N_k(a)``.
 
@@ -287,9 +288,12 @@ def propagate(
         symmetrize: ``transpose`` | ``literal`` | ``none`` (see :func:`symmetrize`).
         solver: ``dense`` (closed form), ``sparse_krylov`` (block BiCGSTAB) or ``sparse_neumann``
             (block Neumann series) — both sparse solvers use O(n·block + n·k) memory and certify
-            every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``sparse_krylov``).
+            every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``partitioned``).
+            ``partitioned``: dense solves on parts of ``part_size`` nodes plus their one-hop halo
+            (:mod:`dmlkit.targets.propagation_parts`; not certified, measured against dense).
         tol: sparse solver's guaranteed entrywise error on W.
         block_size: unlabeled columns solved together (sparse).
+        part_size: core nodes per part (``partitioned``).
         device: where the solves run.
     """
     _check_mode(symmetrize)
@@ -299,14 +303,20 @@ def propagate(
     n, k = graph.n, graph.k
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape [{n}] (one per graph node), got {tuple(labels.shape)}")
-    if solver == "auto":
-        solver = "dense" if n <= dense_max else "sparse_krylov"
+    if solver == "auto":  # the certified sparse solvers take hours at n = 60,000 on a CPU (docs/speed.md)
+        solver = "dense" if n <= dense_max else "partitioned"
     rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
     cols = graph.neighbours.reshape(-1)
     if solver == "dense":
         w_star = propagate_dense(graph.Q, labels, gamma, device)
         forward, backward, diagonal = w_star[rows, cols], w_star[cols, rows], w_star.diagonal().clone()
         sweeps, bound = 0, 0.0
+    elif solver == "partitioned":
+        from dmlkit.targets.propagation_parts import propagate_partitioned
+
+        forward, backward, diagonal = propagate_partitioned(graph.Q, graph.neighbours, labels, gamma, part_size,
+                                                            device=device)
+        sweeps, bound = 0, math.nan
     else:
         solve = krylov_solve if solver == "sparse_krylov" else neumann_solve
         forward, backward, diagonal, sweeps = _propagate_sparse(graph.Q, labels, rows, cols, gamma, tol, block_size,
