@@ -142,4 +142,5 @@ def test_a_reseeded_centroid_is_offered_to_points_of_clusters_that_did_not_move(
     start = torch.tensor([[12.5], [88.25], [1000.0]], dtype=torch.float64)
     labels, centroids, _ = lloyd(x, start, 1, refill_empty=True)
     assert labels.tolist() == [0, 0, 0, 2, 2, 1, 1, 1]
+    assert centroids[:, 0].tolist() == [0.0, 88.25, 50.0]  # the update before the last assignment
     assert torch.equal(labels, _textbook_lloyd(x, start, 1))
