@@ -81,6 +81,9 @@ def propagate_partitioned(
     forward = torch.empty(n, k, dtype=torch.float64)
     backward = torch.empty(n, k, dtype=torch.float64)
     diagonal = torch.empty(n, dtype=torch.float64)
+    escape_a = torch.zeros(n, dtype=torch.float64)  # e_a in the system of a's part
+    escape_j = torch.zeros(n, k, dtype=torch.float64)  # e_j of each neighbour, same system
+    exits = np.zeros((n, int(part.max()) + 1))  # column p: part p's normalised exit distribution ē_p
     local = torch.full((n,), -1, dtype=torch.long)
     for p in range(int(part.max()) + 1):
         core = torch.nonzero(part == p).flatten()
@@ -91,29 +94,63 @@ def propagate_partitioned(
         nodes[neighbours[core].reshape(-1)] = True  # the one-hop halo: every N_k(a) of a core node
         idx = torch.nonzero(nodes).flatten()
         local[idx] = torch.arange(len(idx))
-        w_star = _local_solve(Q, idx, labels[idx], gamma, dtype, device)
+        w_star, escape, exit_p = _local_solve(Q, idx, local[core], labels[idx], gamma, dtype, device)
         la, lj = local[core].unsqueeze(1), local[neighbours[core]]
         forward[core], backward[core] = w_star[la, lj], w_star[lj, la]
         diagonal[core] = w_star[local[core], local[core]]
+        escape_a[core], escape_j[core] = escape[local[core]], escape[lj]
+        exits[:, p] = exit_p
         local[idx] = -1
+    _add_long_walks(Q, neighbours, labels, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal)
     return forward.reshape(-1), backward.reshape(-1), diagonal
 
 
-def _local_solve(Q: sp.csr_matrix, idx: Tensor, labels: Tensor, gamma: float, dtype: torch.dtype,
-                 device: str | torch.device) -> Tensor:
-    """``W*_V = (1−γ)(I − γQ_VV)⁻¹ W⁰_V`` on the nodes ``idx``, float64 ``[m, m]`` on CPU.
+def _local_solve(Q: sp.csr_matrix, idx: Tensor, core: Tensor, labels: Tensor, gamma: float, dtype: torch.dtype,
+                 device: str | torch.device) -> tuple[Tensor, Tensor, np.ndarray]:
+    """On the nodes ``idx`` (``core``: local positions of the part's core): ``W*_V = B_V W⁰_V`` float64
+    ``[m, m]``, each node's escape mass ``e = 1 − Σ_V B_V[i, ·]`` ``[m]`` and the part's exit
+    distribution ``ē`` (``[n]``, sums to 1 or is 0): where the core's walks first leave V.
 
-    ``W⁰_V`` is the identity except on the labeled block (±1), so ``W*_V = B_V`` on unlabeled columns
-    and ``B_V[:, L] W⁰_LL`` on labeled ones (an ``m × L × L`` product, no ``m × m × m`` one).
+    ``B_V = (1−γ)(I − γQ_VV)⁻¹``. ``W⁰_V`` is the identity except on the labeled block (±1), so
+    ``W*_V = B_V`` on unlabeled columns and ``B_V[:, L] W⁰_LL`` on labeled ones.
     """
-    sub = Q[idx.numpy()][:, idx.numpy()]
+    rows = Q[idx.numpy()]
     m = len(idx)
     A = torch.eye(m, dtype=dtype, device=device)
-    A -= gamma * torch.as_tensor(sub.toarray(), dtype=dtype, device=device)
+    A -= gamma * torch.as_tensor(rows[:, idx.numpy()].toarray(), dtype=dtype, device=device)
     B = torch.linalg.inv(A).mul_(1.0 - gamma).double().cpu()
+    escape = (1.0 - B.sum(1)).clamp_min_(0.0)
+    # E[a, o] = Σ_i G[a, i] γ Q[i, o] for o outside V, G = B_V / (1−γ): summed over the core's rows
+    exit_p = np.asarray(rows.T @ (B[core].sum(0).numpy() * gamma / (1.0 - gamma))).ravel()
+    exit_p[idx.numpy()] = 0.0
+    total = exit_p.sum()
+    exit_p = exit_p / total if total > 0 else exit_p
     lab = torch.nonzero(labels >= 0).flatten()
     if len(lab):
         y = labels[lab]
         w0 = torch.where(y[:, None] == y[None, :], 1.0, -1.0).double()  # +1 on the diagonal too
         B[:, lab] = B[:, lab] @ w0
-    return B
+    return B, escape, exit_p
+
+
+def _add_long_walks(Q, neighbours, labels, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal):
+    """Add the walks that leave V, in place: ``B[a, j] ≈ B_V[a, j] + e_a ρ_p[j]``, ``ρ_p = ē_pᵀ B``.
+
+    Exact is ``B[a, j] = B_V[a, j] + Σ_o E[a, o] B[o, j]`` (first exit at o, then anything); replacing
+    each anchor's exit distribution ``E[a, ·]`` by ``e_a ē_p`` (its mass times its part's average)
+    leaves one global solve per part, ``ρ_p = (1−γ)(I − γQᵀ)⁻¹ ē_p``, all parts as one block.
+    Labeled columns take ``ρ_p W⁰`` in place of ``ρ_p``.
+    """
+    from dmlkit.targets.propagation import krylov_solve
+
+    rho, _ = krylov_solve(sp.csr_matrix(Q.T), exits, gamma, tol=1e-12)
+    rho = rho.cpu()
+    lab = torch.nonzero(labels >= 0).flatten()
+    if len(lab):
+        y = labels[lab]
+        rho[lab] = torch.where(y[:, None] == y[None, :], 1.0, -1.0).double() @ rho[lab]  # (ρ W⁰)[l] per part
+    n = len(part)
+    a = torch.arange(n)
+    forward += escape_a[:, None] * rho[neighbours, part[:, None]]
+    backward += escape_j * rho[a, part][:, None]
+    diagonal += escape_a * rho[a, part]
