@@ -63,8 +63,8 @@ class SSDMLConfig:
     alpha_deg: float = 40.0  # α in Eq. 3 (FGVC: 45°)
     symmetrize: str = "transpose"  # (W* + W*ᵀ)/2; "literal" = the seed's printed (W*_ij + W*_ii)/2 (spec T1)
     knn_include_self: bool = False  # N_k excludes the node itself (spec §3 open choice)
-    propagation: str = "auto"  # dense closed form if n ≤ dense_max, else "partitioned" (measured, docs/speed.md);
-    # the certified "sparse_krylov" / "sparse_neumann" (spec §9) are exact but take hours at n = 60,000 on a CPU
+    propagation: str = "auto"  # dense closed form if n ≤ dense_max, else "sparse_krylov" ("sparse_neumann" too; spec §9);
+    # "partitioned": fast at n = 60,000 but approximate (docs/speed.md), never chosen by "auto"
     tol: float = 1e-6  # sparse solver's entrywise tolerance on W (spec §11)
     dense_max: int = 20_000  # largest partition solved densely (spec §9)
     part_size: int = 1500  # "partitioned": core nodes per local dense solve (targets/propagation_parts.py)

@@ -288,9 +288,10 @@ def propagate(
         symmetrize: ``transpose`` | ``literal`` | ``none`` (see :func:`symmetrize`).
         solver: ``dense`` (closed form), ``sparse_krylov`` (block BiCGSTAB) or ``sparse_neumann``
             (block Neumann series) — both sparse solvers use O(n·block + n·k) memory and certify
-            every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``partitioned``).
-            ``partitioned``: dense solves on parts of ``part_size`` nodes plus their one-hop halo
-            (:mod:`dmlkit.targets.propagation_parts`; not certified, measured against dense).
+            every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``sparse_krylov``).
+            ``partitioned``: dense solves on parts of ``part_size`` nodes plus their one-hop halo and
+            a correction for the walks that leave them (:mod:`dmlkit.targets.propagation_parts`; fast
+            at n = 60,000 but approximate: not certified, measured against dense in docs/speed.md).
         tol: sparse solver's guaranteed entrywise error on W.
         block_size: unlabeled columns solved together (sparse).
         part_size: core nodes per part (``partitioned``).
@@ -303,8 +304,8 @@ def propagate(
     n, k = graph.n, graph.k
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape [{n}] (one per graph node), got {tuple(labels.shape)}")
-    if solver == "auto":  # the certified sparse solvers take hours at n = 60,000 on a CPU (docs/speed.md)
-        solver = "dense" if n <= dense_max else "partitioned"
+    if solver == "auto":
+        solver = "dense" if n <= dense_max else "sparse_krylov"
     rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
     cols = graph.neighbours.reshape(-1)
     if solver == "dense":
