@@ -23,10 +23,12 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -233,3 +235,26 @@ def backbone_weights_of_run(run_dir: Path, out: Path) -> Path:
             atomic_torch_save({k: v.contiguous() for k, v in weights.items()}, out)
             return out
     raise ValueError(f"{run_dir}: no backbone weights (looked for keys starting with {' or '.join(prefixes)}); pass a run of a method with a backbone")
+
+
+#: the synthetic SSDML propagation graphs of propagation_scaling.py and propagation_partitioned.py
+K, GAMMA, DIM, CLASSES, LABELS_PER_CLASS, INTRINSIC = 10, 0.99, 128, 10, 10, 8
+
+
+def make_graph(n: int, seed: int = 0):
+    """10 classes of unit 128-d points on their own 8-d subspaces, 10 labels each; (kNN graph, labels, seconds)."""
+    import torch
+
+    from dmlkit.targets.propagation import knn_graph
+
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(CLASSES, DIM, generator=gen)
+    bases = torch.randn(CLASSES, INTRINSIC, DIM, generator=gen) / math.sqrt(INTRINSIC)  # per-class 8-d subspaces
+    truth = torch.arange(n) % CLASSES
+    coords = torch.randn(n, 1, INTRINSIC, generator=gen)
+    z = torch.nn.functional.normalize(centres[truth] + 3.0 * (coords @ bases[truth]).squeeze(1), dim=1)
+    labels = torch.full((n,), -1)
+    labels[: CLASSES * LABELS_PER_CLASS] = truth[: CLASSES * LABELS_PER_CLASS]
+    start = time.perf_counter()
+    graph = knn_graph(z, K)
+    return graph, labels, time.perf_counter() - start

@@ -32,7 +32,7 @@ from _common import ROOT, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))
 
-from propagation_scaling import GAMMA, K, make_graph
+from _common import GAMMA, K, make_graph
 
 
 def _rss_gib() -> float:

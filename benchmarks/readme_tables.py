@@ -143,7 +143,15 @@ HEADLINE_TITLE = ("### Unseen classes of `glyphs`, from the ImageNet start (mean
                   "Δ R@1 is against `initial`. Rows with one seed are marked ¹.*\n\n")
 #: the headline's rows in order (glyphs suite rows; others are appended in file order)
 HEADLINE_ORDER = ("raw-pixels", "initial", "supervised", "supervised-5labels", "instance", "instance-moco",
-                  "deepcluster", "stml", "stml-512", "plm", "plm-512")
+                  "deepcluster", "stml", "stml-512", "plm", "plm-512", "plm-lr1e-4", "plm-momentum0.999", "plm-delta1",
+                  "ssdml", "ssdml-hinge", "deep-lrml", "deep-isdml", "slade", "proxyanchor-fold0",
+                  "drml-proxyanchor-fold0", "cosface-fold0", "drml-cosface-fold0")
+#: the train-split labels each headline row learns from (the rest: none)
+HEADLINE_LABELS = {"supervised": "all", "supervised-5labels": "5 / class", "ssdml": "5 / class",
+                   "ssdml-hinge": "5 / class", "deep-lrml": "5 / class", "deep-isdml": "5 / class",
+                   "slade": "10 / class", "proxyanchor-fold0": "all, 75 classes",
+                   "drml-proxyanchor-fold0": "all, 75 classes", "cosface-fold0": "all, 75 classes",
+                   "drml-cosface-fold0": "all, 75 classes"}
 
 
 def _harness_cell(row: dict, key: str) -> str:
@@ -161,11 +169,11 @@ def glyphs_table(result: dict) -> str:
     keys = [(k, name) for k, name in COMPARISON_METRICS if any(k in r["metrics"] for r in rows)]
     best = {k: max(r["metrics"][k] for r in rows if k in r["metrics"]) for k, _ in keys}
     initial = next((r["metrics"]["recall@1"] for r in rows if r["method"] == "initial"), None)
-    header = ["method", *[name for _, name in keys], "Δ R@1", "seconds", "seeds"]
+    header = ["method", "labels", *[name for _, name in keys], "Δ R@1", "seconds", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"] + ("" if len(row["seeds"]) > 1 or row["base_method"] in ("raw-pixels", "initial")
-                                  else " ¹")]
+                                  else " ¹"), HEADLINE_LABELS.get(row["method"], "none")]
         for key, _ in keys:
             text = _harness_cell(row, key) if key in row["metrics"] else ""
             cells.append(f"**{text}**" if text and row["metrics"][key] == best[key] else text)

@@ -46,4 +46,4 @@ def test_committed_tables_are_generated_from_the_results(load_benchmark):
     readme = (root / "README.md").read_text()
     assert tables.readme_with_headline(readme, results) == readme
     assert (root / "docs" / "results.md").read_text() == tables.render(results)
-    assert "### Label-free comparison" in readme and "### DRML" not in readme  # README: the headline only
+    assert "### Unseen classes of `glyphs`" in readme and "### DRML" not in readme  # README: the headline only
