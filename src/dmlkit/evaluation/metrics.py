@@ -184,6 +184,28 @@ def evaluate(
     recall_at = _check_ks(recall_at, "recall_at", available)
     precision_at = tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
 
+    per_query, num_relevant = _per_query_scores(query, q_labels, gallery, g_labels, recall_at, precision_at,
+                                                metric, backend, chunk)
+    lone = (num_relevant == 0).cpu()
+    keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
+    if not bool(keep.any()):
+        warnings.warn("every query is lone (no other item of its class); retrieval metrics are NaN", stacklevel=2)
+    kept_labels = q_labels.cpu()[keep]
+    result = {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
+    if nmi:
+        result["nmi"] = clustering_nmi(query, q_labels, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
+    result["num_lone_queries"] = int(lone.sum())
+    return result
+
+
+def _per_query_scores(query: torch.Tensor, q_labels: torch.Tensor, gallery: torch.Tensor | None,
+                      g_labels: torch.Tensor, recall_at: Sequence[int], precision_at: Sequence[int],
+                      metric: str, backend: str, chunk: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each metric's ``[Q]`` per-query scores (float64, CPU) and each query's R(q) ``[Q]``.
+
+    ``gallery`` None means the queries are compared to themselves (own index removed, R(q) one less).
+    """
+    same = gallery is None
     classes, inverse = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
     q_class, g_class = inverse[: len(q_labels)], inverse[len(q_labels) :]
     num_relevant = torch.bincount(g_class, minlength=len(classes))[q_class] - int(same)
@@ -195,17 +217,7 @@ def evaluate(
         scores = retrieval_scores(relevant, num_relevant[start:stop], recall_at, precision_at, rank)
         for name, value in scores.items():
             per_query.setdefault(name, torch.empty(query.shape[0], dtype=torch.float64))[start:stop] = value.cpu()
-
-    lone = (num_relevant == 0).cpu()
-    keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
-    if not bool(keep.any()):
-        warnings.warn("every query is lone (no other item of its class); retrieval metrics are NaN", stacklevel=2)
-    kept_labels = q_labels.cpu()[keep]
-    result = {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
-    if nmi:
-        result["nmi"] = clustering_nmi(query, q_labels, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
-    result["num_lone_queries"] = int(lone.sum())
-    return result
+    return per_query, num_relevant
 
 
 def _query_and_gallery(embeddings, labels, query_embeddings, query_labels
