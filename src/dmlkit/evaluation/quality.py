@@ -221,14 +221,7 @@ def quality_table(
     unknown = set(baselines) - {"kmeans", "agglomerative"}
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from 'kmeans', 'agglomerative'")
-    if scope == "batch":
-        if not 2 <= batch_size <= x.shape[0]:
-            raise ValueError(f"batch_size must be in [2, N={x.shape[0]}], got {batch_size}")
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-        count = x.shape[0] // batch_size if num_batches is None else min(num_batches, x.shape[0] // batch_size)
-        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
-    else:
-        batches = [torch.arange(x.shape[0])]
+    batches = _batches(x.shape[0], scope, batch_size, num_batches, seed)
 
     def baseline(kind: str) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
         def run(xb: torch.Tensor, yb: torch.Tensor) -> np.ndarray:
@@ -239,38 +232,53 @@ def quality_table(
 
     named: dict[str, Callable] = {f"{k}": baseline(k) for k in baselines}
     named.update({name: (lambda xb, yb, f=f: f(xb)) for name, f in (estimators or {}).items()})
-    rows = []
-    for name, fn in named.items():
-        stats, num, den, total, groups_seen, has_groups, has_sim = PairStats(), 0.0, 0.0, 0.0, 0, False, False
-        for idx in batches:
-            xb, yb = x[idx], y[idx]
-            groups, sim = _split_estimate(fn(xb, yb), len(idx))
-            if sim is not None:
-                if scope == "full" and len(idx) > FULL_SCOPE_MAX_ITEMS:
-                    raise ValueError(
-                        f"{name}: a full {len(idx)}x{len(idx)} similarity is too large; use scope='batch'"
-                    )
-                stats.add(similarity_pair_stats(yb, sim, threshold))
-                has_sim = True
-            elif _is_partition(groups):
-                stats.add(partition_pair_stats(yb, groups))  # ŝ = 1[same cluster]: any threshold in (0, 1]
-                has_sim = True
-            if groups is not None:
-                a, b, t = group_purity_sums(yb, groups, purity)
-                num, den, total, has_groups = num + a, den + b, total + t, True
-                groups_seen += len(np.unique(_codes(groups))) if _is_partition(groups) else len(groups)
-        rows.append({
-            "method": name,
-            "purity": num / den if has_groups and den else None,
-            "mean_group_size": total / groups_seen if has_groups and groups_seen else None,
-            "correlation": stats.correlation() if has_sim else None,
-            "pair_precision": stats.precision() if has_sim else None,
-            "pair_recall": stats.recall() if has_sim else None,
-            "threshold": threshold,
-            "num_pairs": int(stats.n),
-            "num_items": int(sum(len(i) for i in batches)),
-        })
-    return rows
+    return [_estimator_row(name, fn, x, y, batches, scope, threshold, purity) for name, fn in named.items()]
+
+
+def _batches(n: int, scope: str, batch_size: int, num_batches: int | None, seed: int) -> list[torch.Tensor]:
+    """Index batches of :func:`quality_table`: a seeded permutation cut into ⌊n / batch_size⌋ (at most
+    ``num_batches``) batches for ``scope="batch"``, else all ``n`` items in one."""
+    if scope != "batch":
+        return [torch.arange(n)]
+    if not 2 <= batch_size <= n:
+        raise ValueError(f"batch_size must be in [2, N={n}], got {batch_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    count = n // batch_size if num_batches is None else min(num_batches, n // batch_size)
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+
+
+def _estimator_row(name: str, fn: Callable, x: torch.Tensor, y: torch.Tensor, batches: Sequence[torch.Tensor],
+                   scope: str, threshold: float, purity: str) -> dict:
+    """One :func:`quality_table` row: ``fn(xb, yb)`` run on every batch, its pairs and groups pooled."""
+    stats, num, den, total, groups_seen, has_groups, has_sim = PairStats(), 0.0, 0.0, 0.0, 0, False, False
+    for idx in batches:
+        xb, yb = x[idx], y[idx]
+        groups, sim = _split_estimate(fn(xb, yb), len(idx))
+        if sim is not None:
+            if scope == "full" and len(idx) > FULL_SCOPE_MAX_ITEMS:
+                raise ValueError(
+                    f"{name}: a full {len(idx)}x{len(idx)} similarity is too large; use scope='batch'"
+                )
+            stats.add(similarity_pair_stats(yb, sim, threshold))
+            has_sim = True
+        elif _is_partition(groups):
+            stats.add(partition_pair_stats(yb, groups))  # ŝ = 1[same cluster]: any threshold in (0, 1]
+            has_sim = True
+        if groups is not None:
+            a, b, t = group_purity_sums(yb, groups, purity)
+            num, den, total, has_groups = num + a, den + b, total + t, True
+            groups_seen += len(np.unique(_codes(groups))) if _is_partition(groups) else len(groups)
+    return {
+        "method": name,
+        "purity": num / den if has_groups and den else None,
+        "mean_group_size": total / groups_seen if has_groups and groups_seen else None,
+        "correlation": stats.correlation() if has_sim else None,
+        "pair_precision": stats.precision() if has_sim else None,
+        "pair_recall": stats.recall() if has_sim else None,
+        "threshold": threshold,
+        "num_pairs": int(stats.n),
+        "num_items": int(sum(len(i) for i in batches)),
+    }
 
 
 def format_quality_table(rows: Sequence[Mapping[str, object]], digits: int = 3) -> str:
