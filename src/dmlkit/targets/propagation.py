@@ -25,9 +25,9 @@ rows for unlabeled ones) and ``h = B·1_L``::
 
 Columns are solved in blocks, never forming an n×n matrix (memory O(n·block + n·k)), either by
 BiCGSTAB (:func:`krylov_solve`, the default) or by the Neumann series ``X = (1−γ) Σ_t γᵗ Qᵗ R``
-(:func:`neumann_solve`). Both are certified: Q is row-stochastic, so ``‖(I−γQ)⁻¹‖_∞ = 1/(1−γ)``
-bounds the error by the residual, and for the series ``|Qˢ R| ≤ max|Q^{T+1} R|`` (s > T) bounds the
-tail by ``γ^{T+1} max|Q^{T+1} R|``. Every affinity read by the mining is within ``tol`` of the exact
+(:func:`neumann_solve`), both in :mod:`dmlkit.targets.propagation_solvers`. Both are certified: Q is
+row-stochastic, so ``‖(I−γQ)⁻¹‖_∞ = 1/(1−γ)`` bounds the error by the residual, and for the series
+``|Qˢ R| ≤ max|Q^{T+1} R|`` (s > T) bounds the tail by ``γ^{T+1} max|Q^{T+1} R|``. Every affinity read by the mining is within ``tol`` of the exact
 value; the cost is O(iterations · n² k) multiply-adds (every unlabeled column needs its own solve).
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.evaluation.knn import topk_block
+from dmlkit.targets.propagation_solvers import _check_gamma, krylov_solve, neumann_solve
 
 SYMMETRIZE_MODES = ("transpose", "literal", "none")
 SOLVERS = ("auto", "dense", "sparse_krylov", "sparse_neumann", "partitioned")
@@ -161,112 +162,6 @@ def symmetrize(w_star: Tensor, mode: str = "transpose") -> Tensor:
     return w_star
 
 
-def neumann_solve(
-    Q: sp.spmatrix, rhs: np.ndarray | Tensor, gamma: float, tol: float = 1e-6, max_sweeps: int | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[Tensor, int]:
-    """``X = (1−γ)(I−γQ)⁻¹ R`` by the Neumann series ``(1−γ)Σ_t γᵗQᵗR`` with sparse ``Q``.
-
-    Stops after T sweeps once ``γ^{T+1} max|Q^{T+1}R| ≤ tol`` for every column, which bounds the
-    entrywise error of X by ``tol`` (Q row-stochastic). ``max_sweeps`` defaults to the a-priori
-    bound ``⌈log(tol / max|R|) / log γ⌉``.
-
-    Args:
-        Q: row-stochastic ``[n, n]`` sparse matrix.
-        rhs: ``[n, b]`` right-hand sides.
-        gamma: 0 < γ < 1.
-        tol: entrywise tolerance on X.
-        device: where the sweeps run (``cuda`` is much faster for large n).
-
-    Returns:
-        ``(X [n, b] float64 on device, sweeps used)``.
-    """
-    _check_gamma(gamma)
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
-    Qt = _torch_csr(Q, device)
-    P = torch.as_tensor(rhs, dtype=torch.float64, device=device)
-    scale = float(P.abs().max()) if P.numel() else 0.0
-    X = (1.0 - gamma) * P
-    if scale == 0.0:
-        return X, 0
-    if max_sweeps is None:
-        max_sweeps = max(1, math.ceil(math.log(tol / scale) / math.log(gamma)))
-    weight = 1.0 - gamma
-    for sweep in range(1, max_sweeps + 1):
-        P = Qt @ P
-        weight *= gamma
-        if weight / (1.0 - gamma) * float(P.abs().max()) <= tol:  # γ^{T+1} max|Q^{T+1}R| ≤ tol
-            return X, sweep - 1
-        X.add_(P, alpha=weight)
-    return X, max_sweeps
-
-
-def krylov_solve(
-    Q: sp.spmatrix, rhs: np.ndarray | Tensor, gamma: float, tol: float = 1e-6, max_iter: int = 2000,
-    device: str | torch.device = "cpu",
-) -> tuple[Tensor, int]:
-    """``X = (1−γ)(I−γQ)⁻¹ R`` by BiCGSTAB, run on all columns at once (one sparse product per half-step).
-
-    Certified like :func:`neumann_solve`: since ``‖(I−γQ)⁻¹‖_∞ = 1/(1−γ)`` for row-stochastic Q, the
-    entrywise error of a column is at most ``max|residual| / (1−γ)``; a column stops once its *true*
-    residual (recomputed, not the recurrence's) meets ``tol·(1−γ)``. Columns that stagnate or break
-    down are finished by Neumann sweeps, so the returned X always meets ``tol``.
-
-    Returns:
-        ``(X [n, b] float64 on device, largest number of iterations any column used)``.
-    """
-    _check_gamma(gamma)
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
-    Qt = _torch_csr(Q, device)
-
-    def apply(V: Tensor) -> Tensor:  # (I − γQ)V with one temporary
-        return (Qt @ V).mul_(-gamma).add_(V)
-
-    dot = lambda A, B: torch.linalg.vecdot(A, B, dim=0)  # column-wise inner products
-    b = (1.0 - gamma) * torch.as_tensor(rhs, dtype=torch.float64, device=device)
-    X = b.clone()  # the first Neumann term is a good start
-    target = tol * (1.0 - gamma)
-    active = torch.arange(b.shape[1], device=device)
-    iterations = 0
-    for _restart in range(4):
-        R = b[:, active] - apply(X[:, active])
-        keep = R.abs().amax(0) > target
-        active, R = active[keep], R[:, keep]
-        if not len(active):
-            return X, iterations
-        x, r_hat, p, v = X[:, active], R.clone(), torch.zeros_like(R), torch.zeros_like(R)
-        rho = alpha = omega = torch.ones(len(active), dtype=torch.float64, device=device)
-        for it in range(max_iter):
-            rho_new = dot(r_hat, R)
-            beta = (rho_new / _nonzero(rho)) * (alpha / _nonzero(omega))
-            p.addcmul_(v, omega, value=-1.0).mul_(beta).add_(R)  # p = r + β(p − ωv)
-            v = apply(p)
-            alpha = rho_new / _nonzero(dot(r_hat, v))
-            s_ = R.addcmul_(v, alpha, value=-1.0)  # s = r − αv (in place of r)
-            t = apply(s_)
-            omega = dot(t, s_) / _nonzero(dot(t, t))
-            x.addcmul_(p, alpha).addcmul_(s_, omega)
-            R = s_.addcmul_(t, omega, value=-1.0)  # r = s − ωt
-            rho = rho_new
-            iterations = max(iterations, it + 1)
-            worst = torch.linalg.vector_norm(R, ord=math.inf, dim=0)
-            if (worst <= 0.5 * target).all() or not torch.isfinite(worst).all():
-                break
-        good = torch.isfinite(x).all(0)
-        X[:, active[good]] = x[:, good]
-    rest = active  # still uncertified after the restarts: finish with the Neumann series
-    residual = b[:, rest] - apply(X[:, rest])
-    correction, _ = neumann_solve(Q, residual / (1.0 - gamma), gamma, tol, device=device)
-    X[:, rest] += correction
-    return X, iterations
-
-
-def _nonzero(values: Tensor) -> Tensor:
-    return torch.where(values.abs() > 1e-300, values, torch.full_like(values, 1e-300))
-
-
 def propagate(
     graph: KnnGraph,
     labels: Tensor,
@@ -306,23 +201,8 @@ def propagate(
         raise ValueError(f"labels must have shape [{n}] (one per graph node), got {tuple(labels.shape)}")
     if solver == "auto":
         solver = "dense" if n <= dense_max else "sparse_krylov"
-    rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
-    cols = graph.neighbours.reshape(-1)
-    if solver == "dense":
-        w_star = propagate_dense(graph.Q, labels, gamma, device)
-        forward, backward, diagonal = w_star[rows, cols], w_star[cols, rows], w_star.diagonal().clone()
-        sweeps, bound = 0, 0.0
-    elif solver == "partitioned":
-        from dmlkit.targets.propagation_parts import propagate_partitioned
-
-        forward, backward, diagonal = propagate_partitioned(graph.Q, graph.neighbours, labels, gamma, part_size,
-                                                            device=device)
-        sweeps, bound = 0, math.nan
-    else:
-        solve = krylov_solve if solver == "sparse_krylov" else neumann_solve
-        forward, backward, diagonal, sweeps = _propagate_sparse(graph.Q, labels, rows, cols, gamma, tol, block_size,
-                                                                device, solve)
-        bound = tol
+    forward, backward, diagonal, sweeps, bound = _edge_affinities(graph, labels, gamma, solver, tol, block_size,
+                                                                  device, part_size)
     forward, backward = forward.view(n, k), backward.view(n, k)
     if symmetrize == "transpose":
         affinity = 0.5 * (forward + backward)
@@ -370,6 +250,33 @@ def uncertified_pairs(affinity: Tensor, tol: float) -> int:
 
 # ---------------------------------------------------------------------------------------------- internals
 
+def _edge_affinities(
+    graph: KnnGraph, labels: Tensor, gamma: float, solver: str, tol: float, block_size: int,
+    device: str | torch.device, part_size: int,
+) -> tuple[Tensor, Tensor, Tensor, int, float]:
+    """W* on E (forward ``[n·k]``), on Eᵀ (backward ``[n·k]``), its diagonal ``[n]``, the solver's
+    sweeps and its entrywise error bound (0 dense, ``tol`` sparse, NaN partitioned)."""
+    n, k = graph.n, graph.k
+    rows = torch.arange(n).repeat_interleave(k)  # edge (rows[e], cols[e]) for e in E, row-major
+    cols = graph.neighbours.reshape(-1)
+    if solver == "dense":
+        w_star = propagate_dense(graph.Q, labels, gamma, device)
+        forward, backward, diagonal = w_star[rows, cols], w_star[cols, rows], w_star.diagonal().clone()
+        sweeps, bound = 0, 0.0
+    elif solver == "partitioned":
+        from dmlkit.targets.propagation_parts import propagate_partitioned
+
+        forward, backward, diagonal = propagate_partitioned(graph.Q, graph.neighbours, labels, gamma, part_size,
+                                                            device=device)
+        sweeps, bound = 0, math.nan
+    else:
+        solve = krylov_solve if solver == "sparse_krylov" else neumann_solve
+        forward, backward, diagonal, sweeps = _propagate_sparse(graph.Q, labels, rows, cols, gamma, tol, block_size,
+                                                                device, solve)
+        bound = tol
+    return forward, backward, diagonal, sweeps, bound
+
+
 def _propagate_sparse(
     Q: sp.spmatrix, labels: Tensor, rows: Tensor, cols: Tensor, gamma: float, tol: float, block_size: int,
     device: str | torch.device, solve: Callable[..., tuple[Tensor, int]],
@@ -414,19 +321,6 @@ def _propagate_sparse(
         diagonal[block] = X[block, torch.arange(len(block))]
         position[block] = -1
     return forward, backward, diagonal, sweeps
-
-
-def _torch_csr(Q: sp.spmatrix, device: str | torch.device) -> Tensor:
-    Q = sp.csr_matrix(Q)
-    return torch.sparse_csr_tensor(
-        torch.as_tensor(Q.indptr, dtype=torch.int64), torch.as_tensor(Q.indices, dtype=torch.int64),
-        torch.as_tensor(Q.data, dtype=torch.float64), size=Q.shape, device=device,
-    )
-
-
-def _check_gamma(gamma: float) -> None:
-    if not 0.0 < gamma < 1.0:
-        raise ValueError(f"gamma must lie in (0, 1) for the propagation to converge, got {gamma}")
 
 
 def _check_mode(mode: str) -> None:

@@ -141,7 +141,7 @@ def _add_long_walks(Q, neighbours, labels, gamma, part, exits, escape_a, escape_
     leaves one global solve per part, ``ρ_p = (1−γ)(I − γQᵀ)⁻¹ ē_p``, all parts as one block.
     Labeled columns take ``ρ_p W⁰`` in place of ``ρ_p``.
     """
-    from dmlkit.targets.propagation import krylov_solve
+    from dmlkit.targets.propagation_solvers import krylov_solve
 
     rho, _ = krylov_solve(sp.csr_matrix(Q.T), exits, gamma, tol=1e-12)
     rho = rho.cpu()
