@@ -171,31 +171,47 @@ def evaluate(
         block (exact for every K, no top-max(K) list); the faiss back-end searches
         k = max(K values, largest R(q)) neighbours instead.
     """
+    _check_evaluate_options(lone_query, average, metric, backend)
+    query, q_labels, gallery, g_labels = _query_and_gallery(embeddings, labels, query_embeddings, query_labels)
+    recall_at, precision_at = _list_lengths(query, gallery, recall_at, precision_at)
+    per_query, num_relevant = _per_query_scores(query, q_labels, gallery, g_labels, recall_at, precision_at,
+                                                metric, backend, chunk)
+    lone = (num_relevant == 0).cpu()
+    result = _retrieval_means(per_query, lone, q_labels, lone_query, average)
+    if nmi:
+        result["nmi"] = clustering_nmi(query, q_labels, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
+    result["num_lone_queries"] = int(lone.sum())
+    return result
+
+
+def _check_evaluate_options(lone_query: str, average: str, metric: str, backend: str) -> None:
     if lone_query not in LONE_QUERY:
         raise ValueError(f"lone_query must be one of {LONE_QUERY}, got {lone_query!r}")
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     check_options(metric, backend)
-    query, q_labels, gallery, g_labels = _query_and_gallery(embeddings, labels, query_embeddings, query_labels)
+
+
+def _retrieval_means(per_query: dict[str, torch.Tensor], lone: torch.Tensor, q_labels: torch.Tensor,
+                     lone_query: str, average: str) -> dict[str, float]:
+    """Each metric's mean over the kept queries (``lone [Q]`` bool: R(q) = 0; dropped under "exclude")."""
+    keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
+    if not bool(keep.any()):  # stacklevel 3: the warning names evaluate's caller
+        warnings.warn("every query is lone (no other item of its class); retrieval metrics are NaN", stacklevel=3)
+    kept_labels = q_labels.cpu()[keep]
+    return {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
+
+
+def _list_lengths(query: torch.Tensor, gallery: torch.Tensor | None, recall_at: Sequence[int],
+                  precision_at: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validated Recall@K and P@K values (each K <= the gallery size, N - 1 when compared to self;
+    P@1 always included)."""
     same = gallery is None
     available = (query if same else gallery).shape[0] - int(same)
     if available < 1:
         raise ValueError("a set compared to itself needs at least 2 items")
     recall_at = _check_ks(recall_at, "recall_at", available)
-    precision_at = tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
-
-    per_query, num_relevant = _per_query_scores(query, q_labels, gallery, g_labels, recall_at, precision_at,
-                                                metric, backend, chunk)
-    lone = (num_relevant == 0).cpu()
-    keep = ~lone if lone_query == "exclude" else torch.ones_like(lone)
-    if not bool(keep.any()):
-        warnings.warn("every query is lone (no other item of its class); retrieval metrics are NaN", stacklevel=2)
-    kept_labels = q_labels.cpu()[keep]
-    result = {name: _mean(values[keep], kept_labels, average) for name, values in per_query.items()}
-    if nmi:
-        result["nmi"] = clustering_nmi(query, q_labels, kmeans_iters, kmeans_n_init, kmeans_init, seed, kmeans_backend)
-    result["num_lone_queries"] = int(lone.sum())
-    return result
+    return recall_at, tuple(sorted(set(_check_ks(precision_at, "precision_at", available)) | {1}))
 
 
 def _per_query_scores(query: torch.Tensor, q_labels: torch.Tensor, gallery: torch.Tensor | None,
