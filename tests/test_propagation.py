@@ -165,7 +165,7 @@ def test_odd_k_is_rejected():
 # ------------------------------------------------------------------------------ spec test 5: sparse = dense
 def test_sparse_matches_dense_and_mines_the_same_triplets():
     gen = torch.Generator().manual_seed(0)
-    n = 400  # the n = 2,000 check of spec §12.5 runs in benchmarks/propagation_scaling.py
+    n = 400  # the n = 2,000 check of spec §12.5 runs in experiments/propagation_scaling.py
     centres = 2.0 * torch.randn(10, 16, generator=gen, dtype=torch.float64)
     truth = torch.arange(n) % 10
     z = torch.nn.functional.normalize(centres[truth] + torch.randn(n, 16, generator=gen, dtype=torch.float64), dim=1)

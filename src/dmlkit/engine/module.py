@@ -175,7 +175,7 @@ class MethodModule(L.LightningModule):
         """``train/<term>_step`` on the steps Lightning writes to the loggers (every ``log_every_n_steps``)
         and ``train/<term>_epoch`` (batch-size weighted mean) at the epoch's end: the rows Lightning's
         ``on_step=True, on_epoch=True`` writes, without its per-step bookkeeping (~2% of a small
-        net's step on CPU, benchmarks/train_overhead.py)."""
+        net's step on CPU, experiments/train_overhead.py)."""
         for key, value in losses.items():
             self._loss_sums[key] = self._loss_sums.get(key, 0.0) + value * batch_size
         self._loss_items += batch_size

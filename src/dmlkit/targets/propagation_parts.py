@@ -19,7 +19,7 @@ on average), so an exact answer at n = 60,000 costs ~10¹² multiply-adds whatev
 Cost: ``Σ_p 2·m_p³`` for the local inverses (m_p = core + halo + labeled, about 2-3× the core) and
 O(m_p²) memory per part. With a single part (``n ≤ part_size``) this is the dense solve exactly.
 Agreement with the dense solve on the mined triplets is measured, not certified
-(``benchmarks/propagation_scaling.py``, rows ``partitioned``).
+(``experiments/propagation_scaling.py``, rows ``partitioned``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Training overhead: dmlkit's engine against a bare PyTorch loop, same model, batches, views and optimizer.
+"""What does dmlkit's engine cost over a bare PyTorch loop with the same model, batches, views and optimizer?
+
+Training overhead: dmlkit's engine against a bare PyTorch loop, same model, batches, views and optimizer.
 
 For each method (``supervised``: a pytorch-metric-learning loss on m-per-class batches; ``stml``: EMA
 teacher, two views, contextual pseudo labels) on a Fashion-MNIST subset with the ``mnist-net`` backbone,
@@ -18,7 +20,7 @@ all repeats listed), ``cpu_ratio_vs_bare_loop`` (the same with process CPU time,
 other load on a shared machine; one thread, so CPU time ≈ wall time when idle), and ``profile``: the seconds dmlkit spent outside the training steps (refresh =
 embedding + kNN, evaluation, checkpoints) and in Lightning's logging calls, per run.
 
-    python benchmarks/train_overhead.py [--methods supervised stml] [--repeats 3] [--train-subset 2400]
+    python experiments/train_overhead.py [--methods supervised stml] [--repeats 3] [--train-subset 2400]
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (docs/speed.md)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _common import ROOT, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))

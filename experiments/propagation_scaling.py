@@ -1,4 +1,6 @@
-"""SSDML affinity propagation: dense closed form against the certified sparse solver, n = 2,000 / 9,100 / 60,000.
+"""How do SSDML's dense closed-form and certified sparse propagation scale in time and memory, n = 2,000 / 9,100 / 60,000?
+
+SSDML affinity propagation: dense closed form against the certified sparse solver, n = 2,000 / 9,100 / 60,000.
 
 Data: synthetic stand-ins for a trained embedding — n points of 128-d, 10 Gaussian clusters each spread over
 its own 8-d subspace (a low intrinsic dimension mixes slowly, like real embeddings), l2-normalised,
@@ -18,9 +20,9 @@ fraction of anchors whose k/2 triplets are identical (spec §12.5), and the dens
 
 Usage (from the repository root)::
 
-    python benchmarks/propagation_scaling.py                       # n = 2,000, 9,100, 60,000
-    python benchmarks/propagation_scaling.py --quick               # n = 2,000 only
-    python benchmarks/propagation_scaling.py --sizes 2000 --threads 2
+    python experiments/propagation_scaling.py                       # n = 2,000, 9,100, 60,000
+    python experiments/propagation_scaling.py --quick               # n = 2,000 only
+    python experiments/propagation_scaling.py --sizes 2000 --threads 2
 
 Writes ``benchmarks/results/propagation_scaling.json`` (rows keyed by method = solver, dataset =
 ``synthetic-n<N>``) and prints a markdown table.
@@ -36,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _common import CLASSES, GAMMA, ROOT, K, make_graph, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))

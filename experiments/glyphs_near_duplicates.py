@@ -1,4 +1,6 @@
-"""How much of raw pixels' R@1 on ``glyphs`` comes from near-clone faces (analysis, no change to the data).
+"""How much of raw pixels' R@1 on ``glyphs`` comes from near-clone faces (analysis, no change to the data)?
+
+How much of raw pixels' R@1 on ``glyphs`` comes from near-clone faces (analysis, no change to the data).
 
 The build keeps one of any two renders of a class closer than ``clean.NEAR`` = 0.05 (relative L1,
 ``sum|a - b| / mean ink``), but metric-compatible clones (Times/Helvetica/Courier in URW, TeX Gyre,
@@ -7,7 +9,7 @@ measures the relative L1 distance to its raw-pixel nearest neighbour, and R@1 of
 neighbours within 0.10 / 0.15 / 0.20 / 0.30 of the query (any class), or those drawn by the query's own
 font family (its other styles), are excluded from its ranking.
 
-    python benchmarks/glyphs_near_duplicates.py [--data-root PATH] [--shortlist 100]
+    python experiments/glyphs_near_duplicates.py [--data-root PATH] [--shortlist 100]
 
 Raw pixels as in the harness: the 64x64 test images flattened, L2-normalised, Euclidean. Exclusion looks
 at each query's ``--shortlist`` nearest neighbours (a query all of whose shortlist is excluded counts as
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _common import save_rows
 
 from dmlkit.data import load_records, make_split

@@ -1,6 +1,8 @@
-"""SSDML's partitioned propagation (``solver="partitioned"``) at n = 9,100 and 60,000, measured.
+"""How close and how fast is SSDML's partitioned propagation (``solver="partitioned"``) against the dense solve, n = 9,100 and 60,000?
 
-Same synthetic graphs as ``benchmarks/propagation_scaling.py`` (10 clusters of 128-d points on their own
+SSDML's partitioned propagation (``solver="partitioned"``) at n = 9,100 and 60,000, measured.
+
+Same synthetic graphs as ``experiments/propagation_scaling.py`` (10 clusters of 128-d points on their own
 8-d subspaces, l2-normalised, 10 labels per class, k = 10, γ = 0.99). For every n, in a fresh
 subprocess (so that ``peak_rss_gib`` is that run's own): the kNN graph (timed apart, ``knn_seconds``),
 then the partitioned propagation (``seconds``: parts, local dense solves, edge gathers), then the
@@ -11,7 +13,7 @@ how many mined triplets agree (``same_triplets_fraction``: identical (anchor, po
 ``--part-sizes`` measures several part sizes at the 9,100 check, showing the agreement a part size
 gives at the ratio n / part_size of the 60,000 run (60,000 / 1,500 = 40 parts ≈ 9,100 / 230).
 
-    python benchmarks/propagation_partitioned.py [--sizes 9100 60000] [--threads 2] [--part-size 1500]
+    python experiments/propagation_partitioned.py [--sizes 9100 60000] [--threads 2] [--part-size 1500]
         [--part-sizes 1500 230] [--dense-cache DIR]
 
 ``--dense-cache DIR`` keeps the dense affinities of each n in DIR (``dense-n<N>.pt``) and reuses them.
@@ -27,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _common import ROOT, markdown_table, save_rows
 
 sys.path.insert(0, str(ROOT / "src"))

@@ -1,4 +1,6 @@
-"""Evaluation speed: dmlkit.evaluation.evaluate vs pytorch-metric-learning's AccuracyCalculator.
+"""How fast is dmlkit.evaluation.evaluate against pytorch-metric-learning's AccuracyCalculator, same metrics, at 10k and 60k items?
+
+Evaluation speed: dmlkit.evaluation.evaluate vs pytorch-metric-learning's AccuracyCalculator.
 
 Both evaluate the same seeded synthetic embeddings, compared to self (Q = G, self removed):
 
@@ -19,7 +21,7 @@ during the evaluation (data, imports and interpreter excluded). ``seconds`` is t
 call, ``cpu_seconds`` its user + system CPU time (less sensitive to other load on a shared machine;
 cpu_seconds / threads approximates the wall time on an otherwise idle machine).
 
-    python benchmarks/evaluation_speed.py [--quick] [--threads 2] [--sizes 10k 60k] [--repeats 3]
+    python experiments/evaluation_speed.py [--quick] [--threads 2] [--sizes 10k 60k] [--repeats 3]
 
 With ``--repeats R`` each size is measured as R side-by-side pairs (both tools, one after the other)
 and the pair with the median ratio is recorded, with every ratio in ``seconds_ratios_vs_pml`` and
@@ -42,7 +44,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 from _common import ROOT, markdown_table, save_rows
 
