@@ -31,6 +31,7 @@ import argparse
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +225,18 @@ def earlier_seeds(suite: str, entry: Entry, quick: bool) -> list[dict[str, Any]]
 
 def run_entry(entry: Entry, quick: bool, seeds: Sequence[int] | None, runner: Runner,
               save: Callable[[dict[str, Any]], None] | None = None,
-              earlier: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Run ``entry`` for each seed; after each seed, ``save`` the row (earlier seeds not re-run kept)."""
+              earlier: Callable[[], Sequence[Mapping[str, Any]]] = tuple) -> dict[str, Any]:
+    """Run ``entry`` for each seed; after each seed, ``save`` the row with the seeds ``earlier()`` holds then
+    (read anew each time, so a process running other seeds of the row at once keeps them) and these."""
     wanted = list(seeds if seeds is not None else entry.seeds)
-    per_seed = [dict(r) for r in earlier if r["seed"] not in wanted]
+    mine: list[dict[str, Any]] = []
     row: dict[str, Any] = {}
     for seed in wanted:
         metrics, seconds, *extras = runner(entry, seed, quick)
-        per_seed.append({"seed": seed, "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
-                         "seconds": round(seconds, 2), **stamp(), **(extras[0] if extras else {})})
-        per_seed.sort(key=lambda r: r["seed"])
-        row = aggregate(entry, per_seed, quick)
+        mine.append({"seed": seed, "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
+                     "seconds": round(seconds, 2), **stamp(), **(extras[0] if extras else {})})
+        kept = [dict(r) for r in earlier() if r["seed"] not in wanted]
+        row = aggregate(entry, sorted(kept + mine, key=lambda r: r["seed"]), quick)
         if save is not None:
             save(row)
     return row
@@ -261,7 +263,7 @@ def run_suite(suite: Suite, *, quick: bool = False, seeds: Sequence[int] | None 
             continue
         row = run_entry(entry, quick, None if entry.method == RAW_PIXELS and seeds else seeds, runner or default_runner,
                         save=lambda r: save_rows(suite.name, [r], key=ROW_KEY),
-                        earlier=earlier_seeds(suite.name, entry, quick))
+                        earlier=partial(earlier_seeds, suite.name, entry, quick))
         rows.append(row)
     return rows
 

@@ -139,7 +139,7 @@ def comparison(results: dict[str, dict]) -> str:
 HEADLINE_TITLE = ("### Unseen classes of `glyphs`, from the ImageNet start (mean ± std over seeds; best mean in bold)\n\n"
                   "*From `benchmarks/results/glyphs.json` (`python -m benchmarks --suite glyphs`): 100 train / 100 "
                   "unseen test classes, 64 px; every trained row starts from ImageNet EfficientNet-Lite0 with "
-                  "BatchNorm frozen, 128-d unless named -512, on the same budget (36,000 forward+backward images); "
+                  "BatchNorm frozen, 128-d unless named -512, on the same budget (36,000 forward+backward images; the MLRC fold rows 17,800 on 3 of 4 folds); "
                   "Δ R@1 is against `initial`. Rows with one seed are marked ¹.*\n\n")
 #: the headline's rows in order (glyphs suite rows; others are appended in file order)
 HEADLINE_ORDER = ("raw-pixels", "initial", "supervised", "supervised-5labels", "instance", "instance-moco",

@@ -208,3 +208,17 @@ def test_reuse_treats_a_setting_newer_than_the_run_as_its_default(load_benchmark
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {}, "seconds": 1.0, "config": config}))
     assert harness.finished_run(tmp_path, settings, "stml", "fashion-mnist") is not None
     assert harness.finished_run(tmp_path, {**settings, "eval_every": 2}, "stml", "fashion-mnist") is None
+
+
+def test_seeds_saved_by_another_process_meanwhile_are_kept(load_benchmark, tmp_path):
+    harness = load_benchmark("harness.py")
+    suite = harness.Suite("toy", "a toy suite", (harness.Entry("stml", "stml", "glyphs", seeds=(0, 1, 2)),))
+    harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, seeds=[0])
+
+    def other_process_saves_seed_2(entry, seed, quick):  # seed 2 lands in the file while seed 1 trains here
+        harness.run_suite(suite, runner=_fake_runner, runs_root=tmp_path, seeds=[2])
+        return _fake_runner(entry, seed, quick)
+
+    harness.run_suite(suite, runner=other_process_saves_seed_2, runs_root=tmp_path, seeds=[1])
+    (row,) = json.loads((tmp_path / "toy.json").read_text())["rows"]
+    assert row["seeds"] == [0, 1, 2] and row["metrics"]["recall@1"] == pytest.approx(0.6)
