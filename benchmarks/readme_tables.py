@@ -54,9 +54,14 @@ def _cell(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def _shown(value) -> bool:
+    """An extra column's value worth a cell: untrained rows have 0 img/s and a validation 'best' at epoch 0."""
+    return bool(value) and not (isinstance(value, dict) and value.get("epoch") == 0)
+
+
 def _dict_cell(key: str, values: list[dict]) -> str:
     """``best`` (the epoch chosen on validation) and ``paper_value`` cells: R@1 / NMI in %."""
-    if len(values) != 1 or not values[0]:
+    if len(values) != 1 or not _shown(values[0]):
         return ""
     value = values[0]
     text = f"{100 * value['recall@1']:.1f} / {100 * value['nmi']:.1f}" if {"recall@1", "nmi"} <= set(value) else ""
@@ -71,7 +76,7 @@ def table(result: dict) -> str:
     if not groups:
         return ""
     used = [(k, name) for k, name in METRICS if any(k in r["metrics"] for rows in groups.values() for r in rows)]
-    extras = [(k, name) for k, name in EXTRA_COLUMNS if any(k in r for rows in groups.values() for r in rows)]
+    extras = [(k, name) for k, name in EXTRA_COLUMNS if any(_shown(r.get(k)) for rows in groups.values() for r in rows)]
     header = ["dataset", "protocol", "method", *[name for _, name in used], "seconds",
               *[name for _, name in extras], "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -83,7 +88,7 @@ def table(result: dict) -> str:
         seconds = [r["seconds"] for r in rows if r.get("seconds")]
         cells.append(f"{statistics.mean(seconds):.1f}" if seconds else "")
         for key, _ in extras:
-            values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and _shown(r[key])]
             records = [r[key] for r in rows if isinstance(r.get(key), dict)]
             cells.append(f"{statistics.mean(values):.3g}" if values else _dict_cell(key, records))
         cells.append(str(sum(len(r["seeds"]) if isinstance(r.get("seeds"), list) else 1 for r in rows)))
