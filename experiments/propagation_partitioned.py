@@ -1,22 +1,25 @@
 """How close and how fast is SSDML's partitioned propagation (``solver="partitioned"``) against the dense solve, n = 9,100 and 60,000?
 
-SSDML's partitioned propagation (``solver="partitioned"``) at n = 9,100 and 60,000, measured.
+Two kinds of graph, k = 10, γ = 0.99:
 
-Same synthetic graphs as ``experiments/propagation_scaling.py`` (10 clusters of 128-d points on their own
-8-d subspaces, l2-normalised, 10 labels per class, k = 10, γ = 0.99). For every n, in a fresh
-subprocess (so that ``peak_rss_gib`` is that run's own): the kNN graph (timed apart, ``knn_seconds``),
-then the partitioned propagation (``seconds``: parts, local dense solves, edge gathers), then the
-mining. At n ≤ ``--dense-max`` the dense closed form runs too (its own subprocess) and the row reports
-how many mined triplets agree (``same_triplets_fraction``: identical (anchor, positive, negative);
-``same_anchor_fraction``: anchors whose k/2 triplets are all identical) and the largest |ΔW|.
+- ``synthetic``: the graphs of ``experiments/propagation_scaling.py`` (10 classes of 128-d points on their
+  own 8-d subspaces, 10 labels per class). Each class is its own connected component of the kNN graph.
+- ``glyphs``: 9,100 images of the ``glyphs`` variant (both splits, 200 classes) as L2-normalised raw
+  pixels, 5 visible labels per class: one connected graph whose neighbourhoods mix classes (kNN purity
+  .63), as a network's embedding early in training does.
 
-``--part-sizes`` measures several part sizes at the 9,100 check, showing the agreement a part size
-gives at the ratio n / part_size of the 60,000 run (60,000 / 1,500 = 40 parts ≈ 9,100 / 230).
+For every graph and (part_size, halo_hops), in a fresh subprocess (so that ``peak_rss_gib`` is that run's
+own): the kNN graph (timed apart, ``knn_seconds``), then the partitioned propagation (``seconds`` wall,
+``cpu_seconds``), then the mining. At n ≤ ``--dense-max`` the dense closed form runs too and the row
+reports how many mined triplets agree (``same_triplets_fraction``: identical (anchor, positive,
+negative); ``same_positive_set_fraction``: anchors whose k/2 positives are the same set) and, where the
+graph has true classes that mix, how good the triplets are against them (``positive_same_class``,
+``negative_same_class``, ``correct``: positive of the anchor's class and negative not) beside the dense
+solve's and the kNN-distance order's (rows ``dense`` and ``knn-order``).
 
-    python experiments/propagation_partitioned.py [--sizes 9100 60000] [--threads 2] [--part-size 1500]
-        [--part-sizes 1500 230] [--dense-cache DIR]
+    python experiments/propagation_partitioned.py [--graphs synthetic glyphs] [--sizes 9100 60000]
+        [--settings 250:4 1500:1] [--threads 2] [--dense-cache DIR]
 
-``--dense-cache DIR`` keeps the dense affinities of each n in DIR (``dense-n<N>.pt``) and reuses them.
 Writes ``benchmarks/results/propagation_partitioned.json``.
 """
 from __future__ import annotations
@@ -36,89 +39,154 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import GAMMA, K, make_graph
 
-
-def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+GLYPHS_LABELS_PER_CLASS = 5
 
 
-def _worker(n: int, solver: str, part_size: int, threads: int, queue) -> None:
+def glyphs_graph(n: int, seed: int = 0):
+    """``n`` glyphs images (both splits) as L2-normalised pixels, 5 visible labels per class:
+    (kNN graph, visible labels, true classes, seconds of the kNN graph)."""
+    import numpy as np
+    import torch
+
+    from dmlkit.data.registry import load_records
+    from dmlkit.targets.propagation import knn_graph
+
+    records = load_records("glyphs")
+    idx = np.sort(np.random.default_rng(seed).choice(len(records.labels), n, replace=False))
+    pixels = torch.from_numpy(np.asarray(records.images)[idx].reshape(n, -1).astype(np.float32))
+    truth = torch.as_tensor(np.asarray(records.labels)[idx]).long()
+    labels = torch.full_like(truth, -1)
+    for c in truth.unique():
+        labels[(truth == c).nonzero().flatten()[:GLYPHS_LABELS_PER_CLASS]] = c
+    start = time.perf_counter()
+    graph = knn_graph(torch.nn.functional.normalize(pixels, dim=1), K)
+    return graph, labels, truth, time.perf_counter() - start
+
+
+def _graph(kind: str, n: int):
+    if kind == "glyphs":
+        return glyphs_graph(n)
+    graph, labels, seconds = make_graph(n)
+    return graph, labels, None, seconds
+
+
+def _worker(kind: str, n: int, solver: str, part_size: int, halo_hops: int, threads: int, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
     from dmlkit.targets import propagation as prop
 
-    graph, labels, knn_seconds = make_graph(n)
-    start = time.perf_counter()
-    result = prop.propagate(graph, labels, GAMMA, solver=solver, part_size=part_size)
-    seconds = time.perf_counter() - start
-    triplets = prop.mine_triplets(graph.neighbours, result.affinity)
-    queue.put({"seconds": seconds, "knn_seconds": knn_seconds, "peak_rss_gib": _rss_gib(),
-               "affinity": result.affinity.numpy(), "triplets": triplets.numpy()})
+    graph, labels, truth, knn_seconds = _graph(kind, n)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = prop.propagate(graph, labels, GAMMA, solver=solver, part_size=part_size, halo_hops=halo_hops)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    queue.put({"seconds": seconds, "cpu_seconds": cpu_seconds, "knn_seconds": knn_seconds,
+               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               "affinity": result.affinity, "neighbours": graph.neighbours, "truth": truth})
 
 
-def run(n: int, solver: str, part_size: int, threads: int) -> dict:
+def run(kind: str, n: int, solver: str, threads: int, part_size: int = 0, halo_hops: int = 1) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(n, solver, part_size, threads, queue))
+    proc = ctx.Process(target=_worker, args=(kind, n, solver, part_size, halo_hops, threads, queue))
     proc.start()
     out = queue.get()
     proc.join()
     return out
 
 
-def dense_reference(n: int, threads: int, cache: Path | None) -> dict:
+def dense_reference(kind: str, n: int, threads: int, cache: Path | None) -> dict:
     import torch
 
-    path = cache / f"dense-n{n}.pt" if cache else None
+    path = cache / f"dense-{kind}-n{n}.pt" if cache else None
     if path is not None and path.exists():
         return torch.load(path, weights_only=False)
-    out = run(n, "dense", 0, threads)
+    out = run(kind, n, "dense", threads)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(out, path)
     return out
 
 
+def triplet_metrics(neighbours, affinity, dense: dict | None, truth) -> dict:
+    """Agreement with the dense solve's triplets and, given true classes, the triplets' quality."""
+    import torch
+
+    from dmlkit.targets.propagation import mine_triplets
+
+    n, k = neighbours.shape
+    triplets = mine_triplets(neighbours, affinity)
+    metrics = {}
+    if dense is not None:
+        reference = mine_triplets(neighbours, dense["affinity"])
+        positives = torch.sort(triplets[:, 1].view(n, k // 2), 1).values
+        metrics = {"same_triplets_fraction": float((triplets == reference).all(1).double().mean()),
+                   "same_positive_set_fraction": float(
+                       (positives == torch.sort(reference[:, 1].view(n, k // 2), 1).values).all(1).double().mean()),
+                   "max_abs_diff": float((affinity - dense["affinity"]).abs().max())}
+    if truth is not None:
+        a, p, q = triplets.T
+        metrics.update({"positive_same_class": float((truth[p] == truth[a]).double().mean()),
+                        "negative_same_class": float((truth[q] == truth[a]).double().mean()),
+                        "correct": float(((truth[p] == truth[a]) & (truth[q] != truth[a])).double().mean())})
+    return metrics
+
+
+def _row(kind: str, n: int, method: str, setting: str, threads: int, out: dict, metrics: dict, **extra) -> dict:
+    return {"method": method, "dataset": f"{kind}-n{n}", "protocol": setting, "seed": 0, "n": n, "k": K,
+            "gamma": GAMMA, "threads": threads, "seconds": round(out["seconds"], 2),
+            "cpu_seconds": round(out["cpu_seconds"], 2), "knn_seconds": round(out["knn_seconds"], 2),
+            "peak_rss_gib": round(out["peak_rss_gib"], 3), "extrapolated": False,
+            "load_average_1min": round(os.getloadavg()[0], 1), "metrics": metrics, **extra}
+
+
+def measure(kind: str, n: int, settings: list[tuple[int, int]], args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    dense = dense_reference(kind, n, args.threads, args.dense_cache) if n <= args.dense_max else None
+    rows = []
+    if dense is not None:
+        rows.append(_row(kind, n, "dense", "exact", args.threads, dense,
+                         triplet_metrics(dense["neighbours"], dense["affinity"], dense, dense["truth"])))
+        by_rank = -torch.arange(K, dtype=torch.float64).expand(n, K).clone()  # the kNN order, no propagation
+        rows.append({**rows[0], "method": "knn-order", "protocol": "no propagation", "seconds": None,
+                     "cpu_seconds": None, "metrics": triplet_metrics(dense["neighbours"], by_rank, dense, dense["truth"])})
+    for part_size, halo_hops in settings:
+        out = run(kind, n, "partitioned", args.threads, part_size, halo_hops)
+        rows.append(_row(kind, n, "partitioned", f"part_size={part_size},halo_hops={halo_hops}", args.threads, out,
+                         triplet_metrics(out["neighbours"], out["affinity"], dense, out["truth"]),
+                         part_size=part_size, halo_hops=halo_hops,
+                         target="n=60,000 within 120 s and 4 GiB on 2 cores"))
+        print(f"[{kind} n={n} {rows[-1]['protocol']}] {rows[-1]['seconds']} s ({rows[-1]['cpu_seconds']} s CPU), "
+              f"{rows[-1]['peak_rss_gib']} GiB, {rows[-1]['metrics']}", file=sys.stderr, flush=True)
+    save_rows("propagation_partitioned", rows, key=("method", "dataset", "protocol", "seed", "threads"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graphs", nargs="+", choices=("synthetic", "glyphs"), default=["synthetic", "glyphs"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[9100, 60000])
-    parser.add_argument("--part-size", type=int, default=1500, help="core nodes per part (SSDML's default)")
-    parser.add_argument("--part-sizes", type=int, nargs="*", default=[230],
-                        help="extra part sizes measured at the n <= --dense-max checks")
+    parser.add_argument("--settings", nargs="+", default=["250:4", "1500:1"],
+                        help="part_size:halo_hops pairs (the first is SSDML's default)")
     parser.add_argument("--dense-max", type=int, default=9100, help="largest n also solved densely")
     parser.add_argument("--dense-cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    import numpy as np
-
+    settings = [tuple(int(v) for v in s.split(":")) for s in args.settings]
     rows = []
-    for n in args.sizes:
-        dense = dense_reference(n, args.threads, args.dense_cache) if n <= args.dense_max else None
-        part_sizes = [args.part_size] + (args.part_sizes if dense is not None else [])
-        for part_size in part_sizes:
-            out = run(n, "partitioned", part_size, args.threads)
-            row = {"method": "partitioned", "dataset": f"synthetic-n{n}", "protocol": f"part_size={part_size}",
-                   "seed": 0, "n": n, "k": K, "gamma": GAMMA, "part_size": part_size, "threads": args.threads,
-                   "seconds": round(out["seconds"], 2), "knn_seconds": round(out["knn_seconds"], 2),
-                   "peak_rss_gib": round(out["peak_rss_gib"], 3), "extrapolated": False,
-                   "load_average_1min": round(os.getloadavg()[0], 1),
-                   "target": "n=60,000 within 120 s and 4 GiB on 2 cores", "metrics": {}}
-            if dense is not None:
-                same = (out["triplets"] == dense["triplets"]).all(1)
-                row["metrics"] = {
-                    "same_triplets_fraction": float(same.mean()),
-                    "same_anchor_fraction": float(same.reshape(n, K // 2).all(1).mean()),
-                    "max_abs_diff": float(np.abs(out["affinity"] - dense["affinity"]).max()),
-                }
-                row["dense_seconds"] = round(dense["seconds"], 2)
-            rows.append(row)
-            print(f"[n={n} part_size={part_size}] {row['seconds']} s, {row['peak_rss_gib']} GiB, {row['metrics']}",
-                  file=sys.stderr, flush=True)
-            save_rows("propagation_partitioned", [row], key=("method", "dataset", "protocol", "seed", "threads"))
-    print(markdown_table(rows, ["n", "part_size", "seconds", "knn_seconds", "peak_rss_gib", "extrapolated",
-                                ("same triplets", lambda r: r["metrics"].get("same_triplets_fraction")),
-                                ("same anchors", lambda r: r["metrics"].get("same_anchor_fraction")),
-                                "dense_seconds"], digits=3))
+    for kind in args.graphs:
+        for n in args.sizes:
+            if kind == "glyphs" and n > 11877:  # the glyphs variant holds 11,877 images
+                continue
+            rows += measure(kind, n, settings, args)
+
+    def metric(key):
+        return (key.replace("_fraction", ""), lambda r: r["metrics"].get(key))
+
+    print(markdown_table(rows, ["dataset", "method", "protocol", "seconds", "cpu_seconds", "peak_rss_gib",
+                                metric("same_triplets_fraction"), metric("same_positive_set_fraction"),
+                                metric("correct")], digits=3))
     return 0
 
 

@@ -67,7 +67,8 @@ class SSDMLConfig:
     # "partitioned": fast at n = 60,000 but approximate (docs/speed.md), never chosen by "auto"
     tol: float = 1e-6  # sparse solver's entrywise tolerance on W (spec §11)
     dense_max: int = 20_000  # largest partition solved densely (spec §9)
-    part_size: int = 1500  # "partitioned": core nodes per local dense solve (targets/propagation_parts.py)
+    part_size: int = 250  # "partitioned": core nodes per local solve (targets/propagation_parts.py)
+    local_factor: float = 8.0  # "partitioned": nodes of each local system per core node
     reduction: str = "sum"  # Eq. 3 sums over the T_b triplets of a batch
     loss_form: str = "softplus"  # Eq. 3 as printed | "hinge": max(0, m_i), Wang et al.'s angular loss (a repair option)
     l_solver: str = "rcg"  # "rcg": Manopt-style Riemannian CG L-step per batch; "retraction": optimizer step + QR
@@ -168,7 +169,8 @@ class SSDML(Method):
         z = context.embed(self.features, dataset=context.train.subset(nodes))
         graph = knn_graph(z.double(), cfg.k, include_self=cfg.knn_include_self)
         prop = propagate(graph, torch.as_tensor(labels[nodes]), cfg.gamma, cfg.symmetrize, cfg.propagation,
-                         cfg.tol, cfg.dense_max, device=context.device, part_size=cfg.part_size)
+                         cfg.tol, cfg.dense_max, device=context.device, part_size=cfg.part_size,
+                         local_factor=cfg.local_factor)
         local = mine_triplets(graph.neighbours, prop.affinity)
         self.triplets = torch.as_tensor(nodes)[local]
         self.stats.update({

@@ -172,7 +172,8 @@ def propagate(
     dense_max: int = 20_000,
     block_size: int = 512,
     device: str | torch.device = "cpu",
-    part_size: int = 1500,
+    part_size: int = 250,
+    local_factor: float = 8.0,
 ) -> Propagation:
     """Propagated, symmetrised affinities ``W[a, j]`` for every ``j ∈ N_k(a)``.
 
@@ -184,12 +185,14 @@ def propagate(
         solver: ``dense`` (closed form), ``sparse_krylov`` (block BiCGSTAB) or ``sparse_neumann``
             (block Neumann series) — both sparse solvers use O(n·block + n·k) memory and certify
             every entry to ``tol`` — or ``auto`` (dense when ``n ≤ dense_max``, else ``sparse_krylov``).
-            ``partitioned``: dense solves on parts of ``part_size`` nodes plus their one-hop halo and
-            a correction for the walks that leave them (:mod:`dmlkit.targets.propagation_parts`; fast
-            at n = 60,000 but approximate: not certified, measured against dense in docs/speed.md).
+            ``partitioned``: local sparse-LU solves on parts of ``part_size`` nodes within
+            ``local_factor × part_size`` of the nodes their walks visit most, a correction for the walks that leave them and exact labeled columns
+            (:mod:`dmlkit.targets.propagation_parts`; fast at n = 60,000 but approximate: not certified,
+            measured against dense in docs/speed.md); the dense solve when ``n ≤ part_size``.
         tol: sparse solver's guaranteed entrywise error on W.
         block_size: unlabeled columns solved together (sparse).
         part_size: core nodes per part (``partitioned``).
+        local_factor: nodes of each local system per core node (``partitioned``).
         device: where the solves run.
     """
     _check_mode(symmetrize)
@@ -201,8 +204,10 @@ def propagate(
         raise ValueError(f"labels must have shape [{n}] (one per graph node), got {tuple(labels.shape)}")
     if solver == "auto":
         solver = "dense" if n <= dense_max else "sparse_krylov"
+    elif solver == "partitioned" and n <= part_size:  # a single part is the whole graph: solve it exactly
+        solver = "dense"
     forward, backward, diagonal, sweeps, bound = _edge_affinities(graph, labels, gamma, solver, tol, block_size,
-                                                                  device, part_size)
+                                                                  device, part_size, local_factor)
     forward, backward = forward.view(n, k), backward.view(n, k)
     if symmetrize == "transpose":
         affinity = 0.5 * (forward + backward)
@@ -252,7 +257,7 @@ def uncertified_pairs(affinity: Tensor, tol: float) -> int:
 
 def _edge_affinities(
     graph: KnnGraph, labels: Tensor, gamma: float, solver: str, tol: float, block_size: int,
-    device: str | torch.device, part_size: int,
+    device: str | torch.device, part_size: int, local_factor: float,
 ) -> tuple[Tensor, Tensor, Tensor, int, float]:
     """W* on E (forward ``[n·k]``), on Eᵀ (backward ``[n·k]``), its diagonal ``[n]``, the solver's
     sweeps and its entrywise error bound (0 dense, ``tol`` sparse, NaN partitioned)."""
@@ -267,7 +272,7 @@ def _edge_affinities(
         from dmlkit.targets.propagation_parts import propagate_partitioned
 
         forward, backward, diagonal = propagate_partitioned(graph.Q, graph.neighbours, labels, gamma, part_size,
-                                                            device=device)
+                                                            local_factor)
         sweeps, bound = 0, math.nan
     else:
         solve = krylov_solve if solver == "sparse_krylov" else neumann_solve

@@ -1,25 +1,25 @@
-"""SSDML's propagation on large graphs by partitioned dense solves (``solver="partitioned"``).
+"""SSDML's propagation on large graphs by partitioned local solves (``solver="partitioned"``).
 
 Mining reads ``W*`` only on ``E ∪ Eᵀ`` (each anchor's kNN edges, both directions), but every one of
 those entries depends on all n columns of ``B = (1−γ)(I−γQ)⁻¹`` (a walk with γ = 0.99 lasts 99 steps
 on average), so an exact answer at n = 60,000 costs ~10¹² multiply-adds whatever the solver
 (docs/speed.md). This solver trades exactness for locality, as overlapping domain decomposition does:
 
-1. **Parts.** The nodes are split into ``⌈n / part_size⌉`` parts of nodes that random walks connect:
+1. **Labeled columns, exactly.** ``W*[i, j] = 2H[i, y_j] − h[i]`` for a labeled j (``H = BỸ``,
+   ``h = B·1_L``: C + 1 global solves, as the certified sparse solver does).
+2. **Parts.** The nodes are split into ``⌈n / part_size⌉`` parts of nodes that random walks connect:
    k-means on 16 random signals smoothed by 8 steps of Q (nodes a few steps apart get alike
    coordinates), parts over ``2·part_size`` split again.
-2. **Local solve.** Each part's core, plus its one-hop halo (the kNN neighbours of its core nodes) and
-   every labeled node (their ±1 affinities seed the labeled columns, as in the seed's partitions), is
-   solved densely: ``W*_V = (1−γ)(I − γQ_VV)⁻¹ W⁰_V``. Walks that leave V are absorbed (Dirichlet
-   boundary), so ``B_V ≤ B`` entrywise and the short walks that decide most neighbourhood orders are
-   exact.
-3. **Read.** Forward ``W*[a, j]``, backward ``W*[j, a]`` (``j ∈ N_k(a)``) and the diagonal are read
-   for the core nodes a of each part; every j is in V by the halo.
+3. **Local solve.** Each part's core, every kNN neighbour of a core node, and the nodes its walks visit
+   most, ``local_factor × part_size`` nodes in all (V, :func:`local_nodes`), are solved by a sparse LU
+   of ``I − γQ_VV``: ``B_V = (1−γ)(I − γQ_VV)⁻¹``, only the rows and columns of the core nodes. Walks
+   that leave V are absorbed (Dirichlet boundary), so ``B_V ≤ B`` entrywise and every walk that stays
+   in V is exact.
+4. **Long walks.** ``B[a, j] ≈ B_V[a, j] + e_a ρ_p[j]`` (:func:`_add_long_walks`) on unlabeled columns.
 
-Cost: ``Σ_p 2·m_p³`` for the local inverses (m_p = core + halo + labeled, about 2-3× the core) and
-O(m_p²) memory per part. With a single part (``n ≤ part_size``) this is the dense solve exactly.
-Agreement with the dense solve on the mined triplets is measured, not certified
-(``experiments/propagation_scaling.py``, rows ``partitioned``).
+Cost: one sparse LU and ``2·core`` triangular solves per part, O(nnz(LU)) memory per part. With a single
+part (``n ≤ part_size``) :func:`dmlkit.targets.propagation.propagate` uses the dense solve. Agreement with
+the dense solve on the mined triplets is measured, not certified (``experiments/propagation_partitioned.py``).
 """
 from __future__ import annotations
 
@@ -27,12 +27,16 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor
 
 from dmlkit.kmeans import kmeans
+from dmlkit.targets.propagation_solvers import krylov_solve
 
 SIGNALS, SMOOTHING_STEPS = 16, 8
+WALK_STEPS = 8  # walk steps that rank the nodes a part's local system keeps
+LABELED_TOL = 1e-10  # the labeled columns' global solves: far below the ~1e-5 gaps that order a neighbourhood
 
 
 def graph_parts(Q: sp.spmatrix, part_size: int, seed: int = 0) -> Tensor:
@@ -60,23 +64,44 @@ def graph_parts(Q: sp.spmatrix, part_size: int, seed: int = 0) -> Tensor:
     return part
 
 
+def local_nodes(Q_t: sp.csr_matrix, neighbours: Tensor, core: Tensor, size: int, gamma: float) -> Tensor:
+    """Sorted node ids of a part's local system: its core, every kNN neighbour of a core node, then the
+    nodes the core's walks visit most, ``s = Σ_{t≤8} (γQᵀ)ᵗ u`` (``u`` uniform on the core), up to ``size``
+    nodes in all. For a given size this loses less walk mass than whole kNN hops (a hop can triple V).
+
+    ``Q_t``: ``Qᵀ`` in CSR; ``core``: long ``[c]``.
+    """
+    mass = np.zeros(Q_t.shape[0])
+    mass[core.numpy()] = 1.0 / len(core)
+    visits = mass.copy()
+    for _ in range(WALK_STEPS):
+        mass = gamma * (Q_t @ mass)
+        visits += mass
+    visits[core.numpy()] = visits[neighbours[core].reshape(-1).numpy()] = np.inf  # always kept
+    kept = min(max(size, int(np.isinf(visits).sum())), int((visits > 0).sum()))
+    return torch.from_numpy(np.sort(np.argpartition(-visits, kept - 1)[:kept]))
+
+
 def propagate_partitioned(
-    Q: sp.spmatrix, neighbours: Tensor, labels: Tensor, gamma: float, part_size: int = 1500,
-    dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu", seed: int = 0,
+    Q: sp.spmatrix, neighbours: Tensor, labels: Tensor, gamma: float, part_size: int = 250, local_factor: float = 8.0,
+    seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(forward [n·k], backward [n·k], diagonal [n])`` of ``W*`` by partitioned dense solves (module doc).
+    """``(forward [n·k], backward [n·k], diagonal [n])`` of ``W*`` by partitioned local solves (module doc).
 
     Args:
         Q: row-stochastic kNN matrix ``[n, n]``; ``neighbours``: long ``[n, k]``, row i = ``N_k(i)``.
         labels: ``[n]`` visible labels (−1 = unlabeled).
         gamma: propagation weight.
-        part_size: core nodes per part (the local systems have about 2-3× as many nodes).
-        dtype: of the local inverses (float32 halves their time; results then carry ~1e-7 relative error).
+        part_size: core nodes per part.
+        local_factor: a local system holds about ``local_factor × part_size`` nodes (:func:`local_nodes`;
+            larger: closer to the exact solve, costlier).
     """
+    if local_factor < 1:
+        raise ValueError(f"local_factor must be >= 1 (a local system holds at least its part), got {local_factor}")
     n, k = neighbours.shape
     Q = sp.csr_matrix(Q)
+    Q_t = sp.csr_matrix(Q.T)
     labels = torch.as_tensor(labels).long().cpu()
-    labeled = labels >= 0
     part = graph_parts(Q, part_size, seed)
     forward = torch.empty(n, k, dtype=torch.float64)
     backward = torch.empty(n, k, dtype=torch.float64)
@@ -89,68 +114,78 @@ def propagate_partitioned(
         core = torch.nonzero(part == p).flatten()
         if not len(core):
             continue
-        nodes = labeled.clone()
-        nodes[core] = True
-        nodes[neighbours[core].reshape(-1)] = True  # the one-hop halo: every N_k(a) of a core node
-        idx = torch.nonzero(nodes).flatten()
+        idx = local_nodes(Q_t, neighbours, core, round(local_factor * len(core)), gamma)
         local[idx] = torch.arange(len(idx))
-        w_star, escape, exit_p = _local_solve(Q, idx, local[core], labels[idx], gamma, dtype, device)
-        la, lj = local[core].unsqueeze(1), local[neighbours[core]]
-        forward[core], backward[core] = w_star[la, lj], w_star[lj, la]
-        diagonal[core] = w_star[local[core], local[core]]
+        rows, cols, escape, exit_p = _local_solve(Q, idx, local[core], gamma)
+        lj = local[neighbours[core]]  # [c, k]
+        c = torch.arange(len(core)).unsqueeze(1)
+        forward[core], backward[core] = rows[c, lj], cols[lj, c]
+        diagonal[core] = rows[c.squeeze(1), local[core]]
         escape_a[core], escape_j[core] = escape[local[core]], escape[lj]
         exits[:, p] = exit_p
         local[idx] = -1
-    _add_long_walks(Q, neighbours, labels, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal)
+    _add_long_walks(Q, neighbours, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal)
+    _labeled_columns(Q, neighbours, labels, gamma, forward, backward, diagonal)
     return forward.reshape(-1), backward.reshape(-1), diagonal
 
 
-def _local_solve(Q: sp.csr_matrix, idx: Tensor, core: Tensor, labels: Tensor, gamma: float, dtype: torch.dtype,
-                 device: str | torch.device) -> tuple[Tensor, Tensor, np.ndarray]:
-    """On the nodes ``idx`` (``core``: local positions of the part's core): ``W*_V = B_V W⁰_V`` float64
-    ``[m, m]``, each node's escape mass ``e = 1 − Σ_V B_V[i, ·]`` ``[m]`` and the part's exit
-    distribution ``ē`` (``[n]``, sums to 1 or is 0): where the core's walks first leave V.
-
-    ``B_V = (1−γ)(I − γQ_VV)⁻¹``. ``W⁰_V`` is the identity except on the labeled block (±1), so
-    ``W*_V = B_V`` on unlabeled columns and ``B_V[:, L] W⁰_LL`` on labeled ones.
+def _local_solve(Q: sp.csr_matrix, idx: Tensor, core: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    """On the nodes ``idx`` (``core``: local positions of the part's core), with ``B_V = (1−γ)(I − γQ_VV)⁻¹``:
+    the core's rows ``B_V[core, :]`` ``[c, m]``, its columns ``B_V[:, core]`` ``[m, c]``, each node's escape
+    mass ``e = 1 − Σ_V B_V[i, ·]`` ``[m]`` and the part's exit distribution ``ē`` (``[n]``, sums to 1 or
+    is 0): where the core's walks first leave V. One sparse LU, ``2c + 2`` solves.
     """
-    rows = Q[idx.numpy()]
-    m = len(idx)
-    A = torch.eye(m, dtype=dtype, device=device)
-    A -= gamma * torch.as_tensor(rows[:, idx.numpy()].toarray(), dtype=dtype, device=device)
-    B = torch.linalg.inv(A).mul_(1.0 - gamma).double().cpu()
-    escape = (1.0 - B.sum(1)).clamp_min_(0.0)
+    sub = Q[idx.numpy()]
+    m, c = len(idx), len(core)
+    lu = spla.splu(sp.csc_matrix(sp.identity(m) - gamma * sub[:, idx.numpy()]))
+    unit = np.zeros((m, c))
+    unit[core.numpy(), np.arange(c)] = 1.0
+    rows = torch.from_numpy((1.0 - gamma) * lu.solve(unit, trans="T")).T  # (I−γQ_VV)⁻ᵀ e_a: row a of the inverse
+    cols = torch.from_numpy((1.0 - gamma) * lu.solve(unit))
+    escape = torch.from_numpy(1.0 - (1.0 - gamma) * lu.solve(np.ones(m))).clamp_min_(0.0)
     # E[a, o] = Σ_i G[a, i] γ Q[i, o] for o outside V, G = B_V / (1−γ): summed over the core's rows
-    exit_p = np.asarray(rows.T @ (B[core].sum(0).numpy() * gamma / (1.0 - gamma))).ravel()
+    exit_p = np.asarray(sub.T @ (gamma * lu.solve(unit.sum(1), trans="T"))).ravel()
     exit_p[idx.numpy()] = 0.0
     total = exit_p.sum()
-    exit_p = exit_p / total if total > 0 else exit_p
-    lab = torch.nonzero(labels >= 0).flatten()
-    if len(lab):
-        y = labels[lab]
-        w0 = torch.where(y[:, None] == y[None, :], 1.0, -1.0).double()  # +1 on the diagonal too
-        B[:, lab] = B[:, lab] @ w0
-    return B, escape, exit_p
+    return rows, cols, escape, exit_p / total if total > 0 else exit_p
 
 
-def _add_long_walks(Q, neighbours, labels, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal):
+def _add_long_walks(Q, neighbours, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal) -> None:
     """Add the walks that leave V, in place: ``B[a, j] ≈ B_V[a, j] + e_a ρ_p[j]``, ``ρ_p = ē_pᵀ B``.
 
     Exact is ``B[a, j] = B_V[a, j] + Σ_o E[a, o] B[o, j]`` (first exit at o, then anything); replacing
     each anchor's exit distribution ``E[a, ·]`` by ``e_a ē_p`` (its mass times its part's average)
     leaves one global solve per part, ``ρ_p = (1−γ)(I − γQᵀ)⁻¹ ē_p``, all parts as one block.
-    Labeled columns take ``ρ_p W⁰`` in place of ``ρ_p``.
     """
-    from dmlkit.targets.propagation_solvers import krylov_solve
-
     rho, _ = krylov_solve(sp.csr_matrix(Q.T), exits, gamma, tol=1e-12)
     rho = rho.cpu()
-    lab = torch.nonzero(labels >= 0).flatten()
-    if len(lab):
-        y = labels[lab]
-        rho[lab] = torch.where(y[:, None] == y[None, :], 1.0, -1.0).double() @ rho[lab]  # (ρ W⁰)[l] per part
-    n = len(part)
-    a = torch.arange(n)
+    a = torch.arange(len(part))
     forward += escape_a[:, None] * rho[neighbours, part[:, None]]
     backward += escape_j * rho[a, part][:, None]
     diagonal += escape_a * rho[a, part]
+
+
+def _labeled_columns(Q, neighbours, labels, gamma, forward, backward, diagonal) -> None:
+    """Overwrite, in place, every entry in a labeled column j with ``W*[i, j] = 2H[i, y_j] − h[i]``
+    (``W⁰``'s column of a labeled j is ±1 on the labeled rows, so ``W*[:, j] = B W⁰[:, j]``)."""
+    labeled = labels >= 0
+    if not labeled.any():
+        return
+    classes, y = torch.unique(labels[labeled], return_inverse=True)
+    rhs = torch.zeros(len(labels), len(classes) + 1, dtype=torch.float64)
+    rhs[labeled.nonzero().squeeze(1), y] = 1.0
+    rhs[labeled, -1] = 1.0
+    Hh, _ = krylov_solve(Q, rhs, gamma, LABELED_TOL / 3.0)
+    Hh = Hh.cpu()
+    y_of = torch.full((len(labels),), -1, dtype=torch.long)
+    y_of[labeled] = y
+
+    def W(i: Tensor, j: Tensor) -> Tensor:  # W*[i, j] for labeled j
+        return 2.0 * Hh[i, y_of[j]] - Hh[i, -1]
+
+    a = torch.arange(len(labels)).unsqueeze(1).expand_as(neighbours)
+    f = labeled[neighbours]  # forward (a, j) with j labeled
+    forward[f] = W(a[f], neighbours[f])
+    b = labeled[a]  # backward W*[j, a] with a labeled
+    backward[b] = W(neighbours[b], a[b])
+    diagonal[labeled] = W(labeled.nonzero().squeeze(1), labeled.nonzero().squeeze(1))
