@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -145,18 +146,47 @@ HEADLINE_TITLE = ("### Unseen classes of `glyphs`, from the ImageNet start (mean
                   "*From `benchmarks/results/glyphs.json` (`python -m benchmarks --suite glyphs`): 100 train / 100 "
                   "unseen test classes, 64 px; every trained row starts from ImageNet EfficientNet-Lite0 with "
                   "BatchNorm frozen, 128-d unless named -512, on the same budget (36,000 forward+backward images; the MLRC fold rows 17,800 on 3 of 4 folds); "
-                  "Δ R@1 is against `initial`. Rows with one seed are marked ¹.*\n\n")
+                  "Δ R@1 is against `initial`. Rows with one seed are marked ¹; the MLRC rows give mean ± std over "
+                  "their folds (one seed each).*\n\n")
 #: the headline's rows in order (glyphs suite rows; others are appended in file order)
 HEADLINE_ORDER = ("raw-pixels", "initial", "supervised", "supervised-5labels", "instance", "instance-moco",
                   "deepcluster", "stml", "stml-512", "plm", "plm-512", "plm-lr1e-4", "plm-momentum0.999", "plm-delta1",
-                  "ssdml", "ssdml-hinge", "deep-lrml", "deep-isdml", "slade", "proxyanchor-fold0",
-                  "drml-proxyanchor-fold0", "cosface-fold0", "drml-cosface-fold0")
+                  "ssdml", "ssdml-hinge", "deep-lrml", "deep-isdml", "slade", "proxyanchor",
+                  "drml-proxyanchor", "drml-proxyanchor-fold0-nowarmup", "cosface", "drml-cosface")
 #: the train-split labels each headline row learns from (the rest: none)
 HEADLINE_LABELS = {"supervised": "all", "supervised-5labels": "5 / class", "ssdml": "5 / class",
                    "ssdml-hinge": "5 / class", "deep-lrml": "5 / class", "deep-isdml": "5 / class",
-                   "slade": "10 / class", "proxyanchor-fold0": "all, 75 classes",
-                   "drml-proxyanchor-fold0": "all, 75 classes", "cosface-fold0": "all, 75 classes",
-                   "drml-cosface-fold0": "all, 75 classes"}
+                   "slade": "10 / class", "proxyanchor": "all, 75 classes",
+                   "drml-proxyanchor": "all, 75 classes", "drml-proxyanchor-fold0-nowarmup": "all, 75 classes",
+                   "cosface": "all, 75 classes", "drml-cosface": "all, 75 classes"}
+#: a harness row of one MLRC fold: ``<row>-fold<k>``
+FOLD_ROW = re.compile(r"^(?P<row>.+)-fold(?P<fold>\d+)$")
+
+
+def fold_means(rows: list[dict]) -> list[dict]:
+    """Rows ``<row>-fold<k>`` (one seed each) merged into one row ``<row>`` per MLRC experiment: each metric's
+    mean and sample std over the folds, ``seeds`` = the folds, ``seconds`` the mean per fold."""
+    folds: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    merged = []
+    for row in rows:
+        match = FOLD_ROW.match(row["method"])
+        if match:
+            folds[match["row"]].append((int(match["fold"]), row))
+        else:
+            merged.append(row)
+    for name, members in folds.items():
+        members.sort(key=lambda member: member[0])
+        keys = [k for k in members[0][1]["metrics"] if not k.endswith("_std")]
+        metrics = {}
+        for key in keys:
+            values = [row["metrics"][key] for _, row in members if key in row["metrics"]]
+            metrics[key] = statistics.mean(values)
+            metrics[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        merged.append({**members[0][1], "method": name, "seeds": [fold for fold, _ in members], "metrics": metrics,
+                       "seconds": statistics.mean(row["seconds"] for _, row in members),
+                       "display": f"{name} (MLRC, fold{'s' if len(members) > 1 else ''} "
+                                  f"{', '.join(str(fold) for fold, _ in members)})"})
+    return merged
 
 
 def _harness_cell(row: dict, key: str) -> str:
@@ -166,7 +196,7 @@ def _harness_cell(row: dict, key: str) -> str:
 
 def glyphs_table(result: dict) -> str:
     """The headline: full (not ``--quick``) rows of a harness results file, best mean of each metric in bold."""
-    rows = [r for r in result.get("rows", []) if not r.get("quick") and "metrics" in r]
+    rows = fold_means([r for r in result.get("rows", []) if not r.get("quick") and "metrics" in r])
     if not rows:
         return ""
     rows.sort(key=lambda r: (HEADLINE_ORDER.index(r["method"]) if r["method"] in HEADLINE_ORDER
@@ -177,8 +207,9 @@ def glyphs_table(result: dict) -> str:
     header = ["method", "labels", *[name for _, name in keys], "Δ R@1", "seconds", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["method"] + ("" if len(row["seeds"]) > 1 or row["base_method"] in ("raw-pixels", "initial")
-                                  else " ¹"), HEADLINE_LABELS.get(row["method"], "none")]
+        cells = [row.get("display", row["method"]) + ("" if len(row["seeds"]) > 1 or row["base_method"] in
+                                                      ("raw-pixels", "initial") else " ¹"),
+                 HEADLINE_LABELS.get(row["method"], "none")]
         for key, _ in keys:
             text = _harness_cell(row, key) if key in row["metrics"] else ""
             cells.append(f"**{text}**" if text and row["metrics"][key] == best[key] else text)

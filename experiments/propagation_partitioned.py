@@ -8,7 +8,7 @@ Two kinds of graph, k = 10, γ = 0.99:
   pixels, 5 visible labels per class: one connected graph whose neighbourhoods mix classes (kNN purity
   .63), as a network's embedding early in training does.
 
-For every graph and (part_size, halo_hops), in a fresh subprocess (so that ``peak_rss_gib`` is that run's
+For every graph and (part_size, local_factor), in a fresh subprocess (so that ``peak_rss_gib`` is that run's
 own): the kNN graph (timed apart, ``knn_seconds``), then the partitioned propagation (``seconds`` wall,
 ``cpu_seconds``), then the mining. At n ≤ ``--dense-max`` the dense closed form runs too and the row
 reports how many mined triplets agree (``same_triplets_fraction``: identical (anchor, positive,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+from queue import Empty
 import resource
 import sys
 import time
@@ -70,7 +71,7 @@ def _graph(kind: str, n: int):
     return graph, labels, None, seconds
 
 
-def _worker(kind: str, n: int, solver: str, part_size: int, halo_hops: int, threads: int, queue) -> None:
+def _worker(kind: str, n: int, solver: str, part_size: int, local_factor: float, threads: int, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -78,19 +79,26 @@ def _worker(kind: str, n: int, solver: str, part_size: int, halo_hops: int, thre
 
     graph, labels, truth, knn_seconds = _graph(kind, n)
     start, cpu = time.perf_counter(), time.process_time()
-    result = prop.propagate(graph, labels, GAMMA, solver=solver, part_size=part_size, halo_hops=halo_hops)
+    result = prop.propagate(graph, labels, GAMMA, solver=solver, part_size=part_size, local_factor=local_factor)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     queue.put({"seconds": seconds, "cpu_seconds": cpu_seconds, "knn_seconds": knn_seconds,
                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-               "affinity": result.affinity, "neighbours": graph.neighbours, "truth": truth})
+               "affinity": result.affinity.numpy(), "neighbours": graph.neighbours.numpy(),  # numpy: torch tensors
+               "truth": None if truth is None else truth.numpy()})  # would cross as fds that die with the child
 
 
-def run(kind: str, n: int, solver: str, threads: int, part_size: int = 0, halo_hops: int = 1) -> dict:
+def run(kind: str, n: int, solver: str, threads: int, part_size: int = 0, local_factor: float = 1.0) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(kind, n, solver, part_size, halo_hops, threads, queue))
+    proc = ctx.Process(target=_worker, args=(kind, n, solver, part_size, local_factor, threads, queue))
     proc.start()
-    out = queue.get()
+    while True:  # read before joining: a child blocks until its (large) result leaves the pipe
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the {solver} propagation of {kind} n={n} failed (exit code {proc.exitcode})")
     proc.join()
     return out
 
@@ -114,16 +122,18 @@ def triplet_metrics(neighbours, affinity, dense: dict | None, truth) -> dict:
 
     from dmlkit.targets.propagation import mine_triplets
 
+    neighbours, affinity = torch.as_tensor(neighbours), torch.as_tensor(affinity)
+    truth = None if truth is None else torch.as_tensor(truth)
     n, k = neighbours.shape
     triplets = mine_triplets(neighbours, affinity)
     metrics = {}
     if dense is not None:
-        reference = mine_triplets(neighbours, dense["affinity"])
+        reference = mine_triplets(neighbours, torch.as_tensor(dense["affinity"]))
         positives = torch.sort(triplets[:, 1].view(n, k // 2), 1).values
         metrics = {"same_triplets_fraction": float((triplets == reference).all(1).double().mean()),
                    "same_positive_set_fraction": float(
                        (positives == torch.sort(reference[:, 1].view(n, k // 2), 1).values).all(1).double().mean()),
-                   "max_abs_diff": float((affinity - dense["affinity"]).abs().max())}
+                   "max_abs_diff": float((affinity - torch.as_tensor(dense["affinity"])).abs().max())}
     if truth is not None:
         a, p, q = triplets.T
         metrics.update({"positive_same_class": float((truth[p] == truth[a]).double().mean()),
@@ -140,7 +150,7 @@ def _row(kind: str, n: int, method: str, setting: str, threads: int, out: dict, 
             "load_average_1min": round(os.getloadavg()[0], 1), "metrics": metrics, **extra}
 
 
-def measure(kind: str, n: int, settings: list[tuple[int, int]], args: argparse.Namespace) -> list[dict]:
+def measure(kind: str, n: int, settings: list[tuple[int, float]], args: argparse.Namespace) -> list[dict]:
     import torch
 
     dense = dense_reference(kind, n, args.threads, args.dense_cache) if n <= args.dense_max else None
@@ -151,11 +161,11 @@ def measure(kind: str, n: int, settings: list[tuple[int, int]], args: argparse.N
         by_rank = -torch.arange(K, dtype=torch.float64).expand(n, K).clone()  # the kNN order, no propagation
         rows.append({**rows[0], "method": "knn-order", "protocol": "no propagation", "seconds": None,
                      "cpu_seconds": None, "metrics": triplet_metrics(dense["neighbours"], by_rank, dense, dense["truth"])})
-    for part_size, halo_hops in settings:
-        out = run(kind, n, "partitioned", args.threads, part_size, halo_hops)
-        rows.append(_row(kind, n, "partitioned", f"part_size={part_size},halo_hops={halo_hops}", args.threads, out,
+    for part_size, local_factor in settings:
+        out = run(kind, n, "partitioned", args.threads, part_size, local_factor)
+        rows.append(_row(kind, n, "partitioned", f"part_size={part_size},local_factor={local_factor}", args.threads, out,
                          triplet_metrics(out["neighbours"], out["affinity"], dense, out["truth"]),
-                         part_size=part_size, halo_hops=halo_hops,
+                         part_size=part_size, local_factor=local_factor,
                          target="n=60,000 within 120 s and 4 GiB on 2 cores"))
         print(f"[{kind} n={n} {rows[-1]['protocol']}] {rows[-1]['seconds']} s ({rows[-1]['cpu_seconds']} s CPU), "
               f"{rows[-1]['peak_rss_gib']} GiB, {rows[-1]['metrics']}", file=sys.stderr, flush=True)
@@ -168,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graphs", nargs="+", choices=("synthetic", "glyphs"), default=["synthetic", "glyphs"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[9100, 60000])
     parser.add_argument("--settings", nargs="+", default=["250:4", "1500:1"],
-                        help="part_size:halo_hops pairs (the first is SSDML's default)")
+                        help="part_size:local_factor pairs (the first is SSDML's default)")
     parser.add_argument("--dense-max", type=int, default=9100, help="largest n also solved densely")
     parser.add_argument("--dense-cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    settings = [tuple(int(v) for v in s.split(":")) for s in args.settings]
+    settings = [(int(s.split(":")[0]), float(s.split(":")[1])) for s in args.settings]
     rows = []
     for kind in args.graphs:
         for n in args.sizes:

@@ -47,3 +47,18 @@ def test_committed_tables_are_generated_from_the_results(load_benchmark):
     assert tables.readme_with_headline(readme, results) == readme
     assert (root / "docs" / "results.md").read_text() == tables.render(results)
     assert "### Unseen classes of `glyphs`" in readme and "### DRML" not in readme  # README: the headline only
+
+
+def test_mlrc_fold_rows_become_one_row_of_fold_means(load_benchmark):
+    tables = load_benchmark("readme_tables.py")
+    rows = [{"method": f"drml-pa-fold{fold}", "base_method": "drml", "seeds": [0], "seconds": 10.0 * (fold + 1),
+             "metrics": {"recall@1": r1, "recall@1_std": 0.0}} for fold, r1 in ((1, 0.90), (0, 0.80))]
+    rows += [{"method": "drml-pa-fold0-nowarmup", "base_method": "drml", "seeds": [0], "seconds": 1.0,
+              "metrics": {"recall@1": 0.5}}, {"method": "stml", "base_method": "stml", "seeds": [0, 1],
+                                                "seconds": 1.0, "metrics": {"recall@1": 0.7}}]
+    merged = {row["method"]: row for row in tables.fold_means(rows)}
+    assert set(merged) == {"drml-pa", "drml-pa-fold0-nowarmup", "stml"}  # a suffix after the fold is its own row
+    row = merged["drml-pa"]
+    assert row["seeds"] == [0, 1] and row["seconds"] == 15.0 and row["display"] == "drml-pa (MLRC, folds 0, 1)"
+    assert abs(row["metrics"]["recall@1"] - 0.85) < 1e-12
+    assert abs(row["metrics"]["recall@1_std"] - 0.0707107) < 1e-6  # sample std of .80 and .90
