@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-from queue import Empty
 import resource
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _common import ROOT, markdown_table, save_rows
