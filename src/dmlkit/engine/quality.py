@@ -6,10 +6,14 @@ contextualized similarity, PLM's piecewise-linear pieces: whatever a method's
 For a run directory that kept pseudo labels as artifacts (SLADE's ``stage-pseudo-labels-round-<r>.pt``),
 one more row per round: the labels the student actually trained on, against the truth, over the whole
 unlabeled pool (every pair, from the contingency table).
+
+``--over-epochs``: the trajectory a run recorded while training (run setting ``quality_every``,
+:mod:`dmlkit.engine.quality_monitor`), one row per measured epoch, read from its metrics.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +111,29 @@ def stage_label_rows(run_dir: Path, true_labels: np.ndarray) -> list[dict]:
             "num_pairs": int(stats.n), "num_items": int(pool.sum()),
         })
     return rows
+
+
+def over_epochs_report(source: str | Path) -> str:
+    """The ``quality/<estimator>/<metric>`` values of a run's metrics.json history as a table: one row
+    per epoch that measured them (epoch 0 = before training), test R@1 beside them where evaluated."""
+    from dmlkit.engine.quality_monitor import quality_keys
+
+    run_dir = Path(source)
+    path = run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--over-epochs reads a run directory's metrics.json; {source} is not a directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.json in {run_dir} (a run writes it when it finishes); pass a finished run")
+    history = json.loads(path.read_text()).get("history") or []
+    keys = quality_keys(history)
+    if not keys:
+        raise ValueError(f"{run_dir} did not record quality over epochs: train with --set quality_every=1 "
+                         "(every N epochs: quality_every=N)")
+    rows = [r for r in history if any(k in r for k in keys)]
+    columns = keys + (["recall@1"] if any("recall@1" in r for r in rows) else [])
+    head = ["epoch"] + [k[len("quality/"):].replace("/", " ") if k.startswith("quality/") else f"test {k}"
+                        for k in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([str(r["epoch"])] + [f"{r[k]:.3f}" if k in r else "–" for k in columns]) + " |"
+              for r in rows]
+    return f"\nPseudo-supervision quality over epochs of {run_dir} (epoch 0: before training)\n" + "\n".join(lines)
