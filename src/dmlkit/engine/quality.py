@@ -37,12 +37,19 @@ def pseudo_supervision_estimators(k: int = 10) -> dict:
 
 def load_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
     """Embeddings and ground-truth labels from a run directory or an ``.npy`` file."""
+    embeddings, labels, _, name = _load(args)
+    return embeddings, labels, name
+
+
+def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """:func:`load_embeddings` plus the labels the run saw (−1 = unlabeled) when it is a semi-supervised
+    run's training split, else None."""
     source = Path(args.source)
     if source.suffix == ".npy":
         labels_path = Path(args.labels) if args.labels else Path(str(source.with_suffix("")) + ".labels.npy")
         if not labels_path.is_file():
             raise FileNotFoundError(f"no labels for {source}: pass --labels FILE.npy (one integer per row)")
-        return np.load(source, allow_pickle=False), np.load(labels_path, allow_pickle=False), source.name
+        return np.load(source, allow_pickle=False), np.load(labels_path, allow_pickle=False), None, source.name
     from dmlkit.engine.run import load_run, prepare_data
     from dmlkit.evaluation.embedding import embed_dataset
     from dmlkit.methods import method_class
@@ -51,25 +58,31 @@ def load_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, s
     data = prepare_data(config, method_class(config.method).uses_labels)
     dataset = data.train if args.split == "train" else data.query
     embeddings = embed_dataset(method.embed, dataset, modules=(method,)).numpy()
-    return embeddings, dataset.true_labels, f"{config.method} run {source} ({args.split} split)"
+    seen = np.asarray(dataset.labels) if args.split == "train" else None
+    partial = seen is not None and (seen >= 0).any() and (seen < 0).any()
+    return embeddings, dataset.true_labels, seen if partial else None, f"{config.method} run {source} ({args.split} split)"
 
 
 def run_quality(args: argparse.Namespace) -> str:
     from dmlkit.evaluation.quality import format_quality_table, quality_table
 
-    embeddings, labels, name = load_embeddings(args)
+    embeddings, labels, visible, name = _load(args)
     if len(embeddings) != len(labels):
         raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     if len(embeddings) > args.max_items:
         keep = np.sort(np.random.default_rng(args.seed).choice(len(embeddings), args.max_items, replace=False))
         embeddings, labels = embeddings[keep], labels[keep]
+        visible = None if visible is None else visible[keep]
     rows = quality_table(torch.as_tensor(embeddings, dtype=torch.float32), labels,
-                         estimators=pseudo_supervision_estimators(), batch_size=args.batch_size, seed=args.seed)
+                         estimators=pseudo_supervision_estimators(), batch_size=args.batch_size, seed=args.seed,
+                         visible_labels=visible, labels_per_class=args.labels_per_class)
     source = Path(args.source)
     if source.is_dir() and any(source.glob(STAGE_LABELS)):
         rows += stage_label_rows(source, _train_true_labels(source))
-    return f"\nPseudo-supervision quality on {name}, {len(labels)} items, batches of {args.batch_size}\n" \
-           + format_quality_table(rows)
+    seen = ("the run's own labels" if visible is not None
+            else f"{args.labels_per_class} revealed labels per class")
+    return (f"\nPseudo-supervision quality on {name}, {len(labels)} items, batches of {args.batch_size} "
+            f"(triplets: partitions of at most 2,000 with {seen})\n" + format_quality_table(rows))
 
 
 STAGE_LABELS = "stage-pseudo-labels-round-*.pt"
