@@ -266,20 +266,9 @@ def quality_table(
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from 'kmeans', 'agglomerative'")
     batches = _batches(x.shape[0], scope, batch_size, num_batches, seed)
-    if visible_labels is None and any(getattr(f, "needs_labels", False) for f in (estimators or {}).values()):
-        visible_labels = revealed_labels(y, labels_per_class, seed)
-    visible = None if visible_labels is None else torch.as_tensor(np.asarray(visible_labels)).long()
-    if visible is not None and visible.shape != y.shape:
-        raise ValueError(f"visible_labels must have one entry per item ({y.shape[0]}), got {tuple(visible.shape)}")
-
-    def baseline(kind: str) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
-        def run(xb: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
-            k = n_clusters or int(torch.unique(y[idx]).numel())
-            return kmeans_labels(xb, k, seed) if kind == "kmeans" else agglomerative_labels(xb, k)
-
-        return run
-
-    named: dict[str, tuple[Callable, list[torch.Tensor], str]] = {k: (baseline(k), batches, scope) for k in baselines}
+    visible = _visible(y, estimators or {}, visible_labels, labels_per_class, seed)
+    named: dict[str, tuple[Callable, list[torch.Tensor], str]] = {
+        k: (_baseline(k, y, n_clusters, seed), batches, scope) for k in baselines}
     everything = [torch.arange(x.shape[0])]
     for name, f in (estimators or {}).items():
         call = (lambda xb, idx, f=f: f(xb, visible[idx])) if getattr(f, "needs_labels", False) else (
@@ -287,6 +276,26 @@ def quality_table(
         named[name] = (call, everything, "full") if getattr(f, "whole_set", False) else (call, batches, scope)
     return [_estimator_row(name, fn, x, y, its_batches, its_scope, threshold, purity)
             for name, (fn, its_batches, its_scope) in named.items()]
+
+
+def _baseline(kind: str, y: torch.Tensor, n_clusters: int | None, seed: int) -> Callable:
+    """``(xb, idx) -> pseudo labels``: k-means or Ward with ``n_clusters`` (default: classes among ``y[idx]``)."""
+    def run(xb: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+        k = n_clusters or int(torch.unique(y[idx]).numel())
+        return kmeans_labels(xb, k, seed) if kind == "kmeans" else agglomerative_labels(xb, k)
+
+    return run
+
+
+def _visible(y: torch.Tensor, estimators: Mapping[str, Estimator], visible_labels: object, per_class: int,
+             seed: int) -> torch.Tensor | None:
+    """The labels ``needs_labels`` estimators read: ``visible_labels``, else :func:`revealed_labels` if any needs them."""
+    if visible_labels is None and any(getattr(f, "needs_labels", False) for f in estimators.values()):
+        visible_labels = revealed_labels(y, per_class, seed)
+    visible = None if visible_labels is None else torch.as_tensor(np.asarray(visible_labels)).long()
+    if visible is not None and visible.shape != y.shape:
+        raise ValueError(f"visible_labels must have one entry per item ({y.shape[0]}), got {tuple(visible.shape)}")
+    return visible
 
 
 def _batches(n: int, scope: str, batch_size: int, num_batches: int | None, seed: int) -> list[torch.Tensor]:
