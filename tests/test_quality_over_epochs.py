@@ -79,10 +79,10 @@ def test_the_subset_is_fixed_by_the_seed(tiny):
     from dmlkit.engine.run import prepare_data
 
     train = prepare_data(RunConfig(method="stml", dataset="tiny"), "none").train
-    first, again, other = (QualityMonitor(train, 12, 6, seed) for seed in (0, 0, 1))
+    first, again, other = (QualityMonitor(train, 12, seed) for seed in (0, 0, 1))
     assert np.array_equal(first.indices, again.indices) and not np.array_equal(first.indices, other.indices)
     assert len(first.indices) == 12 == len(set(first.indices.tolist()))
-    assert len(QualityMonitor(train, 2000, 6, 0).indices) == len(train)  # all items when the split is smaller
+    assert len(QualityMonitor(train, 2000, 0).indices) == len(train)  # all items when the split is smaller
 
 
 QUICK = {"batch_size": 10, "pictures": False, "progress": False, "threads": 1, "epochs": 3,

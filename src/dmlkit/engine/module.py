@@ -233,7 +233,7 @@ class MethodModule(L.LightningModule):
 
         if self.quality_monitor is None:
             s = self.settings
-            self.quality_monitor = QualityMonitor(self.train_set, s["quality_items"], s["batch_size"], s["seed"])
+            self.quality_monitor = QualityMonitor(self.train_set, s["quality_items"], s["seed"])
         self._sync_buffers_from_rank_zero()
         values = self.quality_monitor.measure(self.method, self.device)
         record.update(values)

@@ -9,9 +9,11 @@ method's own :meth:`~dmlkit.methods.Method.quality_estimators` plus the k-means 
 into the epoch's history record as ``quality/<estimator>/<metric>``.
 
 The subset: ``quality_items`` items drawn uniformly without replacement, once, with the run's seed
-(uniform, not class-stratified: drawing it reads no label). Batch estimators see it in seeded batches
-of the run's ``batch_size``; whole-set estimators (SSDML's propagation) see all of it at once, with
-the run's own visible labels of those items (a semi-supervised run's labeled fraction).
+(uniform, not class-stratified: drawing it reads no label). Every estimator sees all of it as one batch
+— as docs/glyphs_study.md scores finished runs (``--batch-size 2000``): random batches of a training
+batch size hold about one item per class of a 100-class set, too few same-class pairs to score a
+neighbourhood — and SSDML's propagation reads the run's own visible labels of those items (a
+semi-supervised run's labeled fraction).
 """
 from __future__ import annotations
 
@@ -41,23 +43,21 @@ class QualityMonitor:
     Args:
         train: the run's training split (its ``true_labels`` are read here only, never by training).
         items: subset size (all items if the split is smaller).
-        batch_size: items per batch of the batch estimators (capped at the subset size).
-        seed: the run's seed: the subset, the batches and k-means.
+        seed: the run's seed: the subset and k-means.
     """
 
-    def __init__(self, train: DMLDataset, items: int, batch_size: int, seed: int) -> None:
+    def __init__(self, train: DMLDataset, items: int, seed: int) -> None:
         n = len(train)
         rng = np.random.default_rng([seed, 22])  # its own stream of the run's seed
         self.indices = np.sort(rng.choice(n, min(items, n), replace=False))
         self.subset = train.subset(self.indices)
-        self.batch_size = max(2, min(batch_size, len(self.indices)))
         self.seed = seed
 
     def measure(self, method: Method, device: torch.device | str = "cpu") -> dict[str, float]:
         """``{"quality/<estimator>/<metric>": value}`` of ``method`` as it is now (eval mode, no grad)."""
         embeddings = embed_dataset(method.quality_embed, self.subset, device, modules=(method,))
         rows = quality_table(embeddings, self.subset.true_labels, method.quality_estimators(),
-                             batch_size=self.batch_size, baselines=("kmeans",), seed=self.seed,
+                             batch_size=len(self.indices), baselines=("kmeans",), seed=self.seed,
                              visible_labels=np.asarray(self.subset.labels))
         return {f"{PREFIX}{row['method']}/{key}": float(row[key]) for row in rows for key in METRICS
                 if row.get(key) is not None and math.isfinite(row[key])}
