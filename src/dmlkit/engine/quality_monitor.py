@@ -17,7 +17,6 @@ semi-supervised run's labeled fraction).
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -27,8 +26,6 @@ from dmlkit.data.base import DMLDataset
 from dmlkit.evaluation.embedding import embed_dataset
 from dmlkit.evaluation.quality import TRIPLET_KEYS, quality_table
 from dmlkit.methods.base import Method
-
-log = logging.getLogger("dmlkit")
 
 PREFIX = "quality/"
 #: row values recorded per estimator (those that apply to it)
