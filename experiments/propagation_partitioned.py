@@ -134,11 +134,11 @@ def triplet_metrics(neighbours, affinity, dense: dict | None, truth) -> dict:
                    "same_positive_set_fraction": float(
                        (positives == torch.sort(reference[:, 1].view(n, k // 2), 1).values).all(1).double().mean()),
                    "max_abs_diff": float((affinity - torch.as_tensor(dense["affinity"])).abs().max())}
-    if truth is not None:
-        a, p, q = triplets.T
-        metrics.update({"positive_same_class": float((truth[p] == truth[a]).double().mean()),
-                        "negative_same_class": float((truth[q] == truth[a]).double().mean()),
-                        "correct": float(((truth[p] == truth[a]) & (truth[q] != truth[a])).double().mean())})
+    if truth is not None:  # the fractions `dmlkit quality` reports
+        from dmlkit.evaluation.quality import triplet_fractions
+
+        fractions = triplet_fractions(triplets, truth)
+        metrics.update({key: fractions[key] for key in ("positive_same_class", "negative_same_class", "correct")})
     return metrics
 
 

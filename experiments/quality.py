@@ -6,7 +6,8 @@ For each run directory given, the run's network embeds its training split (the i
 pseudo labels from); ``MAX_ITEMS`` of them (seeded) are cut into batches of ``BATCH`` and every
 estimator sees the same batches: k-means and agglomerative (Ward) pseudo labels with one cluster per
 class present (the baselines a practitioner would use, and DeepCluster's targets), STML's contextualized
-similarity (k = 10) and PLM's piecewise-linear pieces (k = 10). Ground truth is read only here.
+similarity (k = 10), PLM's piecewise-linear pieces (k = 10) and SSDML's propagated-affinity triplets
+(k = 10, 5 revealed labels per class). Ground truth is read only here.
 
 Columns: ``purity`` (label purity of the groups an estimator forms), ``correlation`` (Pearson correlation
 of the estimated similarity with the same-class indicator over all pairs of a batch), pair precision and
@@ -50,7 +51,8 @@ def quality_rows(run_dir: Path, max_items: int = MAX_ITEMS, batch: int = BATCH, 
     source = f"{config.method} {config.protocol}"
     return [{
         "method": r["method"], "dataset": config.dataset, "protocol": source, "seed": seed,
-        "metrics": {k: r[k] for k in ("purity", "correlation", "pair_precision", "pair_recall") if r[k] is not None},
+        "metrics": {k: r[k] for k in ("purity", "correlation", "pair_precision", "pair_recall", "positive_same_class",
+                                      "negative_same_class", "correct") if r.get(k) is not None},
         "mean_group_size": r["mean_group_size"], "num_items": r["num_items"], "num_pairs": r["num_pairs"],
         "seconds": round(seconds, 1), "run": str(run_dir),
         "notes": f"training-split embeddings of the {source} run, {len(keep)} items in batches of {batch}",

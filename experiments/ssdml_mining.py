@@ -51,16 +51,16 @@ QUICK_OPTIONS = {"n_unlabeled_partition": 1500}
 
 
 def triplet_quality(triplets: torch.Tensor, true_labels: np.ndarray) -> dict:
-    """How the mined ``[T, 3]`` (anchor, positive, negative) triplets agree with the hidden classes.
+    """How the mined ``[T, 3]`` (anchor, positive, negative) triplets agree with the hidden classes
+    (:func:`dmlkit.evaluation.quality.triplet_fractions`, the fractions ``dmlkit quality`` reports).
 
     ``correct``: positive of the anchor's class and negative of another; ``inverted``: the reverse; the
     rest (both or neither of the anchor's class) carry no class signal.
     """
-    y = torch.as_tensor(np.asarray(true_labels))[triplets.long()]
-    positive, negative = y[:, 1] == y[:, 0], y[:, 2] == y[:, 0]
-    fractions = {"positive_same_class": positive, "negative_same_class": negative,
-                 "correct": positive & ~negative, "inverted": ~positive & negative}
-    return {"triplets": len(triplets), **{k: round(float(v.float().mean()), 4) for k, v in fractions.items()}}
+    from dmlkit.evaluation.quality import triplet_fractions
+
+    fractions = triplet_fractions(triplets, np.asarray(true_labels))
+    return {"triplets": len(triplets), **{k: round(v, 4) for k, v in fractions.items()}}
 
 
 def triplet_fractions(triplets: torch.Tensor, true_labels: torch.Tensor) -> dict[str, float]:

@@ -95,8 +95,9 @@ def test_quality_rows_come_from_the_methods_estimators():
     from dmlkit.targets.manifold import manifold_estimate
 
     estimators = pseudo_supervision_estimators(k=6)
-    assert list(estimators) == ["stml-similarity", "plm-pieces"]  # registry order, no name branches
-    assert method_class("ssdml").pseudo_supervision_estimators() == {}
+    assert list(estimators) == ["stml-similarity", "plm-pieces", "ssdml-triplets"]  # registry order, no name branches
+    assert method_class("ssdml").pseudo_supervision_estimators()["ssdml-triplets"].config.k == 10
+    assert method_class("supervised").pseudo_supervision_estimators() == {}
     x = torch.nn.functional.normalize(torch.randn(20, 5, generator=torch.Generator().manual_seed(0)), dim=1)
     torch.testing.assert_close(estimators["stml-similarity"](x), contextual_similarity(x, torch.arange(20), 6, 3.0))
     plm, reference = estimators["plm-pieces"](x), manifold_estimate(x, k=6)

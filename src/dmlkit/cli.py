@@ -241,12 +241,18 @@ def _add_quality(sub) -> None:
     p.add_argument("--max-items", type=int, default=5000, help="items drawn for the report (seeded)")
     p.add_argument("--batch-size", type=int, default=120, help="items per pseudo-supervision batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels-per-class", type=int, default=5,
+                   help="labels revealed per class to estimators that read some (SSDML's propagation), unless "
+                        "the run is semi-supervised: then its own labels (default 5, the papers' CUB setting)")
+    p.add_argument("--over-epochs", action="store_true",
+                   help="print the quality a run recorded during training (train with --set quality_every=1); "
+                        "reads metrics.json, computes nothing")
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from dmlkit.engine.quality import run_quality
+    from dmlkit.engine.quality import over_epochs_report, run_quality
 
-    print(run_quality(args))
+    print(over_epochs_report(args.source) if args.over_epochs else run_quality(args))
     return 0
 
 

@@ -54,6 +54,8 @@ class RunConfig:
     early_stop_patience: int | None = None  # epochs without improvement of early_stop_monitor; None/0 = off
     early_stop_monitor: str | None = None  # an evaluation key, e.g. val_recall@1 (needs a validation split)
     early_stop_collapse: float | None = None  # also stop when the monitor falls to this fraction of its best
+    quality_every: int = 0  # record the pseudo-supervision quality every N epochs (and at 0 and the last); 0 = off
+    quality_items: int = 2000  # training items of that quality subset (uniform, drawn once with the seed)
     view_strength: float = 1.0  # scales every training augmentation's magnitude: 1 = the views preset, 0 = none
     options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None

@@ -77,6 +77,7 @@ class MethodModule(L.LightningModule):
         self._loss_items = 0
         self.checkpoint_hook = None
         self.stopper = None
+        self.quality_monitor = None
 
     # -- data ---------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -102,6 +103,10 @@ class MethodModule(L.LightningModule):
     # -- the loop -----------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
+        if epoch == 0 and not self.history and self.settings.get("quality_every"):
+            start: dict[str, Any] = {"epoch": 0}  # the pseudo-supervision before any training
+            self._record_quality(start)
+            self.history.append(start)
         torch.manual_seed(int(seeded_generator(self.settings["seed"], epoch, self.global_rank).initial_seed()))
         np.random.seed(int(seeded_generator(self.settings["seed"], epoch, 7).initial_seed()) % 2**32)
         if self.batch_sampler is not None:
@@ -210,6 +215,9 @@ class MethodModule(L.LightningModule):
             every = self.settings.get("picture_every")
             if every and (self.current_epoch + 1) % every == 0 and self.global_rank == 0:
                 self._embedding_map_of_epoch(self.current_epoch + 1)
+        quality_every = self.settings.get("quality_every")
+        if quality_every and ((self.current_epoch + 1) % quality_every == 0 or self.current_epoch + 1 == epochs):
+            self._record_quality(record)
         self.history.append(record)
         if self.checkpoint_hook is not None:
             self.checkpoint_hook(self.trainer, record)
@@ -217,6 +225,21 @@ class MethodModule(L.LightningModule):
         if self.global_rank == 0 and "recall@1" in record:
             log.info("epoch %d: R@1 %.4f NMI %.4f MAP@R %.4f (%.1fs, %.0f img/s)", record["epoch"],
                      record["recall@1"], record["nmi"], record["map@r"], seconds, record["images_per_second"])
+
+    def _record_quality(self, record: dict[str, Any]) -> None:
+        """Add ``quality/<estimator>/<metric>`` of the method's pseudo-supervision on the fixed training
+        subset to ``record`` (:mod:`dmlkit.engine.quality_monitor`); every rank measures the same."""
+        from dmlkit.engine.quality_monitor import QualityMonitor, quality_summary
+
+        if self.quality_monitor is None:
+            s = self.settings
+            self.quality_monitor = QualityMonitor(self.train_set, s["quality_items"], s["seed"])
+        self._sync_buffers_from_rank_zero()
+        values = self.quality_monitor.measure(self.method, self.device)
+        record.update(values)
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+        if self.global_rank == 0 and values:
+            log.info("epoch %d quality: %s", record["epoch"], quality_summary(values))
 
     def _maybe_stop_early(self, record: dict[str, Any]) -> None:
         """Patience on ``early_stop_monitor`` (:class:`dmlkit.engine.stopping.EarlyStopping`); the

@@ -24,7 +24,7 @@ log = logging.getLogger("dmlkit")
 
 #: run settings a resumed run may change (they do not change what the network learns)
 RESUMABLE = ("epochs", "threads", "progress", "pictures", "picture_every", "data_root", "accelerator", "devices",
-             "strategy", "on_nan", "num_workers", "eval_every", "out")
+             "strategy", "on_nan", "num_workers", "eval_every", "quality_every", "out")
 #: config.yaml sections that record the resolved run and are not settings
 RECORD_KEYS = ("resolved", "versions")
 

@@ -136,7 +136,8 @@ def _settings(config: RunConfig) -> dict[str, Any]:
             "scheduler": config.scheduler, "epochs": config.epochs, "eval_every": config.eval_every,
             "on_nan": config.on_nan, "run_dir": config.out, "early_stop_patience": config.early_stop_patience,
             "early_stop_monitor": config.early_stop_monitor, "early_stop_collapse": config.early_stop_collapse,
-            "picture_every": config.picture_every if config.pictures else None}
+            "picture_every": config.picture_every if config.pictures else None,
+            "quality_every": config.quality_every, "quality_items": config.quality_items}
 
 
 def run(config: RunConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
@@ -272,10 +273,11 @@ def _finish(module, config: RunConfig, out: Path, seconds: float) -> dict:
     history = module.history
     evaluated = [r for r in history if "recall@1" in r]
     metric_keys = [k for k in evaluated[-1] if k not in ("epoch", "epoch_seconds", "images_per_second", "stopped_early")
-                   and not k.startswith("val_")]
+                   and not k.startswith(("val_", "quality/"))]
     test = {k: evaluated[-1][k] for k in metric_keys}
     select_key = selection_key(evaluated[-1], config.early_stop_monitor)
     best = max(evaluated, key=lambda r: r[select_key])
+    speeds = [r["images_per_second"] for r in history if "images_per_second" in r]  # not quality's epoch 0
     selected_on = (f"validation {select_key[len('val_'):]}" if select_key.startswith("val_")
                    else f"test {select_key} (best-on-test, for reproduction only)")
     result = {
@@ -284,7 +286,7 @@ def _finish(module, config: RunConfig, out: Path, seconds: float) -> dict:
         "best": {"epoch": best["epoch"], "selected_on": selected_on, **{k: best[k] for k in metric_keys}},
         "stopped_early": history[-1].get("stopped_early") if history else None,
         "seconds": seconds,
-        "images_per_second": float(np.mean([r["images_per_second"] for r in history])) if history else 0.0,
+        "images_per_second": float(np.mean(speeds)) if speeds else 0.0,
         "skipped_batches": module.skipped_batches,
         "history": history,
         "config": config.to_dict(),

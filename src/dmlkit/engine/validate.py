@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "eval_every": 1, "devices": 1, "threads": 1,
                              "labels_per_class": 1, "train_subset": 1, "test_subset": 1, "picture_every": 1,
                              "num_workers": 0, "seed": 0, "weight_decay": 0.0, "fold": 0,
-                             "view_strength": 0.0}
+                             "view_strength": 0.0, "quality_every": 0, "quality_items": 2}
 
 
 def nearest(name: str, valid: typing.Iterable[str]) -> str:

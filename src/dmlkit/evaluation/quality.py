@@ -8,6 +8,9 @@ or both:
 * **correlation** = Pearson r over unordered pairs i < j between g_ij = 1[y_i = y_j] and ŝ_ij
   (for a partition ŝ = 1[same cluster], i.e. the φ coefficient, computed from contingency pair counts).
 * **pair precision / recall** at a threshold t: pairs with ŝ >= t predicted "same class".
+* **triplets** (SSDML's mined ``(anchor, positive, negative)``): the fractions whose positive /
+  negative shares the anchor's class (``positive_same_class``, ``negative_same_class``), ``correct``
+  (positive same, negative other) and ``inverted`` (the reverse).
 
 Pair statistics are streamed as sums (Σŝ, Σŝ², Σg, Σŝg, ...) so no N×N object is ever built over a
 large set: :func:`quality_table` samples the items into batches of a method's batch size, as a method
@@ -27,6 +30,8 @@ Estimate = torch.Tensor | np.ndarray | Mapping[str, object]
 Estimator = Callable[[torch.Tensor], Estimate]
 FULL_SCOPE_MAX_ITEMS = 4096
 PURITY_KINDS = ("group", "anchor")
+ESTIMATE_KEYS = ("groups", "similarity", "triplets")
+TRIPLET_KEYS = ("positive_same_class", "negative_same_class", "correct", "inverted")
 
 
 @dataclass
@@ -139,6 +144,37 @@ def group_purity_sums(labels: torch.Tensor | np.ndarray, groups: object, kind: s
     return float(onehot.sum(1).max(1).sum()), float(sizes.sum()), float(sizes.sum())
 
 
+def triplet_counts(triplets: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[T, positive same, negative same, correct, inverted]`` counts of mined ``[T, 3]`` (anchor,
+    positive, negative) index triplets against ground truth ``labels`` ``[b]`` (see :data:`TRIPLET_KEYS`)."""
+    t = np.asarray(torch.as_tensor(triplets).cpu(), dtype=np.int64).reshape(-1, 3)
+    y = np.asarray(torch.as_tensor(labels).cpu()).ravel()
+    if t.size and (t.min() < 0 or t.max() >= len(y)):
+        raise ValueError(f"triplet index out of range for {len(y)} items")
+    yt = y[t]
+    positive, negative = yt[:, 1] == yt[:, 0], yt[:, 2] == yt[:, 0]
+    return np.array([len(t), positive.sum(), negative.sum(), (positive & ~negative).sum(),
+                     (~positive & negative).sum()], dtype=np.float64)
+
+
+def triplet_fractions(triplets: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """:data:`TRIPLET_KEYS` fractions of the triplets (NaN when there are none)."""
+    counts = triplet_counts(triplets, labels)
+    return {key: float(value / counts[0]) if counts[0] else math.nan for key, value in zip(TRIPLET_KEYS, counts[1:])}
+
+
+def revealed_labels(labels: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Visible labels ``[N]`` for an estimator that reads some (SSDML's propagation): ``per_class``
+    seeded items of every class keep their label, the rest are −1 (unlabeled)."""
+    y = np.asarray(torch.as_tensor(labels).cpu()).ravel()
+    rng = np.random.default_rng(seed)
+    visible = np.full(len(y), -1, dtype=np.int64)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        visible[rng.choice(members, min(per_class, len(members)), replace=False)] = c
+    return visible
+
+
 def kmeans_labels(embeddings: torch.Tensor, n_clusters: int, seed: int = 0) -> np.ndarray:
     """k-means pseudo labels (:func:`dmlkit.kmeans.kmeans`: k-means++, one run, Lloyd to convergence
     or 300 rounds, scikit-learn's ``max_iter``)."""
@@ -160,22 +196,22 @@ def _is_partition(groups: object) -> bool:
     return isinstance(groups, (torch.Tensor, np.ndarray)) and np.asarray(torch.as_tensor(groups).cpu()).ndim == 1
 
 
-def _split_estimate(estimate: Estimate, b: int) -> tuple[object | None, torch.Tensor | None]:
-    """An estimator's output as ``(groups, similarity)``."""
+def _split_estimate(estimate: Estimate, b: int) -> tuple[object | None, torch.Tensor | None, object | None]:
+    """An estimator's output as ``(groups, similarity, triplets)``."""
     if isinstance(estimate, Mapping):
-        unknown = set(estimate) - {"groups", "similarity"}
+        unknown = set(estimate) - set(ESTIMATE_KEYS)
         if unknown:
-            raise ValueError(f"estimator returned unknown keys {sorted(unknown)}; use 'groups' and/or 'similarity'")
+            raise ValueError(f"estimator returned unknown keys {sorted(unknown)}; use {', '.join(ESTIMATE_KEYS)}")
         sim = estimate.get("similarity")
-        return estimate.get("groups"), None if sim is None else torch.as_tensor(sim)
+        return estimate.get("groups"), None if sim is None else torch.as_tensor(sim), estimate.get("triplets")
     t = torch.as_tensor(estimate)
     if t.dim() == 1 and not t.is_floating_point():
-        return t, None
+        return t, None, None
     if t.dim() == 2 and t.shape == (b, b):
-        return None, t
+        return None, t, None
     raise ValueError(
         f"an estimator must return pseudo labels [b] (integers), a similarity [b, b] or a dict with 'groups'/"
-        f"'similarity'; got shape {tuple(t.shape)} dtype {t.dtype} for b = {b}"
+        f"'similarity'/'triplets'; got shape {tuple(t.shape)} dtype {t.dtype} for b = {b}"
     )
 
 
@@ -191,6 +227,8 @@ def quality_table(
     threshold: float = 0.5,
     purity: str = "group",
     seed: int = 0,
+    visible_labels: torch.Tensor | np.ndarray | None = None,
+    labels_per_class: int = 5,
 ) -> list[dict]:
     """One row of pseudo-supervision quality per estimator (PLM Table 2 style).
 
@@ -198,7 +236,10 @@ def quality_table(
         embeddings: ``[N, D]`` embeddings the estimators read (e.g. the test split under an untrained
             backbone); labels: ``[N]`` ground truth, read only here.
         estimators: name -> ``callable(embeddings [b, D]) ->`` pseudo labels ``[b]`` (int), a similarity
-            ``[b, b]``, or ``{"groups": ..., "similarity": ...}`` (groups as in :func:`group_purity_sums`).
+            ``[b, b]``, or a dict of ``"groups"`` (as in :func:`group_purity_sums`), ``"similarity"`` and/or
+            ``"triplets"`` (``[T, 3]`` batch indices, scored by :func:`triplet_counts`). An estimator with
+            the attribute ``needs_labels = True`` is called ``f(embeddings, visible labels [b])``; one
+            with ``whole_set = True`` is called once on all N items, whatever ``scope``.
         batch_size, num_batches: ``scope="batch"`` draws a seeded permutation and cuts it into
             ⌊N / batch_size⌋ batches (at most ``num_batches``); every estimator sees the same batches and
             the pairs of all batches are pooled. ``scope="full"`` calls each estimator once on all N
@@ -207,10 +248,13 @@ def quality_table(
             ``n_clusters`` clusters (default: the number of classes among those items).
         threshold: ŝ >= threshold counts as a predicted same-class pair.
         purity: ``"group"`` or ``"anchor"`` (see module docstring).
+        visible_labels: ``[N]`` the labels a ``needs_labels`` estimator reads (−1 = unlabeled), e.g. a
+            semi-supervised run's; None: :func:`revealed_labels` with ``labels_per_class`` (seeded).
 
     Returns:
         dicts ``{"method", "purity", "mean_group_size", "correlation", "pair_precision", "pair_recall",
-        "threshold", "num_pairs", "num_items"}``; values that do not apply are ``None``.
+        "threshold", "num_pairs", "num_items", "num_triplets", *TRIPLET_KEYS}``; values that do not
+        apply are ``None``.
     """
     x = torch.as_tensor(embeddings)
     y = torch.as_tensor(np.asarray(labels)).long()
@@ -222,17 +266,36 @@ def quality_table(
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from 'kmeans', 'agglomerative'")
     batches = _batches(x.shape[0], scope, batch_size, num_batches, seed)
+    visible = _visible(y, estimators or {}, visible_labels, labels_per_class, seed)
+    named: dict[str, tuple[Callable, list[torch.Tensor], str]] = {
+        k: (_baseline(k, y, n_clusters, seed), batches, scope) for k in baselines}
+    everything = [torch.arange(x.shape[0])]
+    for name, f in (estimators or {}).items():
+        call = (lambda xb, idx, f=f: f(xb, visible[idx])) if getattr(f, "needs_labels", False) else (
+            lambda xb, idx, f=f: f(xb))
+        named[name] = (call, everything, "full") if getattr(f, "whole_set", False) else (call, batches, scope)
+    return [_estimator_row(name, fn, x, y, its_batches, its_scope, threshold, purity)
+            for name, (fn, its_batches, its_scope) in named.items()]
 
-    def baseline(kind: str) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
-        def run(xb: torch.Tensor, yb: torch.Tensor) -> np.ndarray:
-            k = n_clusters or int(torch.unique(yb).numel())
-            return kmeans_labels(xb, k, seed) if kind == "kmeans" else agglomerative_labels(xb, k)
 
-        return run
+def _baseline(kind: str, y: torch.Tensor, n_clusters: int | None, seed: int) -> Callable:
+    """``(xb, idx) -> pseudo labels``: k-means or Ward with ``n_clusters`` (default: classes among ``y[idx]``)."""
+    def run(xb: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+        k = n_clusters or int(torch.unique(y[idx]).numel())
+        return kmeans_labels(xb, k, seed) if kind == "kmeans" else agglomerative_labels(xb, k)
 
-    named: dict[str, Callable] = {f"{k}": baseline(k) for k in baselines}
-    named.update({name: (lambda xb, yb, f=f: f(xb)) for name, f in (estimators or {}).items()})
-    return [_estimator_row(name, fn, x, y, batches, scope, threshold, purity) for name, fn in named.items()]
+    return run
+
+
+def _visible(y: torch.Tensor, estimators: Mapping[str, Estimator], visible_labels: object, per_class: int,
+             seed: int) -> torch.Tensor | None:
+    """The labels ``needs_labels`` estimators read: ``visible_labels``, else :func:`revealed_labels` if any needs them."""
+    if visible_labels is None and any(getattr(f, "needs_labels", False) for f in estimators.values()):
+        visible_labels = revealed_labels(y, per_class, seed)
+    visible = None if visible_labels is None else torch.as_tensor(np.asarray(visible_labels)).long()
+    if visible is not None and visible.shape != y.shape:
+        raise ValueError(f"visible_labels must have one entry per item ({y.shape[0]}), got {tuple(visible.shape)}")
+    return visible
 
 
 def _batches(n: int, scope: str, batch_size: int, num_batches: int | None, seed: int) -> list[torch.Tensor]:
@@ -249,11 +312,12 @@ def _batches(n: int, scope: str, batch_size: int, num_batches: int | None, seed:
 
 def _estimator_row(name: str, fn: Callable, x: torch.Tensor, y: torch.Tensor, batches: Sequence[torch.Tensor],
                    scope: str, threshold: float, purity: str) -> dict:
-    """One :func:`quality_table` row: ``fn(xb, yb)`` run on every batch, its pairs and groups pooled."""
+    """One :func:`quality_table` row: ``fn(xb, idx)`` run on every batch, its pairs, groups and triplets pooled."""
     stats, num, den, total, groups_seen, has_groups, has_sim = PairStats(), 0.0, 0.0, 0.0, 0, False, False
+    triplets = None  # pooled triplet_counts
     for idx in batches:
         xb, yb = x[idx], y[idx]
-        groups, sim = _split_estimate(fn(xb, yb), len(idx))
+        groups, sim, mined = _split_estimate(fn(xb, idx), len(idx))
         if sim is not None:
             if scope == "full" and len(idx) > FULL_SCOPE_MAX_ITEMS:
                 raise ValueError(
@@ -268,6 +332,12 @@ def _estimator_row(name: str, fn: Callable, x: torch.Tensor, y: torch.Tensor, ba
             a, b, t = group_purity_sums(yb, groups, purity)
             num, den, total, has_groups = num + a, den + b, total + t, True
             groups_seen += len(np.unique(_codes(groups))) if _is_partition(groups) else len(groups)
+        if mined is not None:
+            counts = triplet_counts(mined, yb)
+            triplets = counts if triplets is None else triplets + counts
+    fractions: dict[str, float | None] = dict.fromkeys(TRIPLET_KEYS)
+    if triplets is not None:
+        fractions = {key: float(v / triplets[0]) if triplets[0] else math.nan for key, v in zip(TRIPLET_KEYS, triplets[1:])}
     return {
         "method": name,
         "purity": num / den if has_groups and den else None,
@@ -278,6 +348,8 @@ def _estimator_row(name: str, fn: Callable, x: torch.Tensor, y: torch.Tensor, ba
         "threshold": threshold,
         "num_pairs": int(stats.n),
         "num_items": int(sum(len(i) for i in batches)),
+        "num_triplets": int(triplets[0]) if triplets is not None else None,
+        **fractions,
     }
 
 
@@ -293,6 +365,9 @@ def format_quality_table(rows: Sequence[Mapping[str, object]], digits: int = 3) 
     t = rows[0]["threshold"] if rows else 0.5
     head = ["method", "purity", "mean group size", "correlation", f"pair precision@{t}", f"pair recall@{t}", "pairs"]
     keys = ["method", "purity", "mean_group_size", "correlation", "pair_precision", "pair_recall", "num_pairs"]
+    if any(r.get("num_triplets") is not None for r in rows):  # SSDML-style mined triplets
+        head += ["triplets", "positive same class", "negative same class", "correct"]
+        keys += ["num_triplets", "positive_same_class", "negative_same_class", "correct"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)

@@ -215,6 +215,17 @@ class Method(nn.Module):
         :func:`dmlkit.evaluation.quality.quality_table`). ``{}``: the method has none to compare."""
         return {}
 
+    def quality_embed(self, images: Tensor) -> Tensor:
+        """The representation ``[B, d]`` this method's own pseudo-supervision reads (a teacher's, a
+        momentum encoder's ...), for the quality recorded during training (``quality_every``).
+        Default: the test embedding."""
+        return self.embed(images)
+
+    def quality_estimators(self) -> dict[str, Callable[..., Any]]:
+        """This run's own pseudo-supervision estimators under its options, on :meth:`quality_embed`
+        outputs (the engine's ``quality_every``). Default: :meth:`pseudo_supervision_estimators` (k = 10)."""
+        return type(self).pseudo_supervision_estimators()
+
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: every trainable parameter at ``lr``."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -221,6 +221,15 @@ class PLM(Method):
         embeddings = l2_normalize(self.momentum_encoder(self.views.eval_transform(images)))
         return self.pseudo_supervision(embeddings)["similarity"]
 
+    @torch.no_grad()
+    def quality_embed(self, images: Tensor) -> Tensor:
+        """The momentum encoder's l2-normalised embeddings: what the pieces are grown on."""
+        return l2_normalize(self.momentum_encoder(self.views.eval_transform(images)))
+
+    def quality_estimators(self) -> dict:
+        """``plm-pieces``: :meth:`pseudo_supervision` under this run's options."""
+        return {"plm-pieces": self.pseudo_supervision}
+
     def pseudo_supervision(self, embeddings: Tensor) -> dict[str, Tensor]:
         """Table 2 hook: the pieces ``X_i`` (groups) and Eq. 5 similarity of ``embeddings`` ``[b, D]`` under
         this method's options; an estimator for :func:`dmlkit.evaluation.quality.quality_table`."""

@@ -245,6 +245,18 @@ class STML(Method):
         return {"stml-similarity": lambda embeddings: contextual_similarity(
             embeddings, torch.arange(len(embeddings), device=embeddings.device), k, sigma)}
 
+    @torch.no_grad()
+    def quality_embed(self, images: Tensor) -> Tensor:
+        """The teacher's g of the test-time view: what Eqs. 2-5 read."""
+        return self.teacher(self.views.eval_transform(images))
+
+    def quality_estimators(self) -> dict:
+        """``stml-similarity``: Eqs. 2-5 under this run's options, every row its own image (one view)."""
+        c = self.config
+        return {"stml-similarity": lambda t: contextual_similarity(
+            t, torch.arange(len(t), device=t.device), c.neighbourhood, c.sigma, c.expansion,
+            normalize=c.teacher_norm, tie_break=c.tie_break)}
+
     def embed(self, images: Tensor) -> Tensor:
         """Raw f of the deterministic test-time view."""
         return self.f(self.student.backbone(self.views.eval_transform(images)))
