@@ -53,7 +53,8 @@ def test_benchmarks_keep_one_entry_point():
 
 
 #: results files in their own shape: the speed branch's measurements, the glyphs near-clone analysis, CPU settings
-OWN_SHAPE = {"evaluation_speed", "propagation_scaling", "train_overhead", "glyphs_near_duplicates", "cpu_settings"}
+OWN_SHAPE = {"evaluation_speed", "propagation_scaling", "propagation_partitioned", "train_overhead", "glyphs_near_duplicates",
+              "cpu_settings"}
 SCHEMA = {"method", "base_method", "preset", "dataset", "protocol", "seeds", "metrics", "seconds", "per_seed", "quick"}
 
 
