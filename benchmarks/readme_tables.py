@@ -152,12 +152,14 @@ HEADLINE_TITLE = ("### Unseen classes of `glyphs`, from the ImageNet start (mean
 HEADLINE_ORDER = ("raw-pixels", "initial", "supervised", "supervised-5labels", "instance", "instance-moco",
                   "deepcluster", "stml", "stml-512", "plm", "plm-512", "plm-lr1e-4", "plm-momentum0.999", "plm-delta1",
                   "ssdml", "ssdml-hinge", "deep-lrml", "deep-isdml", "slade", "proxyanchor",
-                  "drml-proxyanchor", "drml-proxyanchor-fold0-nowarmup", "cosface", "drml-cosface")
+                  "drml-proxyanchor", "drml-proxyanchor-fold0-nowarmup", "proxyanchor-fold0-8epochs",
+                  "drml-proxyanchor-fold0-8epochs", "cosface", "drml-cosface")
 #: the train-split labels each headline row learns from (the rest: none)
 HEADLINE_LABELS = {"supervised": "all", "supervised-5labels": "5 / class", "ssdml": "5 / class",
                    "ssdml-hinge": "5 / class", "deep-lrml": "5 / class", "deep-isdml": "5 / class",
                    "slade": "10 / class", "proxyanchor": "all, 75 classes",
                    "drml-proxyanchor": "all, 75 classes", "drml-proxyanchor-fold0-nowarmup": "all, 75 classes",
+                   "proxyanchor-fold0-8epochs": "all, 75 classes", "drml-proxyanchor-fold0-8epochs": "all, 75 classes",
                    "cosface": "all, 75 classes", "drml-cosface": "all, 75 classes"}
 #: a harness row of one MLRC fold: ``<row>-fold<k>``
 FOLD_ROW = re.compile(r"^(?P<row>.+)-fold(?P<fold>\d+)$")
