@@ -147,13 +147,17 @@ HEADLINE_TITLE = ("### Unseen classes of `glyphs`, from the ImageNet start (mean
                   "unseen test classes, 64 px; every trained row starts from ImageNet EfficientNet-Lite0 with "
                   "BatchNorm frozen, 128-d unless named -512, on the same budget (36,000 forward+backward images; the MLRC fold rows 17,800 on 3 of 4 folds); "
                   "Δ R@1 is against `initial`. Rows with one seed are marked ¹; the MLRC rows give mean ± std over "
-                  "their folds (one seed each).*\n\n")
+                  "their folds (one seed each). The README leaves out the one-parameter diagnosis rows (docs/results.md, "
+                  "docs/glyphs_study.md).*\n\n")
 #: the headline's rows in order (glyphs suite rows; others are appended in file order)
 HEADLINE_ORDER = ("raw-pixels", "initial", "supervised", "supervised-5labels", "instance", "instance-moco",
                   "deepcluster", "stml", "stml-512", "plm", "plm-512", "plm-lr1e-4", "plm-momentum0.999", "plm-delta1",
                   "ssdml", "ssdml-hinge", "deep-lrml", "deep-isdml", "slade", "proxyanchor",
                   "drml-proxyanchor", "drml-proxyanchor-fold0-nowarmup", "proxyanchor-fold0-8epochs",
                   "drml-proxyanchor-fold0-8epochs", "cosface", "drml-cosface")
+#: one-parameter diagnosis rows: in docs/results.md's headline and the glyphs study, not in the README's
+DIAGNOSIS_ROWS = ("plm-lr1e-4", "plm-momentum0.999", "drml-proxyanchor-fold0-nowarmup", "proxyanchor-fold0-8epochs",
+                  "drml-proxyanchor-fold0-8epochs")
 #: the train-split labels each headline row learns from (the rest: none)
 HEADLINE_LABELS = {"supervised": "all", "supervised-5labels": "5 / class", "ssdml": "5 / class",
                    "ssdml-hinge": "5 / class", "deep-lrml": "5 / class", "deep-isdml": "5 / class",
@@ -196,9 +200,11 @@ def _harness_cell(row: dict, key: str) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(row["seeds"]) > 1 and std is not None else "")
 
 
-def glyphs_table(result: dict) -> str:
-    """The headline: full (not ``--quick``) rows of a harness results file, best mean of each metric in bold."""
-    rows = fold_means([r for r in result.get("rows", []) if not r.get("quick") and "metrics" in r])
+def glyphs_table(result: dict, diagnoses: bool = True) -> str:
+    """The headline: full (not ``--quick``) rows of a harness results file, best mean of each metric in bold
+    (``diagnoses=False``: without :data:`DIAGNOSIS_ROWS`)."""
+    rows = fold_means([r for r in result.get("rows", []) if not r.get("quick") and "metrics" in r
+                       and (diagnoses or r["method"] not in DIAGNOSIS_ROWS)])
     if not rows:
         return ""
     rows.sort(key=lambda r: (HEADLINE_ORDER.index(r["method"]) if r["method"] in HEADLINE_ORDER
@@ -234,9 +240,10 @@ def load_results() -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(paths, key=lambda p: p.stem)}
 
 
-def headline(results: dict[str, dict]) -> str:
-    """The README's one table: every method on glyphs' unseen classes beside its start."""
-    head = glyphs_table(results.get("glyphs", {}))
+def headline(results: dict[str, dict], diagnoses: bool = True) -> str:
+    """The headline table: every method on glyphs' unseen classes beside its start (the README's, without
+    the one-parameter diagnosis rows)."""
+    head = glyphs_table(results.get("glyphs", {}), diagnoses)
     return HEADLINE_TITLE + head if head else ""
 
 
@@ -260,7 +267,7 @@ def render(results: dict[str, dict] | None = None) -> str:
 def readme_with_headline(readme: str, results: dict[str, dict]) -> str:
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{headline(results)}\n{END}{tail}"
+    return f"{head}{START}\n{headline(results, diagnoses=False)}\n{END}{tail}"
 
 
 def main() -> None:

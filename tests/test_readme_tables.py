@@ -62,3 +62,12 @@ def test_mlrc_fold_rows_become_one_row_of_fold_means(load_benchmark):
     assert row["seeds"] == [0, 1] and row["seconds"] == 15.0 and row["display"] == "drml-pa (MLRC, folds 0, 1)"
     assert abs(row["metrics"]["recall@1"] - 0.85) < 1e-12
     assert abs(row["metrics"]["recall@1_std"] - 0.0707107) < 1e-6  # sample std of .80 and .90
+
+
+def test_the_readme_headline_leaves_out_the_diagnosis_rows(load_benchmark):
+    tables = load_benchmark("readme_tables.py")
+    rows = [{"method": name, "base_method": "plm", "seeds": [0], "seconds": 1.0, "metrics": {"recall@1": 0.5}}
+            for name in ("plm", "plm-lr1e-4")]
+    assert "plm-lr1e-4" in tables.glyphs_table({"rows": rows})
+    readme_table = tables.glyphs_table({"rows": rows}, diagnoses=False)
+    assert "| plm ¹ |" in readme_table and "plm-lr1e-4" not in readme_table
