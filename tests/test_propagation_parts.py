@@ -5,11 +5,10 @@ solve on the mined triplets of a clustered graph."""
 from __future__ import annotations
 
 import pytest
+import scipy.sparse as sp
 import torch
 
 from dmlkit.targets.propagation import knn_graph, mine_triplets, propagate, propagate_dense
-import scipy.sparse as sp
-
 from dmlkit.targets.propagation_parts import _local_solve, graph_parts, local_nodes, propagate_partitioned
 
 
