@@ -282,6 +282,34 @@ def _edge_affinities(
     return forward, backward, diagonal, sweeps, bound
 
 
+def labeled_columns(
+    Q: sp.spmatrix, labels: Tensor, rows: Tensor, cols: Tensor, gamma: float, tol: float, forward: Tensor,
+    backward: Tensor, diagonal: Tensor, solve: Callable[..., tuple[Tensor, int]] = krylov_solve,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Write, in place, every affinity in a labeled column: ``W*[i, j] = 2H[i, y_j] − h[i]`` for labeled j,
+    with ``H = B·Ỹ`` and ``h = B·1_L`` (C + 1 solves; each entry within ``tol``). ``forward`` ``[E]`` holds
+    ``W*[rows, cols]``, ``backward`` ``[E]`` ``W*[cols, rows]``, ``diagonal`` ``[n]``. Returns the sweeps used."""
+    labeled = labels >= 0
+    if not labeled.any():
+        return 0
+    classes, y = torch.unique(labels[labeled], return_inverse=True)
+    y_full = torch.full((len(labels),), -1, dtype=torch.long)
+    y_full[labeled] = y
+    rhs = torch.zeros(len(labels), len(classes) + 1, dtype=torch.float64)
+    rhs[labeled.nonzero().squeeze(1), y] = 1.0
+    rhs[labeled, -1] = 1.0
+    Hh, sweeps = solve(Q, rhs, gamma, tol / 3.0, device=device)  # error of 2H − h: ≤ 2·tol/3 + tol/3
+    Hh = Hh.cpu()
+    H, h = Hh[:, :-1], Hh[:, -1]
+    f = labeled[cols]
+    forward[f] = 2.0 * H[rows[f], y_full[cols[f]]] - h[rows[f]]
+    b = labeled[rows]
+    backward[b] = 2.0 * H[cols[b], y_full[rows[b]]] - h[cols[b]]
+    diagonal[labeled] = 2.0 * H[labeled, y] - h[labeled]
+    return sweeps
+
+
 def _propagate_sparse(
     Q: sp.spmatrix, labels: Tensor, rows: Tensor, cols: Tensor, gamma: float, tol: float, block_size: int,
     device: str | torch.device, solve: Callable[..., tuple[Tensor, int]],
@@ -289,26 +317,10 @@ def _propagate_sparse(
     """W* on E (forward), on Eᵀ (backward) and its diagonal, each entry within ``tol``."""
     n = Q.shape[0]
     labeled = labels >= 0
-    classes, y = torch.unique(labels[labeled], return_inverse=True)
-    y_full = torch.full((n,), -1, dtype=torch.long)
-    y_full[labeled] = y
     forward = torch.empty(len(rows), dtype=torch.float64)
     backward = torch.empty(len(rows), dtype=torch.float64)
     diagonal = torch.empty(n, dtype=torch.float64)
-    sweeps = 0
-    if labeled.any():
-        # H = B·Ỹ and h = B·1_L; W*_ij = 2H[i, y_j] − h[i] for labeled j, error ≤ 2·tol/3 + tol/3
-        rhs = torch.zeros(n, len(classes) + 1, dtype=torch.float64)
-        rhs[labeled.nonzero().squeeze(1), y] = 1.0
-        rhs[labeled, -1] = 1.0
-        Hh, sweeps = solve(Q, rhs, gamma, tol / 3.0, device=device)
-        Hh = Hh.cpu()
-        H, h = Hh[:, :-1], Hh[:, -1]
-        f = labeled[cols]
-        forward[f] = 2.0 * H[rows[f], y_full[cols[f]]] - h[rows[f]]
-        b = labeled[rows]
-        backward[b] = 2.0 * H[cols[b], y_full[rows[b]]] - h[cols[b]]
-        diagonal[labeled] = 2.0 * H[labeled, y] - h[labeled]
+    sweeps = labeled_columns(Q, labels, rows, cols, gamma, tol, forward, backward, diagonal, solve, device)
     position = torch.full((n,), -1, dtype=torch.long)
     unlabeled = (~labeled).nonzero().squeeze(1)
     for start in range(0, len(unlabeled), block_size):

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.kmeans import kmeans
+from dmlkit.targets.propagation import labeled_columns
 from dmlkit.targets.propagation_solvers import krylov_solve
 
 SIGNALS, SMOOTHING_STEPS = 16, 8
@@ -125,7 +126,9 @@ def propagate_partitioned(
         exits[:, p] = exit_p
         local[idx] = -1
     _add_long_walks(Q, neighbours, gamma, part, exits, escape_a, escape_j, forward, backward, diagonal)
-    _labeled_columns(Q, neighbours, labels, gamma, forward, backward, diagonal)
+    rows = torch.arange(n).repeat_interleave(k)
+    labeled_columns(Q, labels, rows, neighbours.reshape(-1), gamma, LABELED_TOL, forward.view(-1), backward.view(-1),
+                    diagonal)
     return forward.reshape(-1), backward.reshape(-1), diagonal
 
 
@@ -169,29 +172,3 @@ def _add_long_walks(Q, neighbours, gamma, part, exits, escape_a, escape_j, forwa
     forward += escape_a[:, None] * rho[neighbours, part[:, None]]
     backward += escape_j * rho[a, part][:, None]
     diagonal += escape_a * rho[a, part]
-
-
-def _labeled_columns(Q, neighbours, labels, gamma, forward, backward, diagonal) -> None:
-    """Overwrite, in place, every entry in a labeled column j with ``W*[i, j] = 2H[i, y_j] − h[i]``
-    (``W⁰``'s column of a labeled j is ±1 on the labeled rows, so ``W*[:, j] = B W⁰[:, j]``)."""
-    labeled = labels >= 0
-    if not labeled.any():
-        return
-    classes, y = torch.unique(labels[labeled], return_inverse=True)
-    rhs = torch.zeros(len(labels), len(classes) + 1, dtype=torch.float64)
-    rhs[labeled.nonzero().squeeze(1), y] = 1.0
-    rhs[labeled, -1] = 1.0
-    Hh, _ = krylov_solve(Q, rhs, gamma, LABELED_TOL / 3.0)
-    Hh = Hh.cpu()
-    y_of = torch.full((len(labels),), -1, dtype=torch.long)
-    y_of[labeled] = y
-
-    def W(i: Tensor, j: Tensor) -> Tensor:  # W*[i, j] for labeled j
-        return 2.0 * Hh[i, y_of[j]] - Hh[i, -1]
-
-    a = torch.arange(len(labels)).unsqueeze(1).expand_as(neighbours)
-    f = labeled[neighbours]  # forward (a, j) with j labeled
-    forward[f] = W(a[f], neighbours[f])
-    b = labeled[a]  # backward W*[j, a] with a labeled
-    backward[b] = W(neighbours[b], a[b])
-    diagonal[labeled] = W(labeled.nonzero().squeeze(1), labeled.nonzero().squeeze(1))
