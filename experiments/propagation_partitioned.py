@@ -18,7 +18,7 @@ graph has true classes that mix, how good the triplets are against them (``posit
 solve's and the kNN-distance order's (rows ``dense`` and ``knn-order``).
 
     python experiments/propagation_partitioned.py [--graphs synthetic glyphs] [--sizes 9100 60000]
-        [--settings 250:4 1500:1] [--threads 2] [--dense-cache DIR]
+        [--settings 250:8 250:12 1500:1] [--threads 2] [--dense-cache DIR]
 
 Writes ``benchmarks/results/propagation_partitioned.json``.
 """
@@ -160,7 +160,7 @@ def measure(kind: str, n: int, settings: list[tuple[int, float]], args: argparse
                          triplet_metrics(dense["neighbours"], dense["affinity"], dense, dense["truth"])))
         by_rank = -torch.arange(K, dtype=torch.float64).expand(n, K).clone()  # the kNN order, no propagation
         rows.append({**rows[0], "method": "knn-order", "protocol": "no propagation", "seconds": None,
-                     "cpu_seconds": None, "metrics": triplet_metrics(dense["neighbours"], by_rank, dense, dense["truth"])})
+                     "cpu_seconds": None, "peak_rss_gib": None, "metrics": triplet_metrics(dense["neighbours"], by_rank, dense, dense["truth"])})
     for part_size, local_factor in settings:
         out = run(kind, n, "partitioned", args.threads, part_size, local_factor)
         rows.append(_row(kind, n, "partitioned", f"part_size={part_size},local_factor={local_factor}", args.threads, out,

@@ -30,6 +30,7 @@ Q_T = sp.csr_matrix(GRAPH.Q.T)
 
 def test_one_part_is_the_dense_solve():
     one = propagate(GRAPH, LABELS, 0.99, solver="partitioned", part_size=len(LABELS))
+    assert one.solver == "dense"  # a single part is the whole graph: propagate() solves it exactly
     for name in ("forward", "backward", "diagonal", "affinity"):
         assert torch.allclose(getattr(one, name), getattr(DENSE, name), rtol=0, atol=1e-12), name
     # the solver itself: one part whose local system is the whole graph has no exits, so it is exact too
